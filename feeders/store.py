@@ -153,6 +153,11 @@ class StoreWriter:
     def __len__(self) -> int:
         return len(self._index["name"])
 
+    @property
+    def total_frames(self) -> int:
+        """Frames written so far."""
+        return self._frames.frames
+
     def __enter__(self) -> StoreWriter:
         return self
 
