@@ -1,0 +1,117 @@
+"""NW-UCLA reader: golden values from the real all_sqe files, splits, val_label.pkl, bad input."""
+import json
+import pickle
+
+import numpy as np
+import pytest
+
+from feeders.formats.nwucla import CLASS_NAMES
+from feeders.prepare import prepare
+from feeders.store import open_store
+
+
+@pytest.fixture(scope="module")
+def ucla(shared_data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("ucla") / "ds"
+    prepare("nwucla", shared_data / "nw_ucla", out, workers=2)
+    return open_store(out, verify=True)
+
+
+def test_golden_counts(ucla):
+    assert len(ucla) == 1484 and ucla.num_classes == 10
+    assert ucla.class_names == CLASS_NAMES
+    assert (ucla.layout.name, ucla.channels, ucla.joints, ucla.bodies) == ("kinect20", 3, 20, 1)
+    assert len(ucla.split_indices("xview_train")) == 1020
+    assert len(ucla.split_indices("xview_val")) == 464
+    assert set(ucla.views[ucla.split_indices("xview_train")]) == {1, 2}
+    assert set(ucla.views[ucla.split_indices("xview_val")]) == {3}
+    assert sorted(set(ucla.labels.tolist())) == list(range(10))
+
+
+def test_single_frame_sample_and_values(ucla, shared_data):
+    names = ucla.names.tolist()
+    i = names.index("a02_s09_e04_v02")
+    assert ucla.lengths[i] == 1
+    assert (ucla.labels[i], ucla.subjects[i], ucla.replications[i], ucla.views[i]) == (1, 9, 4, 2)
+    raw = json.loads((shared_data / "nw_ucla/all_sqe/a02_s09_e04_v02.json").read_text())
+    np.testing.assert_array_equal(ucla.sequence(i)[:, 0],
+                                  np.array(raw["skeletons"], dtype=np.float32))
+    j = names.index("a12_s10_e03_v01")
+    raw = json.loads((shared_data / "nw_ucla/all_sqe/a12_s10_e03_v01.json").read_text())
+    assert ucla.labels[j] == raw["label"] - 1 == 9
+    np.testing.assert_array_equal(ucla.sequence(j)[:, 0],
+                                  np.array(raw["skeletons"], dtype=np.float32))
+
+
+def test_val_label_pkl_agrees(ucla, shared_data):
+    """val_label.pkl lists the 464 view-3 sequences as {file_name, length, label (1-based)}."""
+    with open(shared_data / "nw_ucla/val_label.pkl", "rb") as f:
+        val = pickle.load(f)
+    assert len(val) == 464
+    position = {n: i for i, n in enumerate(ucla.names.tolist())}
+    val_idx = ucla.split_indices("xview_val")
+    assert {e["file_name"] for e in val} == set(ucla.names[val_idx].tolist())
+    for e in val:
+        i = position[e["file_name"]]
+        assert ucla.labels[i] == e["label"] - 1
+        assert ucla.lengths[i] == e["length"]
+
+
+def write_clip(folder, name, skeletons, label, **override):
+    content = {"file_name": name, "skeletons": skeletons, "label": label, **override}
+    (folder / f"{name}.json").write_text(json.dumps(content))
+
+
+def good_skeletons(t=3):
+    return np.arange(t * 20 * 3, dtype=float).reshape(t, 20, 3).tolist()
+
+
+def test_small_folder_splits(tmp_path):
+    folder = tmp_path / "all_sqe"
+    folder.mkdir()
+    write_clip(folder, "a01_s01_e00_v01", good_skeletons(), 1)
+    write_clip(folder, "a11_s02_e01_v03", good_skeletons(2), 9)
+    write_clip(folder, "a05_s03_e02_v02", good_skeletons(1), 5)
+    summary = prepare("nwucla", folder, tmp_path / "ds")  # the all_sqe folder itself
+    assert summary["splits"] == {"xview_train": 2, "xview_val": 1}
+    store = open_store(tmp_path / "ds")
+    assert store.names.tolist() == ["a01_s01_e00_v01", "a05_s03_e02_v02", "a11_s02_e01_v03"]
+    assert store.labels.tolist() == [0, 4, 8]
+    assert store.split_indices("xview_val").tolist() == [2]
+    np.testing.assert_array_equal(store.sequence(0)[2, 0, 19], [177.0, 178.0, 179.0])
+
+
+@pytest.mark.parametrize("write, message", [
+    (lambda f: (f / "a01_s01_e00_v01.json").write_text('{"file_name": "a01_s01_e00_v01", "ske'),
+     "not valid JSON"),
+    (lambda f: write_clip(f, "a01_s01_e00_v01", np.zeros((3, 19, 3)).tolist(), 1),
+     r"field 'skeletons' has shape \(3, 19, 3\), expected \(T>=1, 20, 3\)"),
+    (lambda f: write_clip(f, "a01_s01_e00_v01", [[[0, 0, 0]] * 20, [[0, 0]] * 20], 1),
+     "field 'skeletons' is ragged"),
+    (lambda f: write_clip(f, "a01_s01_e00_v01", [[[float("nan"), 0, 0]] * 20], 1),
+     "field 'skeletons' contains NaN"),
+    (lambda f: write_clip(f, "a01_s01_e00_v01", good_skeletons(), 11),
+     "field 'label' is 11, expected an int in 1..10"),
+    (lambda f: write_clip(f, "a01_s01_e00_v01", good_skeletons(), 2),
+     "field 'label' is 2, but action id a01 has label 1"),
+    (lambda f: write_clip(f, "a01_s01_e00_v01", [], 1), r"shape \(0,\)"),
+    (lambda f: write_clip(f, "a01_s01_e00_v01", good_skeletons(), 1, file_name="x"),
+     "field 'file_name' is 'x'"),
+    (lambda f: write_clip(f, "walk_01", good_skeletons(), 1),
+     "does not match aAA_sSS_eEE_vVV"),
+])
+def test_bad_files(tmp_path, write, message):
+    folder = tmp_path / "all_sqe"
+    folder.mkdir()
+    write_clip(folder, "a02_s01_e00_v01", good_skeletons(), 2)
+    write(folder)
+    with pytest.raises(ValueError, match=message) as err:
+        prepare("nwucla", tmp_path, tmp_path / "ds")
+    assert ".json" in str(err.value)
+    assert not (tmp_path / "ds").exists()
+
+
+def test_empty_folder(tmp_path):
+    (tmp_path / "all_sqe").mkdir()
+    with pytest.raises(ValueError, match="all_sqe: no NW-UCLA"):
+        prepare("nwucla", tmp_path, tmp_path / "ds")
