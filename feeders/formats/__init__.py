@@ -55,6 +55,6 @@ def describe(name: str) -> str:
     """First line of the format module's docstring (or why it cannot be imported)."""
     try:
         doc = get_format(name).__doc__ or ""
-    except ImportError as e:
-        return f"(unavailable: {e})"
+    except Exception as e:  # a broken reader must not break --help for the others
+        return f"(unavailable: {type(e).__name__}: {e})"
     return doc.strip().splitlines()[0] if doc.strip() else ""
