@@ -1,0 +1,133 @@
+"""ST-GCN encoder (Yan et al., "Spatial Temporal Graph Convolutional Networks for Skeleton-Based
+Action Recognition", AAAI 2018).
+
+Input BatchNorm over the `M*V*C` coordinates, then a stack of st-gcn blocks, each a spatial
+graph convolution over the K partition matrices of the layout (`Layout.partitions(strategy)`,
+optionally scaled by a learnable edge-importance mask) followed by a temporal unit
+(BN, ReLU, kx1 temporal conv, BN, dropout), a residual shortcut and a ReLU. The classifier of
+the paper is left out: the encoder returns pooled and dense features (`models.base.EncoderOutput`).
+
+Presets (`build_stgcn`):
+- ``paper``: 10 blocks, 64,64,64,64,128,128,128,256,256,256 channels, temporal stride 2 at the
+  first 128- and the first 256-channel block, temporal kernel 9, dropout 0.5 (the paper's NTU
+  configuration; no dropout and no residual on the first block), spatial partitions, edge
+  importance on;
+- ``base``: the same network with dropout 0 (pyskl's ST-GCN setting);
+- ``small``: ``paper`` with every width halved;
+- ``tiny``: 3 blocks of 8/16/16 channels (stride 2 at the second), for tests.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from feeders.layouts import Layout, get_layout
+from models.base import EncoderOutput
+from models.gcn_blocks import (InputNorm, PartitionGraphConv, check_input, init_gcn_weights,
+                               pool_gcn_features, residual_path)
+
+_PAPER_CHANNELS = (64, 64, 64, 64, 128, 128, 128, 256, 256, 256)
+_PAPER_STRIDES = (1, 1, 1, 1, 2, 1, 1, 2, 1, 1)
+
+PRESETS: dict[str, dict] = {
+    "paper": dict(block_channels=_PAPER_CHANNELS, block_strides=_PAPER_STRIDES,
+                  temporal_kernel=9, dropout=0.5),
+    "base": dict(block_channels=_PAPER_CHANNELS, block_strides=_PAPER_STRIDES,
+                 temporal_kernel=9, dropout=0.0),
+    "small": dict(block_channels=tuple(c // 2 for c in _PAPER_CHANNELS),
+                  block_strides=_PAPER_STRIDES, temporal_kernel=9, dropout=0.5),
+    "tiny": dict(block_channels=(8, 16, 16), block_strides=(1, 2, 1), temporal_kernel=9,
+                 dropout=0.0),
+}
+
+
+class STGCNBlock(nn.Module):
+    """One st-gcn block: graph conv -> temporal unit, plus residual, then ReLU.
+
+    `(N, C_in, T, V)` -> `(N, C_out, ceil(T / stride), V)`.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, partitions: torch.Tensor,
+                 stride: int, temporal_kernel: int, dropout: float, residual: bool,
+                 edge_importance: bool):
+        super().__init__()
+        if temporal_kernel % 2 != 1:
+            raise ValueError(f"ST-GCN: temporal_kernel must be odd, got {temporal_kernel}")
+        self.gcn = PartitionGraphConv(in_channels, out_channels, partitions, edge_importance)
+        self.tcn = nn.Sequential(
+            nn.BatchNorm2d(out_channels),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(out_channels, out_channels, kernel_size=(temporal_kernel, 1),
+                      stride=(stride, 1), padding=((temporal_kernel - 1) // 2, 0)),
+            nn.BatchNorm2d(out_channels),
+            nn.Dropout(dropout, inplace=True),
+        )
+        self.residual = residual_path(in_channels, out_channels, stride, residual)
+        self.relu = nn.ReLU(inplace=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.tcn(self.gcn(x))
+        if self.residual is not None:
+            out = out + self.residual(x)
+        return self.relu(out)
+
+
+class STGCN(nn.Module):
+    """ST-GCN encoder: `(N, C, T, V, M)` -> `EncoderOutput` with `C' = block_channels[-1]`.
+
+    partition: ``uniform`` / ``distance`` / ``spatial`` / ``symmetric`` (with `max_hop`), see
+    `feeders.layouts.Layout.partitions`. seed: seeds the initialisation (`init_gcn_weights`);
+    edge-importance masks start at ones.
+    """
+
+    def __init__(self, layout: Layout | str, channels: int, bodies: int,
+                 block_channels=_PAPER_CHANNELS, block_strides=_PAPER_STRIDES,
+                 temporal_kernel: int = 9, dropout: float = 0.5, partition: str = "spatial",
+                 max_hop: int = 1, edge_importance: bool = True, seed: int = 0):
+        super().__init__()
+        layout = get_layout(layout)
+        if len(block_channels) != len(block_strides) or not block_channels:
+            raise ValueError(f"ST-GCN: block_channels ({len(block_channels)}) and block_strides "
+                             f"({len(block_strides)}) must be non-empty and of equal length")
+        if channels < 1 or bodies < 1:
+            raise ValueError(f"ST-GCN: channels and bodies must be >= 1, got {channels}, {bodies}")
+        self.channels, self.joints, self.bodies = channels, layout.num_joints, bodies
+        partitions = torch.from_numpy(layout.partitions(partition, max_hop))
+        self.input_norm = InputNorm(channels, layout.num_joints, bodies)
+        widths = (channels, *block_channels)
+        self.blocks = nn.ModuleList(
+            STGCNBlock(widths[i], widths[i + 1], partitions, stride=block_strides[i],
+                       temporal_kernel=temporal_kernel, dropout=0.0 if i == 0 else dropout,
+                       residual=i > 0, edge_importance=edge_importance)
+            for i in range(len(block_channels)))
+        self.temporal_dim = self.spatial_dim = block_channels[-1]
+        self.feature_dim = 2 * block_channels[-1]
+        init_gcn_weights(self, torch.Generator().manual_seed(seed))
+
+    def forward(self, x: torch.Tensor) -> EncoderOutput:
+        check_input(x, self.channels, self.joints, self.bodies, "ST-GCN")
+        f = self.input_norm(x)                                   # (N*M, C, T, V)
+        for block in self.blocks:
+            f = block(f)                                         # (N*M, C', T', V)
+        return pool_gcn_features(f, self.bodies)
+
+
+def build_stgcn(preset: str, *, layout: Layout | str, clip_len: int, channels: int,
+                bodies: int, **overrides) -> STGCN:
+    """Build an ST-GCN from a preset (`PRESETS`), overriding any `STGCN` keyword.
+
+    ST-GCN works on any number of frames; `clip_len` is only checked to be positive.
+    Overrides: block_channels, block_strides, temporal_kernel, dropout, partition, max_hop,
+    edge_importance, seed.
+    """
+    if preset not in PRESETS:
+        raise ValueError(f"ST-GCN: unknown preset {preset!r}; expected one of {sorted(PRESETS)}")
+    if clip_len < 1:
+        raise ValueError(f"ST-GCN: clip_len must be >= 1, got {clip_len}")
+    allowed = {"block_channels", "block_strides", "temporal_kernel", "dropout", "partition",
+               "max_hop", "edge_importance", "seed"}
+    unknown = set(overrides) - allowed
+    if unknown:
+        raise ValueError(f"ST-GCN: unknown overrides {sorted(unknown)}; expected some of "
+                         f"{sorted(allowed)}")
+    return STGCN(layout, channels, bodies, **{**PRESETS[preset], **overrides})
