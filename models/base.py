@@ -247,3 +247,17 @@ class TwoStreamTransformer(nn.Module):
         temporal = frames.amax(dim=1)
         spatial = joints.amax(dim=1)
         return EncoderOutput(torch.cat([temporal, spatial], dim=1), temporal, spatial, frames, joints)
+
+
+def preset_kwargs(encoder: str, presets: dict[str, dict], preset: str, overrides: dict) -> dict:
+    """The constructor arguments of `preset` with `overrides` applied (any preset key, or seed).
+
+    ValueError naming the valid presets / override keys otherwise.
+    """
+    if preset not in presets:
+        raise ValueError(f"{encoder}: unknown preset {preset!r}; valid presets: {', '.join(presets)}")
+    allowed = set(presets[preset]) | {"seed"}
+    unknown = set(overrides) - allowed
+    if unknown:
+        raise ValueError(f"{encoder}: unknown overrides {sorted(unknown)}; valid: {sorted(allowed)}")
+    return {**presets[preset], **overrides}

@@ -10,7 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.base import MLP, Attention, DropPath, Stream, TwoStreamTransformer
+from feeders.layouts import Layout, get_layout
+from models.base import MLP, Attention, DropPath, Stream, TwoStreamTransformer, preset_kwargs
 
 SHIFT_GAP = 4
 
@@ -127,9 +128,10 @@ class DSTE(TwoStreamTransformer):
         super().__init__(clip_len, joints, bodies, channels, hidden, t_stream, s_stream, seed)
 
 
-def build_dste(preset: str, *, layout, clip_len: int, channels: int, bodies: int, **overrides) -> DSTE:
-    """DSTE for a resolved feeders.layouts.Layout; preset in PRESETS, overrides any constructor arg."""
-    if preset not in PRESETS:
-        raise ValueError(f"dste: unknown preset {preset!r}; valid presets: {', '.join(PRESETS)}")
-    kwargs = {**PRESETS[preset], **overrides}
-    return DSTE(clip_len=clip_len, joints=layout.num_joints, bodies=bodies, channels=channels, **kwargs)
+def build_dste(
+    preset: str, *, layout: Layout | str, clip_len: int, channels: int, bodies: int, **overrides
+) -> DSTE:
+    """DSTE from a preset in PRESETS; overrides: any preset key (hidden, depth, ...) or seed."""
+    kwargs = preset_kwargs("dste", PRESETS, preset, overrides)
+    joints = get_layout(layout).num_joints
+    return DSTE(clip_len=clip_len, joints=joints, bodies=bodies, channels=channels, **kwargs)

@@ -8,7 +8,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from models.base import MLP, Attention, DropPath, Stream, TwoStreamTransformer
+from feeders.layouts import Layout, get_layout
+from models.base import MLP, Attention, DropPath, Stream, TwoStreamTransformer, preset_kwargs
 
 PRESETS = {
     "paper": dict(hidden=1024, depth=2, num_heads=1, drop_path=0.1),
@@ -58,9 +59,10 @@ class STTR(TwoStreamTransformer):
         super().__init__(clip_len, joints, bodies, channels, hidden, t_stream, s_stream, seed)
 
 
-def build_sttr(preset: str, *, layout, clip_len: int, channels: int, bodies: int, **overrides) -> STTR:
-    """STTR for a resolved feeders.layouts.Layout; preset in PRESETS, overrides any constructor arg."""
-    if preset not in PRESETS:
-        raise ValueError(f"sttr: unknown preset {preset!r}; valid presets: {', '.join(PRESETS)}")
-    kwargs = {**PRESETS[preset], **overrides}
-    return STTR(clip_len=clip_len, joints=layout.num_joints, bodies=bodies, channels=channels, **kwargs)
+def build_sttr(
+    preset: str, *, layout: Layout | str, clip_len: int, channels: int, bodies: int, **overrides
+) -> STTR:
+    """STTR from a preset in PRESETS; overrides: any preset key (hidden, depth, ...) or seed."""
+    kwargs = preset_kwargs("sttr", PRESETS, preset, overrides)
+    joints = get_layout(layout).num_joints
+    return STTR(clip_len=clip_len, joints=joints, bodies=bodies, channels=channels, **kwargs)
