@@ -70,7 +70,7 @@ def split_names(prefix: str) -> dict[str, str]:
 
 def splits_by_name(split_of: dict[str, str], metas: list[Record]) -> dict[str, list[int]]:
     """Group written records into splits with a name -> split mapping built in ``scan``."""
-    out: dict[str, list[int]] = {s: [] for s in dict.fromkeys(split_of.values())}
+    out: dict[str, list[int]] = {s: [] for s in sorted(set(split_of.values()))}
     for i, rec in enumerate(metas):
         out[split_of[rec.name]].append(i)
     return out
