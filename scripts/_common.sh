@@ -1,0 +1,167 @@
+# Shared by scripts/*.sh (source it): run names -> flags, GPU lists -> launch commands.
+#
+# RUN_NAME = <dataset>_<protocol>_<stream>_<backbone>, e.g. ntu60_xs_j_dste
+#   dataset : ntu60 ntu120 pku1 pku2 ucla demo kinetics penn   (directory $SKEL_DATA/<dataset>)
+#   protocol: xs (xsub) xv (xview) xe (xset) tv (train/val of kinetics, penn)
+#   stream  : j m b jm bm
+#   backbone: dste sttr stgcn msg3d
+# It maps to --data $SKEL_DATA/<dataset> --split <protocol>_train --stream --backbone
+# --output checkpoint/<RUN_NAME>, plus the per-dataset defaults of `dataset_defaults`; flags given
+# after the run name come last and win.
+#
+# GPUS: a comma list of GPU ids (0 or 0,1,2,3): torchrun --nproc_per_node=<count> with
+#       CUDA_VISIBLE_DEVICES=<list>; without CUDA a message, then one CPU process.
+#       cpu: one plain CPU process. cpuN: torchrun with N CPU processes (gloo).
+# Multi-node (GPU lists): every node runs the same command with
+#   NNODES=<nodes> NODE_RANK=<this node, 0..NNODES-1> MASTER_ADDR=<node 0 host> MASTER_PORT=<port>
+# Environment: SKEL_DATA (dataset root, default data), SKEL_DEMO_SEQUENCES (size of the generated
+# demo dataset, default: the generator's), SKEL_CHECKPOINTS (default checkpoint).
+# Relative paths are relative to the repository root; the scripts run from there.
+# Python: the project's .venv/bin/python when present, else python3.
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+if [ -x "$ROOT/.venv/bin/python" ]; then PY="$ROOT/.venv/bin/python"; else PY=python3; fi
+DATA_ROOT="${SKEL_DATA:-data}"
+CKPT_ROOT="${SKEL_CHECKPOINTS:-checkpoint}"
+
+DATASETS="ntu60 ntu120 pku1 pku2 ucla demo kinetics penn"
+STREAM_NAMES="j m b jm bm"
+BACKBONE_NAMES="dste sttr stgcn msg3d"
+
+die() { echo "error: $*" >&2; exit 2; }
+
+_in_list() { local x; for x in $2; do [ "$x" = "$1" ] && return 0; done; return 1; }
+
+# Protocols each dataset has.
+_protocols_of() {
+    case "$1" in
+        ntu60|pku1|pku2) echo "xs xv" ;;
+        ntu120) echo "xs xe" ;;
+        ucla) echo "xv" ;;
+        demo) echo "xs" ;;
+        kinetics|penn) echo "tv" ;;
+    esac
+}
+
+run_name_error() {
+    cat >&2 <<EOF
+error: bad run name '$1': $2
+A run name is <dataset>_<protocol>_<stream>_<backbone>, e.g. ntu60_xs_j_dste:
+  dataset : $DATASETS
+  protocol: xs (xsub), xv (xview), xe (xset), tv (train/val); per dataset:
+            ntu60 pku1 pku2: xs xv | ntu120: xs xe | ucla: xv | demo: xs | kinetics penn: tv
+  stream  : $STREAM_NAMES
+  backbone: $BACKBONE_NAMES
+EOF
+    exit 2
+}
+
+# parse_run_name NAME: sets RUN_NAME RUN_DATASET RUN_PROTOCOL RUN_SPLIT RUN_EVAL_SPLIT RUN_STREAM
+# RUN_BACKBONE RUN_DATA RUN_OUTPUT and the array RUN_ARGS (the flags above plus the defaults).
+parse_run_name() {
+    local name="$1" rest
+    IFS=_ read -r RUN_DATASET RUN_PROTOCOL RUN_STREAM RUN_BACKBONE rest <<< "$name"
+    [ -n "$RUN_BACKBONE" ] && [ -z "$rest" ] || run_name_error "$name" "expected 4 parts separated by _"
+    _in_list "$RUN_DATASET" "$DATASETS" || run_name_error "$name" "unknown dataset '$RUN_DATASET'"
+    _in_list "$RUN_PROTOCOL" "$(_protocols_of "$RUN_DATASET")" \
+        || run_name_error "$name" "dataset $RUN_DATASET has no protocol '$RUN_PROTOCOL'"
+    _in_list "$RUN_STREAM" "$STREAM_NAMES" || run_name_error "$name" "unknown stream '$RUN_STREAM'"
+    _in_list "$RUN_BACKBONE" "$BACKBONE_NAMES" || run_name_error "$name" "unknown backbone '$RUN_BACKBONE'"
+    case "$RUN_PROTOCOL" in
+        xs) RUN_SPLIT=xsub_train ;; xv) RUN_SPLIT=xview_train ;;
+        xe) RUN_SPLIT=xset_train ;; tv) RUN_SPLIT=train ;;
+    esac
+    RUN_EVAL_SPLIT="${RUN_SPLIT%train}val"
+    RUN_NAME="$name"
+    RUN_DATA="$DATA_ROOT/$RUN_DATASET"
+    RUN_OUTPUT="$CKPT_ROOT/$RUN_NAME"
+    RUN_ARGS=(--data "$RUN_DATA" --split "$RUN_SPLIT" --stream "$RUN_STREAM"
+              --backbone "$RUN_BACKBONE" --output "$RUN_OUTPUT")
+    dataset_defaults "$RUN_DATASET"
+    RUN_ARGS+=("${DATASET_DEFAULTS[@]}")
+}
+
+# dataset_defaults DATASET: sets the array DATASET_DEFAULTS (pretraining schedule per dataset).
+# NTU/PKU-I/Kinetics: the paper (batch 356, Adam 5e-4, 451 epochs, x0.1 at 351); PKU-II: batch
+# 512, 1201 epochs, step at 801; small sets: the small preset and a short schedule.
+dataset_defaults() {
+    case "$1" in
+        ntu60|ntu120|pku1|kinetics)
+            DATASET_DEFAULTS=(--preset paper --batch-size 356 --lr 5e-4 --epochs 451 --milestones 351) ;;
+        pku2)
+            DATASET_DEFAULTS=(--preset paper --batch-size 512 --lr 5e-4 --epochs 1201 --milestones 801) ;;
+        ucla|penn)
+            DATASET_DEFAULTS=(--preset small --batch-size 64 --lr 5e-4 --epochs 200 --milestones 150) ;;
+        demo)
+            DATASET_DEFAULTS=(--preset small --batch-size 64 --lr 5e-4 --epochs 40 --milestones 30) ;;
+    esac
+}
+
+# The command that creates a dataset directory from its official release.
+prepare_command() {
+    local out="$DATA_ROOT/$1"
+    case "$1" in
+        ntu60) echo "$PY -m feeders.prepare --format ntu --benchmark ntu60 --src /path/to/nturgb+d_skeletons --out $out --workers 8" ;;
+        ntu120) echo "$PY -m feeders.prepare --format ntu --benchmark ntu120 --src /path/to/nturgb+d_skeletons_120 --out $out --workers 8" ;;
+        pku1) echo "$PY -m feeders.prepare --format pku --src /path/to/PKU-MMD-phase1 --out $out --workers 8" ;;
+        pku2) echo "$PY -m feeders.prepare --format pku --src /path/to/PKU-MMD-phase2 --out $out --workers 8" ;;
+        ucla) echo "$PY -m feeders.prepare --format nwucla --src /path/to/NW-UCLA/all_sqe --out $out" ;;
+        kinetics) echo "$PY -m feeders.prepare --format kinetics --src /path/to/kinetics-skeleton --out $out --workers 8" ;;
+        penn) echo "$PY -m feeders.prepare --format penn --src /path/to/Penn_Action --out $out" ;;
+        demo) echo "$PY -m feeders.synthetic --out $out" ;;
+    esac
+}
+
+# ensure_dataset: generate the demo dataset on first use; for any other missing dataset print
+# the command that creates it and exit 1.
+ensure_dataset() {
+    [ -f "$RUN_DATA/manifest.json" ] && return 0
+    if [ "$RUN_DATASET" = demo ]; then
+        echo "[data] generating the synthetic demo dataset in $RUN_DATA" >&2
+        "$PY" -m feeders.synthetic --out "$RUN_DATA" \
+            ${SKEL_DEMO_SEQUENCES:+--num-sequences "$SKEL_DEMO_SEQUENCES"} >&2
+        return 0
+    fi
+    {
+        echo "error: dataset '$RUN_DATASET' not found ($RUN_DATA/manifest.json is missing)."
+        echo "Create it from the official release (in $ROOT) with:"
+        echo "  $(prepare_command "$RUN_DATASET")"
+        echo "or point SKEL_DATA at the folder that holds $RUN_DATASET/."
+    } >&2
+    exit 1
+}
+
+# check_gpus GPUS: exit with a message unless GPUS is cpu, cpuN (N >= 1) or a list like 0,1,3.
+check_gpus() {
+    [[ "$1" =~ ^(cpu|cpu[1-9][0-9]*|[0-9]+(,[0-9]+)*)$ ]] \
+        || die "bad GPUS '$1': expected cpu (one CPU process), cpuN (N CPU processes) or a GPU id list like 0 or 0,1,2,3"
+}
+
+# launch GPUS SCRIPT.py [args...]: run a python entry point on the GPU list (see the header).
+launch() {
+    local gpus="$1" count; shift
+    check_gpus "$gpus"
+    case "$gpus" in
+        cpu) CUDA_VISIBLE_DEVICES= "$PY" "$@"; return ;;
+        cpu[1-9]*)
+            count="${gpus#cpu}"
+            local threads=$(( $(nproc) / count )); [ "$threads" -ge 1 ] || threads=1
+            CUDA_VISIBLE_DEVICES= OMP_NUM_THREADS="${OMP_NUM_THREADS:-$threads}" \
+                "$PY" -m torch.distributed.run --standalone --nproc_per_node="$count" "$@"
+            return ;;
+    esac
+    if [ "$("$PY" -c 'import torch; print(torch.cuda.device_count())')" = 0 ]; then
+        echo "warning: GPUs $gpus requested but CUDA is not available here; running one CPU process" >&2
+        CUDA_VISIBLE_DEVICES= "$PY" "$@"
+        return
+    fi
+    count=$(awk -F, '{print NF}' <<< "$gpus")
+    local rdzv=(--standalone)
+    if [ "${NNODES:-1}" -gt 1 ]; then
+        rdzv=(--nnodes="$NNODES" --node_rank="${NODE_RANK:-0}"
+              --master_addr="${MASTER_ADDR:-127.0.0.1}" --master_port="${MASTER_PORT:-29500}")
+    fi
+    CUDA_VISIBLE_DEVICES="$gpus" "$PY" -m torch.distributed.run "${rdzv[@]}" \
+        --nproc_per_node="$count" "$@"
+}

@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# USDRL pretraining from a run name.
+# Usage: bash scripts/pretrain.sh GPUS RUN_NAME [extra pretrain.py flags]
+#   bash scripts/pretrain.sh 0,1,2,3 ntu60_xs_j_dste
+#   bash scripts/pretrain.sh cpu demo_xs_b_dste --epochs 5
+# GPUS and RUN_NAME are described in scripts/_common.sh. Re-running the same command resumes
+# from checkpoint/<RUN_NAME>/last.pt.
+set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/_common.sh"
+if [ $# -lt 2 ]; then
+    sed -n '2,7p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
+    exit 2
+fi
+GPUS="$1"; shift
+check_gpus "$GPUS"
+parse_run_name "$1"; shift
+ensure_dataset
+launch "$GPUS" pretrain.py "${RUN_ARGS[@]}" "$@"
