@@ -163,3 +163,21 @@ def test_missing_folders(tmp_path):
         prepare("kinetics", tmp_path, tmp_path / "ds")
     with pytest.raises(ValueError, match="nowhere: train clip folder not found"):
         prepare("kinetics", tmp_path, tmp_path / "ds", train_dir=tmp_path / "nowhere")
+
+
+def test_export_to_pyskl_and_back(kinetics, tmp_path):
+    """A 2D+score store exports as keypoint (M, T, 18, 2) + keypoint_score and reads back equal
+    up to float16 rounding (the pyskl keypoint dtype)."""
+    from feeders.export import to_pyskl
+
+    to_pyskl(kinetics.root, tmp_path / "k.pkl")
+    prepare("pyskl", tmp_path / "k.pkl", tmp_path / "back")
+    back = open_store(tmp_path / "back")
+    assert back.layout.name == "openpose18" and back.channels == 3 and back.bodies == 2
+    assert back.names.tolist() == kinetics.names.tolist()
+    assert back.labels.tolist() == kinetics.labels.tolist()
+    for split in ("train", "val"):
+        assert back.split_indices(split).tolist() == kinetics.split_indices(split).tolist()
+    for i in range(len(kinetics)):
+        want = kinetics.sequence(i)
+        np.testing.assert_array_equal(back.sequence(i), want.astype(np.float16))
