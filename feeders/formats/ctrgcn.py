@@ -117,6 +117,9 @@ class _NpzRows:
                                      shape=self.shape)
 
     def _open_stream(self):
+        if self._stream is not None:
+            self._stream.close()
+            self._zip.close()
         self._zip = zipfile.ZipFile(self.path)
         self._stream = self._zip.open(f"{self.key}.npy")
         version = np.lib.format.read_magic(self._stream)

@@ -3,7 +3,9 @@
 The file is one pickled dict ``{'split': {name: [frame_dir, ...]}, 'annotations': [...]}``.
 Each annotation holds ``frame_dir`` (str), ``label`` (0-based int), ``total_frames`` and
 ``keypoint`` ``(M, T, V, C)`` (float16 in the released files); 2D files add
-``keypoint_score`` ``(M, T, V)``, appended here as a third channel unless ``--drop-score``.
+``keypoint_score`` ``(M, T, V)``, appended here as a third channel unless ``--drop-score``
+(only for 2D keypoints; a score next to 3D keypoints is ignored). NTU-style frame_dir names
+``SsssCcccPpppRrrrAaaa`` also give setup, view (camera), subject and replication.
 
 The pickle is loaded once in ``scan``; the work items are the annotation dicts themselves, so
 reading runs in the main process (``parallel=False``). Splits are copied verbatim.
