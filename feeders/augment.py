@@ -1,0 +1,168 @@
+"""Pretraining augmentations (METHOD.md section 1).
+
+Two parts:
+
+- numpy, per sample, in the dataset: ``temporal_crop_resize`` (random crop of the valid
+  frames, resampled to the clip length) and ``resize_whole`` (evaluation: all valid frames
+  resampled, no randomness). Both turn a stored sequence ``(T, M, V, C)`` into a clip
+  ``(C, L, V, M)``.
+- torch, batched, on the training device: ``augment_views`` applies the spatial
+  augmentations to every view of a batch ``(B, K, C, L, V, M)`` in one go.
+
+Temporal resampling is linear interpolation in time with the sampling grid of
+``torch.nn.functional.interpolate(..., align_corners=False)`` (the grid of the public
+releases): output frame ``i`` of ``L`` sits at input position ``(i + 0.5) * n / L - 0.5``,
+clamped to ``[0, n - 1]``. A 1-frame input is therefore repeated ``L`` times.
+
+Spatial augmentations, our reading of METHOD.md section 1, drawn independently per view:
+
+- with probability 1/2: shear. All coordinates of the view are multiplied by an ``S x S``
+  matrix with unit diagonal and off-diagonal entries ~ U(-1, 1) (``S`` = 3 for xyz, 2 for 2D).
+- otherwise (the other 1/2), one of two joint-level corruptions with probability 1/2 each
+  (so 1/4 overall each): a random set of ``round(0.6 * V)`` joints (15 of 25 for NTU) is
+  chosen, the same joints in all frames and all bodies, and
+  (a) masking: their coordinates are set to zero, or
+  (b) random linear map: their coordinates are multiplied by an ``S x S`` matrix with all
+  entries ~ U(-1, 1). The other joints are left exactly as they were.
+
+Every view gets exactly one of the three transforms. Coordinates are treated as column vectors:
+``x_new = A @ x`` for each joint, frame and body. Channels past the first ``S`` (a confidence
+score) are never changed.
+"""
+
+from typing import NamedTuple
+
+import numpy as np
+import torch
+
+from feeders.streams import resolve_spatial_channels
+
+SHEAR, MASK, LINEAR = 0, 1, 2
+BRANCH_NAMES = ("shear", "mask", "linear")
+MASKED_FRACTION = 0.6
+
+
+# ----------------------------------------------------------------------------- temporal (numpy)
+
+
+def _check_sequence(seq: np.ndarray, clip_len: int) -> None:
+    if seq.ndim != 4:
+        raise ValueError(f"expected a sequence of shape (T, M, V, C), got shape {seq.shape}")
+    if seq.shape[0] < 1:
+        raise ValueError("cannot resample an empty sequence (T = 0 frames)")
+    if clip_len < 1:
+        raise ValueError(f"clip_len must be >= 1, got {clip_len}")
+
+
+def resample_frames(seq: np.ndarray, clip_len: int) -> np.ndarray:
+    """Linear interpolation of ``seq (T, M, V, C)`` to ``clip_len`` frames -> ``(C, L, V, M)`` float32."""
+    _check_sequence(seq, clip_len)
+    n = seq.shape[0]
+    pos = (np.arange(clip_len) + 0.5) * (n / clip_len) - 0.5
+    pos = np.clip(pos, 0.0, n - 1)
+    lo = np.floor(pos).astype(np.int64)
+    hi = np.minimum(lo + 1, n - 1)
+    w = (pos - lo).astype(np.float32)[:, None, None, None]
+    out = seq[lo].astype(np.float32) * (1.0 - w) + seq[hi].astype(np.float32) * w  # (L, M, V, C)
+    return np.ascontiguousarray(out.transpose(3, 0, 2, 1))
+
+
+def temporal_crop_resize(
+    seq: np.ndarray, clip_len: int, rng: np.random.Generator, min_ratio: float = 0.1
+) -> np.ndarray:
+    """Random crop-and-resize of ``seq (T, M, V, C)`` -> ``(C, L, V, M)`` float32.
+
+    ``s ~ U(min_ratio, 1)``; crop length ``min(max(floor(T * s), L), T)``; start uniform over
+    the valid positions; the crop is resampled to ``L = clip_len`` frames.
+    """
+    _check_sequence(seq, clip_len)
+    if not 0.0 < min_ratio <= 1.0:
+        raise ValueError(f"min_ratio must be in (0, 1], got {min_ratio}")
+    n = seq.shape[0]
+    ratio = rng.uniform(min_ratio, 1.0)
+    crop = min(max(int(np.floor(n * ratio)), clip_len), n)
+    start = int(rng.integers(0, n - crop + 1))
+    return resample_frames(seq[start:start + crop], clip_len)
+
+
+def resize_whole(seq: np.ndarray, clip_len: int) -> np.ndarray:
+    """All frames of ``seq (T, M, V, C)`` resampled to ``clip_len`` -> ``(C, L, V, M)`` float32."""
+    return resample_frames(seq, clip_len)
+
+
+# ----------------------------------------------------------------------------- spatial (torch)
+
+
+class ViewTransforms(NamedTuple):
+    """Per-view augmentation draws for ``n`` views of ``V`` joints and ``S`` coordinates.
+
+    branch: ``(n,)`` int64, one of SHEAR, MASK, LINEAR.
+    matrices: ``(n, V, S, S)``, the matrix applied to each joint of each view (identity for
+    joints left alone, zero for masked joints).
+    """
+
+    branch: torch.Tensor
+    matrices: torch.Tensor
+
+
+def draw_view_transforms(
+    num_views: int, num_joints: int, spatial_channels: int, generator: torch.Generator
+) -> ViewTransforms:
+    """Draw the transforms of ``num_views`` views on the CPU from ``generator``.
+
+    The same draws are made whatever branch a view takes, so the generator advances by a fixed
+    amount per call.
+    """
+    if generator.device.type != "cpu":
+        raise ValueError(f"augment: the generator must be a CPU torch.Generator (draws are made on "
+                         f"the CPU so every device gets the same numbers), got {generator.device}")
+    n, v, s = num_views, num_joints, spatial_channels
+    branch_u = torch.rand(n, 2, generator=generator, dtype=torch.float64)
+    shear_off = torch.rand(n, s, s, generator=generator, dtype=torch.float64) * 2 - 1
+    linear = torch.rand(n, s, s, generator=generator, dtype=torch.float64) * 2 - 1
+    joint_keys = torch.rand(n, v, generator=generator, dtype=torch.float64)
+
+    eye = torch.eye(s, dtype=torch.float64)
+    shear = eye + shear_off * (1 - eye)
+    num_chosen = int(round(MASKED_FRACTION * v))
+    chosen = torch.zeros(n, v, dtype=torch.bool)
+    chosen.scatter_(1, joint_keys.argsort(dim=1)[:, :num_chosen], True)
+
+    is_shear = branch_u[:, 0] < 0.5
+    is_mask = ~is_shear & (branch_u[:, 1] < 0.5)
+    branch = torch.full((n,), LINEAR, dtype=torch.long)
+    branch[is_mask] = MASK
+    branch[is_shear] = SHEAR
+
+    corrupt = torch.where(is_mask[:, None, None], torch.zeros_like(linear), linear)  # (n, S, S)
+    per_joint = torch.where(chosen[:, :, None, None], corrupt[:, None], eye)  # (n, V, S, S)
+    matrices = torch.where(is_shear[:, None, None, None], shear[:, None], per_joint)
+    return ViewTransforms(branch, matrices)
+
+
+def apply_view_transforms(x: torch.Tensor, matrices: torch.Tensor, spatial_channels: int) -> torch.Tensor:
+    """Apply per-view, per-joint matrices ``(n, V, S, S)`` to ``x (n, C, L, V, M)``."""
+    s = spatial_channels
+    mats = matrices.to(device=x.device, dtype=x.dtype)
+    coords = torch.einsum("nvij,njlvm->nilvm", mats, x[:, :s])
+    return torch.cat([coords, x[:, s:]], dim=1)
+
+
+def augment_views(
+    x: torch.Tensor, generator: torch.Generator, spatial_channels: int | None = None
+) -> torch.Tensor:
+    """Augment every view of ``x (B, K, C, L, V, M)`` independently; same shape, dtype, device.
+
+    ``generator``: a CPU ``torch.Generator`` (seed it from run seed, epoch, step and rank).
+    ``spatial_channels``: number of coordinate channels (default ``min(C, 3)``; pass 2 for
+    2D+score data). See the module docstring for the transforms and their probabilities.
+    """
+    if not isinstance(spatial_channels, (int, type(None))):
+        raise TypeError(f"spatial_channels must be an int or None, got {type(spatial_channels).__name__}")
+    if x.dim() != 6:
+        raise ValueError(f"augment_views expects x of shape (B, K, C, L, V, M), got shape {tuple(x.shape)}")
+    b, k, c, length, v, m = x.shape
+    s = resolve_spatial_channels(c, spatial_channels)
+    draws = draw_view_transforms(b * k, v, s, generator)
+    flat = x.reshape(b * k, c, length, v, m)
+    return apply_view_transforms(flat, draws.matrices, s).reshape(x.shape)
