@@ -10,6 +10,15 @@ from models.gcn_blocks import PartitionGraphConv, pool_gcn_features, residual_pa
 from models.stgcn import PRESETS, build_stgcn
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny convolutions run faster on one thread than on OpenMP threads of a busy CPU."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 def _randn(*shape, seed=0):
     return torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
 
