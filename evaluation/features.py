@@ -1,0 +1,207 @@
+"""Frozen encoders for evaluation: loading pretrained weights, feature extraction, caching.
+
+- ``resolve_encoder_config`` / ``load_pretrained``: an evaluation run takes backbone, preset,
+  stream, clip length and spatial channels from the pretraining checkpoint's config; a flag
+  that contradicts it is an error.
+- ``extract``: global features ``(N, Dt + Ds)`` of a whole split (``EvalDataset``: every
+  sequence resampled to the clip length, no randomness), stream applied, under autocast, in
+  split order. With several processes each one encodes positions ``rank::world`` and the
+  shards are all-gathered back into split order.
+- ``cached_extract``: the same, stored in ``<cache_dir>/<key>.pt``. The key hashes the
+  encoder weights (so any checkpoint, or a from-scratch seed, gets its own entry), the
+  dataset checksums, the split, stream, clip length and spatial channels.
+- ``ReEncoder``: features of arbitrary dataset positions by re-running the encoder (what
+  the original release did on every batch of every linear-probe epoch; used by the tests and
+  the benchmark to check the cache gives the same probe).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from functools import partial
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.utils.data import DataLoader, Subset
+
+import engine
+from feeders.dataset import EvalDataset
+from feeders.streams import to_stream
+from models import build_encoder
+
+ENCODER_FIELDS = ("backbone", "preset", "stream", "clip_len", "spatial_channels")
+FALLBACK = {"backbone": "dste", "preset": "paper", "stream": "j", "clip_len": 64,
+            "spatial_channels": None}
+
+
+class CheckpointError(ValueError):
+    """A pretrained checkpoint is missing, unreadable or does not fit the requested run."""
+
+
+# ----------------------------------------------------------------------------- checkpoints
+def checkpoint_config(ckpt: dict) -> dict:
+    """The pretraining flags stored in a checkpoint (``meta.config`` or ``config``), or {}."""
+    return ckpt.get("config") or ckpt.get("meta", {}).get("config", {}) or {}
+
+
+def read_checkpoint(path: str | Path) -> dict:
+    """``engine.load_checkpoint`` with a CheckpointError naming the file."""
+    try:
+        ckpt = engine.load_checkpoint(Path(path))
+    except (FileNotFoundError, ValueError) as err:
+        raise CheckpointError(f"--pretrained: {err}") from None
+    if not isinstance(ckpt, dict) or not isinstance(ckpt.get("model"), dict):
+        raise CheckpointError(f"--pretrained {path}: expected a dict with a 'model' state dict "
+                              f"(a pretrain.py checkpoint)")
+    return ckpt
+
+
+def resolve_encoder_config(args, ckpt: dict | None, path=None) -> dict:
+    """Encoder flags for an evaluation run: the checkpoint's values, a flag left unset (None)
+    takes them; a flag set to another value raises CheckpointError. Without a checkpoint the
+    flag or ``FALLBACK``."""
+    config = checkpoint_config(ckpt) if ckpt is not None else {}
+    out = {}
+    for field in ENCODER_FIELDS:
+        flag = getattr(args, field)
+        if field in config and config[field] is not None:
+            if flag is not None and flag != config[field]:
+                raise CheckpointError(
+                    f"--{field.replace('_', '-')} {flag} conflicts with checkpoint {path}, "
+                    f"which was pretrained with {field}={config[field]!r}; drop the flag")
+            out[field] = config[field]
+        else:
+            out[field] = flag if flag is not None else FALLBACK[field]
+    return out
+
+
+def encoder_state(ckpt: dict) -> dict:
+    """Encoder weights of a pretrain (``encoder.`` prefix) or fine-tune checkpoint."""
+    state = {k[len("encoder."):]: v for k, v in ckpt["model"].items() if k.startswith("encoder.")}
+    return state or ckpt["model"]
+
+
+def load_encoder_weights(encoder: nn.Module, ckpt: dict, path, backbone: str) -> None:
+    """Strictly load the checkpoint's encoder weights; CheckpointError on any mismatch."""
+    state = encoder_state(ckpt)
+    own = encoder.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    wrong_shape = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
+    if missing or unexpected or wrong_shape:
+        detail = "; ".join(f"{what}: {keys[:4]}{' ...' if len(keys) > 4 else ''}"
+                           for what, keys in (("missing", missing), ("unexpected", unexpected),
+                                              ("shape differs", wrong_shape)) if keys)
+        raise CheckpointError(f"checkpoint {path} does not hold weights of this {backbone} "
+                              f"encoder for this dataset ({detail})")
+    encoder.load_state_dict(state)
+
+
+def build_eval_encoder(cfg: dict, store, seed: int, ckpt: dict | None = None, path=None,
+                       **overrides) -> nn.Module:
+    """Build ``cfg['backbone']``/``cfg['preset']`` for the store's layout and load the
+    checkpoint's encoder weights (if any). ``overrides`` go to ``build_encoder``."""
+    encoder = build_encoder(cfg["backbone"], cfg["preset"], layout=store.layout,
+                            clip_len=cfg["clip_len"], channels=store.channels,
+                            bodies=store.bodies, seed=seed, **overrides)
+    if ckpt is not None:
+        load_encoder_weights(encoder, ckpt, path, cfg["backbone"])
+    return encoder
+
+
+# ----------------------------------------------------------------------------- extraction
+def stream_transform(stream: str, parents, spatial_channels: int | None):
+    """clip (N, C, L, V, M) -> the stream's encoder input, same shape."""
+    return partial(to_stream, stream=stream, parents=parents, spatial_channels=spatial_channels)
+
+
+def gather_in_order(x: torch.Tensor, total: int, info: engine.DistInfo) -> torch.Tensor:
+    """Reassemble shards taken as positions ``rank::world`` into (total, ...) split order."""
+    if not info.distributed:
+        return x
+    per_rank = -(-total // info.world_size)
+    padded = x.new_zeros(per_rank, *x.shape[1:])
+    padded[:x.shape[0]] = x
+    padded = padded.to(info.device)
+    parts = [torch.empty_like(padded) for _ in range(info.world_size)]
+    dist.all_gather(parts, padded)
+    # parts[r][j] is position j * world + r
+    return torch.stack(parts, dim=1).reshape(per_rank * info.world_size, *x.shape[1:])[:total].cpu()
+
+
+@torch.no_grad()
+def extract(encoder: nn.Module, store, split: str, *, stream: str, clip_len: int,
+            spatial_channels: int | None, info: engine.DistInfo, dtype: torch.dtype | None,
+            batch_size: int = 256, workers: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Features (N, D) float32 and labels (N,) int64 of every sequence of ``split``, in
+    split order (N = len(store.split_indices(split)))."""
+    dataset = EvalDataset(store, split, clip_len, spatial_channels=spatial_channels)
+    shard = Subset(dataset, range(info.rank, len(dataset), info.world_size))
+    loader = DataLoader(shard, batch_size=batch_size, num_workers=workers,
+                        pin_memory=info.device.type == "cuda")
+    transform = stream_transform(stream, store.layout.parents, spatial_channels)
+    encoder.to(info.device)
+    feats, labels = engine.extract_features(encoder, loader, transform, info.device, dtype)
+    return (gather_in_order(feats, len(dataset), info),
+            gather_in_order(labels, len(dataset), info))
+
+
+def weights_digest(module: nn.Module) -> str:
+    """sha256 over the names, dtypes, shapes and values of a module's state dict."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        t = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}|{t.dtype}|{tuple(t.shape)}".encode())
+        digest.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return digest.hexdigest()
+
+
+def cache_key(encoder: nn.Module, store, split: str, stream: str, clip_len: int,
+              spatial_channels: int | None) -> str:
+    """A file-name-safe key for the features of (weights, dataset, split, stream, clip_len)."""
+    fields = {"weights": weights_digest(encoder),
+              "data": store.manifest.get("checksums", {}), "split": split, "stream": stream,
+              "clip_len": clip_len, "spatial_channels": spatial_channels}
+    blob = json.dumps(fields, sort_keys=True).encode()
+    return f"{split}_{stream}_L{clip_len}_{hashlib.sha256(blob).hexdigest()[:20]}"
+
+
+def cached_extract(encoder: nn.Module, store, split: str, *, cache_dir: Path | None,
+                   info: engine.DistInfo, **kwargs) -> tuple[torch.Tensor, torch.Tensor]:
+    """``extract`` with a disk cache in ``cache_dir`` (None: no cache). Returns the same."""
+    if cache_dir is None:
+        return extract(encoder, store, split, info=info, **kwargs)
+    key = cache_key(encoder, store, split, kwargs["stream"], kwargs["clip_len"],
+                    kwargs["spatial_channels"])
+    path = Path(cache_dir) / f"{key}.pt"
+    if path.is_file():
+        try:
+            blob = torch.load(path, map_location="cpu", weights_only=True)
+            engine.log(info, f"features: {split} from cache {path}")
+            return blob["features"], blob["labels"]
+        except Exception as err:  # a damaged cache entry is recomputed, never trusted
+            engine.log(info, f"features: ignoring unreadable cache {path} ({err})")
+    feats, labels = extract(encoder, store, split, info=info, **kwargs)
+    if info.is_main:
+        engine.save_checkpoint(path, {"features": feats, "labels": labels, "key": key})
+    engine.barrier(info)
+    return feats, labels
+
+
+class ReEncoder:
+    """``batch_features(positions (B,)) -> (B, D) float32``: run the frozen encoder on those
+    positions of ``dataset`` (an EvalDataset) with the stream transform, in eval mode."""
+
+    def __init__(self, encoder: nn.Module, dataset, transform, device: torch.device,
+                 dtype: torch.dtype | None):
+        self.encoder, self.dataset, self.transform = encoder.eval(), dataset, transform
+        self.device, self.dtype = device, dtype
+
+    @torch.no_grad()
+    def __call__(self, positions: torch.Tensor) -> torch.Tensor:
+        clips = torch.stack([torch.as_tensor(self.dataset[int(i)][0]) for i in positions])
+        with engine.precision_context(self.dtype, self.device):
+            out = self.encoder(self.transform(clips.to(self.device)))
+        return out.global_feat.float().to(positions.device)

@@ -1,0 +1,95 @@
+"""Linear probe: one Linear(feature_dim -> classes) on frozen features (METHOD section 5).
+
+The head is initialised N(0, 0.01) (bias 0) and trained with SGD (momentum 0.9, weight decay 0)
+for ``epochs`` with the lr multiplied by 0.1 at each milestone (160 epochs, x0.1 at 120 and
+140 in the paper). Batches are drawn by ``batch_features(indices) -> (B, D)``: with cached
+features that is a tensor index (the whole training set lives in memory), with
+``evaluation.features.ReEncoder`` it re-runs the frozen encoder on the dataset samples, as the original release
+did. Both paths see the same initialisation and the same batch order for the same seed, so
+they train the same head up to floating-point noise in the features.
+"""
+from __future__ import annotations
+
+import copy
+from typing import Callable
+
+import torch
+from torch import nn
+
+
+def make_head(feature_dim: int, num_classes: int, seed: int) -> nn.Linear:
+    """Linear(feature_dim -> num_classes), weights ~ N(0, 0.01) from ``seed``, bias 0."""
+    head = nn.Linear(feature_dim, num_classes)
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        head.weight.normal_(0.0, 0.01, generator=gen)
+        head.bias.zero_()
+    return head
+
+
+def step_lr(base_lr: float, epoch: int, milestones: tuple[int, ...]) -> float:
+    """lr at 0-based ``epoch``: base_lr * 0.1 ** (number of milestones <= epoch)."""
+    return base_lr * 0.1 ** sum(epoch >= m for m in milestones)
+
+
+@torch.no_grad()
+def predict(head: nn.Module, features: torch.Tensor, batch_size: int = 4096) -> torch.Tensor:
+    """Logits (N, classes) of ``features (N, D)``."""
+    head.eval()
+    out = [head(features[i:i + batch_size]) for i in range(0, features.shape[0], batch_size)]
+    return torch.cat(out).float()
+
+
+def accuracy(logits: torch.Tensor, labels: torch.Tensor, k: int = 1) -> float:
+    """Top-k accuracy in % of logits (N, C) against labels (N,)."""
+    k = min(k, logits.shape[1])
+    hit = (logits.topk(k, dim=1).indices == labels[:, None]).any(dim=1)
+    return 100.0 * hit.float().mean().item()
+
+
+def train_linear(batch_features: Callable[[torch.Tensor], torch.Tensor],
+                 labels: torch.Tensor, feature_dim: int, num_classes: int, *,
+                 epochs: int = 160, lr: float = 0.006, batch_size: int = 512,
+                 milestones: tuple[int, ...] = (120, 140), momentum: float = 0.9,
+                 weight_decay: float = 0.0, seed: int = 0,
+                 val: tuple[torch.Tensor, torch.Tensor] | None = None,
+                 log: Callable[[int, dict], None] | None = None) -> dict:
+    """Train a linear head on the samples ``0..N-1`` with ``labels (N,)``.
+
+    ``batch_features(idx (B,) int64) -> (B, D) float`` supplies features for those positions.
+    ``val`` = (features (Nv, D), labels (Nv,)) enables per-epoch selection of the best head on
+    validation top-1. Returns dict: ``head`` (last epoch), ``best_head`` and ``best_epoch``
+    (only with ``val``), ``history`` (list of per-epoch dicts: epoch, lr, loss, val_top1).
+    """
+    device = labels.device
+    head = make_head(feature_dim, num_classes, seed).to(device)
+    opt = torch.optim.SGD(head.parameters(), lr=lr, momentum=momentum,
+                          weight_decay=weight_decay)
+    order_gen = torch.Generator().manual_seed(seed)
+    loss_fn = nn.CrossEntropyLoss()
+    history, best = [], {"top1": -1.0, "head": None, "epoch": None}
+    for epoch in range(epochs):
+        for group in opt.param_groups:
+            group["lr"] = step_lr(lr, epoch, milestones)
+        head.train()
+        order = torch.randperm(labels.shape[0], generator=order_gen).to(device)
+        total, seen = 0.0, 0
+        for start in range(0, order.shape[0], batch_size):
+            idx = order[start:start + batch_size]
+            loss = loss_fn(head(batch_features(idx).float()), labels[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            total += loss.item() * idx.shape[0]
+            seen += idx.shape[0]
+        record = {"epoch": epoch + 1, "lr": opt.param_groups[0]["lr"], "loss": total / seen}
+        if val is not None:
+            record["val_top1"] = accuracy(predict(head, val[0].to(device)), val[1].to(device))
+            if record["val_top1"] > best["top1"]:
+                best = {"top1": record["val_top1"], "head": copy.deepcopy(head),
+                        "epoch": epoch + 1}
+        history.append(record)
+        if log is not None:
+            log(epoch + 1, record)
+    return {"head": head, "best_head": best["head"], "best_epoch": best["epoch"],
+            "history": history}
