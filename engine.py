@@ -336,7 +336,7 @@ def run_metadata(args: argparse.Namespace, info: DistInfo) -> dict:
         "config": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
         "seed": args.seed,
         "git_commit": git_commit(),
-        "versions": {"python": platform.python_version(), "torch": torch.__version__,
+        "versions": {"python": platform.python_version(), "torch": str(torch.__version__),
                      "numpy": np.__version__,
                      "cuda": torch.version.cuda or "none"},
         "command": [sys.executable] + sys.argv,
@@ -455,7 +455,7 @@ def _check_finite(loss: torch.Tensor, scalars: dict, info: DistInfo, epoch: int,
         return
     culprits = {k: float(v) for k, v in scalars.items() if not math.isfinite(float(v))}
     if not finite:
-        culprits.setdefault("loss", float(loss))
+        culprits.setdefault("loss", float(loss.detach()))
     detail = ", ".join(f"{k}={v}" for k, v in culprits.items()) or "on another process"
     raise NonFiniteLoss(f"non-finite loss at epoch {epoch} step {step} (rank {info.rank}): {detail}; "
                         "stopping, last.pt of the previous epoch is left intact")

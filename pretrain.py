@@ -1,0 +1,182 @@
+"""USDRL self-supervised pretraining (docs/METHOD.md sections 1-5).
+
+    python pretrain.py --data data/ntu60 --split xsub_train --stream j --backbone dste \\
+        --output checkpoint/ntu60_xs_j_dste [flags]
+    torchrun --nproc_per_node=8 pretrain.py ...   (or scripts/pretrain.sh GPUS RUN_NAME)
+
+One step: views (B, 4, C, L, V, M) from PretrainDataset -> spatial augmentation on the device
+(generator seeded from seed, epoch, step, rank) -> stream conversion -> encoder under autocast
+on all 4B clips -> three projectors -> embeddings gathered over processes -> fp32 loss.
+Writes <output>/config.json, <output>/last.pt every epoch, <output>/epoch_NNNN.pt every
+--save-every epochs and TensorBoard logs in <output>/tb. Re-running the same command resumes
+from last.pt (--resume auto).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from functools import partial
+
+import torch
+from torch.utils.data import DataLoader
+
+import engine
+from evaluation.knn import knn_evaluate
+from feeders.augment import augment_views
+from feeders.dataset import EvalDataset, PretrainDataset, make_sampler, worker_init_fn
+from feeders.store import open_store
+from feeders.streams import to_stream
+from models import build_encoder
+from models.usdrl import USDRL, LossWeights, usdrl_loss
+
+NUM_VIEWS = 4
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    engine.add_common_args(parser)
+    g = parser.add_argument_group("loss (METHOD.md section 4)")
+    d = LossWeights()
+    g.add_argument("--w-inv", type=float, default=d.inv, help="invariance weight")
+    g.add_argument("--w-varcov", type=float, default=d.varcov, help="variance-covariance weight")
+    g.add_argument("--w-xcorr", type=float, default=d.xcorr, help="cross-correlation weight")
+    g.add_argument("--w-std", type=float, default=d.std, help="variance hinge inside varcov")
+    g.add_argument("--w-offdiag", type=float, default=d.offdiag, help="off-diagonal weight in xcorr")
+    g.add_argument("--w-i", type=float, default=d.i, help="instance domain weight")
+    g.add_argument("--w-t", type=float, default=d.t, help="temporal domain weight")
+    g.add_argument("--w-s", type=float, default=d.s, help="spatial domain weight")
+    g.add_argument("--w-eps", type=float, default=d.eps, help="xcorr standardisation epsilon")
+    g.add_argument("--proj-mult", type=int, default=2, help="projector width multiplier")
+    g = parser.add_argument_group("optimisation")
+    g.add_argument("--weight-decay", type=float, default=1e-5, help="Adam (L2) weight decay")
+    g.add_argument("--schedule", choices=("step", "cosine"), default="step")
+    g.add_argument("--milestones", type=int, nargs="*", default=[351], help="step schedule epochs")
+    g.add_argument("--gamma", type=float, default=0.1, help="step schedule factor")
+    g.add_argument("--warmup-epochs", type=float, default=0.0)
+    g.add_argument("--linear-scaling", action="store_true", help="lr *= global batch / 256")
+    g.add_argument("--no-augment", dest="augment", action="store_false",
+                   help="skip the spatial augmentations (temporal crops stay)")
+    g = parser.add_argument_group("monitoring")
+    g.add_argument("--save-every", type=int, default=50, help="keep epoch_NNNN.pt every K epochs")
+    g.add_argument("--knn-every", type=int, default=0,
+                   help="KNN-1 top-1 on --eval-split every N epochs (0: never)")
+    g.add_argument("--log-every", type=int, default=10, help="TensorBoard interval in steps")
+    return parser
+
+
+def make_train_loader(dataset, args, info: engine.DistInfo) -> DataLoader:
+    """Per-process loader of the global --batch-size, reused every epoch: engine.train calls
+    set_epoch on the sampler (a permutation seeded by (seed, epoch)) and on the dataset."""
+    if args.batch_size % info.world_size:
+        raise ValueError(f"--batch-size {args.batch_size} is not divisible by the "
+                         f"{info.world_size} processes")
+    sampler = make_sampler(dataset, shuffle=True, seed=args.seed, epoch=0, drop_last=True,
+                           num_replicas=info.world_size, rank=info.rank)
+    return DataLoader(dataset, batch_size=args.batch_size // info.world_size, sampler=sampler,
+                      num_workers=args.workers, pin_memory=info.device.type == "cuda",
+                      drop_last=True, worker_init_fn=worker_init_fn if args.workers else None,
+                      generator=torch.Generator().manual_seed(args.seed))
+
+
+def pretrain_step(model, weights: LossWeights, args, info: engine.DistInfo, parents,
+                  dtype, batch, epoch: int, step: int):
+    """One forward pass: batch = (views (B, 4, C, L, V, M), index (B,)) -> (loss, scalars)."""
+    views = batch[0].to(info.device, non_blocking=True)
+    if args.augment:
+        gen = engine.step_generator(args.seed, epoch, step, info.rank)
+        views = augment_views(views, gen, args.spatial_channels)
+    b, k = views.shape[:2]
+    x = views.transpose(0, 1).reshape(k * b, *views.shape[2:])  # view-major (4B, C, L, V, M)
+    x = to_stream(x, args.stream, parents, args.spatial_channels)
+    with engine.precision_context(dtype, info.device):
+        z = model(x, num_views=k)
+    z = {d: engine.gather_with_grad(v, dim=1) for d, v in z.items()}  # (4, global B, D)
+    loss, terms = usdrl_loss(z, weights)
+    scalars = {k: v.detach() for k, v in terms.items()}
+    for d, v in z.items():  # collapse indicator: mean per-dimension std over the batch
+        scalars[f"std_{d}"] = v.detach().float().std(dim=1).mean()
+    return loss, scalars
+
+
+def knn_monitor(encoder, store, args, info: engine.DistInfo, parents, dtype) -> dict:
+    """KNN-1 (cosine) top-1 of --eval-split against --split, whole sequences resampled."""
+    def features(split):
+        dataset = EvalDataset(store, split, args.clip_len, spatial_channels=args.spatial_channels)
+        loader = DataLoader(dataset, batch_size=args.batch_size, num_workers=args.workers,
+                            worker_init_fn=worker_init_fn if args.workers else None)
+        transform = partial(to_stream, stream=args.stream, parents=parents,
+                            spatial_channels=args.spatial_channels)
+        return engine.extract_features(encoder, loader, transform, info.device, dtype)
+
+    gallery, gallery_labels = features(args.split)
+    queries, query_labels = features(args.eval_split)
+    return {"knn1_top1": knn_evaluate(queries, query_labels, gallery, gallery_labels, k=1)["top1"]}
+
+
+def main(argv: list[str] | None = None) -> engine.TrainState:
+    args = engine.finish_common_args(build_parser().parse_args(argv))
+    info = engine.init_distributed()
+    torch.manual_seed(args.seed)  # projector initialisation (the encoder takes the seed itself)
+    dtype = engine.autocast_dtype(args.precision, info.device)
+
+    store = open_store(args.data)
+    parents = store.layout.parents
+    dataset = PretrainDataset(store, args.split, args.clip_len, args.seed, num_views=NUM_VIEWS,
+                              spatial_channels=args.spatial_channels)
+    loader = make_train_loader(dataset, args, info)
+    if len(loader) == 0:
+        raise ValueError(f"split {args.split} of {args.data} has {len(dataset)} sequences, fewer "
+                         f"than one batch of {args.batch_size}: lower --batch-size")
+    encoder = build_encoder(args.backbone, args.preset, layout=store.layout,
+                            clip_len=args.clip_len, channels=store.channels,
+                            bodies=store.bodies, seed=args.seed)
+    model = USDRL(encoder, args.proj_mult)
+    if info.distributed:
+        model = engine.convert_batchnorm(model, info.device)
+    model.to(info.device)
+
+    lr = engine.scaled_lr(args.lr, args.batch_size, args.linear_scaling)
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=args.weight_decay,
+                                 foreach=True)
+    scheduler = engine.make_scheduler(optimizer, len(loader), schedule=args.schedule,
+                                      epochs=args.epochs, warmup_epochs=args.warmup_epochs,
+                                      milestones=args.milestones, gamma=args.gamma)
+    state = engine.TrainState(optimizer, scheduler, engine.make_scaler(dtype, info.device))
+    meta = engine.run_metadata(args, info)
+    ckpt_path = engine.resume_path(args.resume, args.output)
+    if ckpt_path is not None:
+        ckpt = engine.load_checkpoint(ckpt_path)
+        changed = engine.changed_flags(ckpt.get("meta", {}).get("config", {}), meta["config"])
+        state.load(model, ckpt)
+        engine.log(info, f"resumed from {ckpt_path} at epoch {state.epoch}"
+                   + (f" (changed flags: {', '.join(changed)})" if changed else ""))
+    if info.is_main:
+        engine.write_json(args.output / "config.json", meta)
+    engine.log(info, f"pretraining {args.backbone}/{args.preset} on {args.data} {args.split} "
+               f"({len(dataset)} sequences, stream {args.stream}), {info.world_size} process(es) "
+               f"on {info.device}, precision {args.precision}, lr {lr:g}, epochs "
+               f"{state.epoch}..{args.epochs}")
+
+    ddp_model = engine.wrap_ddp(model, info)
+    step_fn = partial(pretrain_step, ddp_model, LossWeights.from_args(args), args, info,
+                      parents, dtype)
+
+    def on_epoch_end(epoch: int) -> dict:
+        if not (args.knn_every and (epoch + 1) % args.knn_every == 0 and info.is_main):
+            return {}
+        metrics = knn_monitor(model.encoder, store, args, info, parents, dtype)
+        engine.log(info, f"epoch {epoch + 1}: KNN-1 top-1 {metrics['knn1_top1']:.2f} %")
+        return metrics
+
+    return engine.train(ddp_model, step_fn, loader, state, epochs=args.epochs, info=info,
+                        seed=args.seed, output=args.output, save_every=args.save_every,
+                        extra_state={"meta": meta}, on_epoch_end=on_epoch_end,
+                        log_every=args.log_every)
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except (ValueError, FileNotFoundError, engine.NonFiniteLoss) as err:
+        sys.exit(f"pretrain.py: error: {err}")

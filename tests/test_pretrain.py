@@ -1,0 +1,124 @@
+"""pretrain.py end to end on a tiny synthetic dataset: resume replays exactly, the stream reaches
+the encoder, a non-finite loss stops cleanly, run metadata is written."""
+import json
+
+import pytest
+import torch
+
+import engine
+import pretrain
+from feeders.streams import to_stream
+from feeders.synthetic import write_synthetic
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models on a shared machine: one thread avoids OpenMP barrier stalls."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return write_synthetic(tmp_path_factory.mktemp("synthetic") / "demo", num_sequences=24, seed=0)
+
+
+def flags(data, out, *extra):
+    return ["--data", str(data), "--output", str(out), "--backbone", "dste", "--preset", "tiny",
+            "--clip-len", "16", "--batch-size", "4", "--workers", "0", "--seed", "3",
+            "--milestones", "1", "--save-every", "1", *extra]
+
+
+def weights(path):
+    return engine.load_checkpoint(path)["model"]
+
+
+def test_kill_and_resume_replays_exactly(data, tmp_path):
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    pretrain.main(flags(data, straight, "--epochs", "2"))
+    pretrain.main(flags(data, resumed, "--epochs", "1"))          # the run stops after epoch 1
+    assert engine.load_checkpoint(resumed / "last.pt")["epoch"] == 1
+    state = pretrain.main(flags(data, resumed, "--epochs", "2"))  # same command: resumes
+    assert state.epoch == 2
+    want, got = weights(straight / "last.pt"), weights(resumed / "last.pt")
+    assert want.keys() == got.keys()
+    assert all(torch.equal(want[k], got[k]) for k in want)
+    # training moved the weights, and epoch 2 differs from epoch 1
+    first = weights(straight / "epoch_0001.pt")
+    assert not all(torch.equal(first[k], want[k]) for k in want)
+
+    meta = json.loads((straight / "config.json").read_text())
+    assert meta["config"]["stream"] == "j" and meta["seed"] == 3
+    assert meta["versions"]["torch"] == torch.__version__ and meta["git_commit"]
+    ckpt = engine.load_checkpoint(straight / "last.pt")
+    assert ckpt["meta"]["config"]["batch_size"] == 4
+    assert {"optimizer", "scheduler", "scaler", "rng", "epoch"} <= set(ckpt)
+    assert any((straight / "tb").iterdir())
+
+
+def _first_encoder_input(monkeypatch, data, out, stream):
+    seen = []
+    build = pretrain.build_encoder
+
+    def recording_build(*args, **kwargs):
+        enc = build(*args, **kwargs)
+        enc.register_forward_pre_hook(lambda mod, inp: seen.append(inp[0].detach().clone()))
+        return enc
+
+    monkeypatch.setattr(pretrain, "build_encoder", recording_build)
+    pretrain.main(flags(data, out, "--epochs", "1", "--stream", stream))
+    return seen[0]
+
+
+def test_the_stream_reaches_the_encoder(monkeypatch, data, tmp_path):
+    joints = _first_encoder_input(monkeypatch, data, tmp_path / "j", "j")
+    bones = _first_encoder_input(monkeypatch, data, tmp_path / "b", "b")
+    motion = _first_encoder_input(monkeypatch, data, tmp_path / "m", "m")
+    from feeders.store import open_store
+    parents = open_store(data).layout.parents
+    assert not torch.allclose(joints, bones)
+    torch.testing.assert_close(bones, to_stream(joints, "b", parents))
+    torch.testing.assert_close(motion, to_stream(joints, "m", parents))
+
+
+def test_non_finite_loss_stops_with_a_message(monkeypatch, data, tmp_path):
+    real_loss = pretrain.usdrl_loss
+    calls = []
+
+    def poisoned(z, w):
+        total, terms = real_loss(z, w)
+        calls.append(1)
+        if len(calls) > 4:  # epoch 1 (0-based), step 1: 3 steps per epoch
+            terms["xcorr_t"] = terms["xcorr_t"] * float("nan")
+            total = total + terms["xcorr_t"]
+        return total, terms
+
+    monkeypatch.setattr(pretrain, "usdrl_loss", poisoned)
+    out = tmp_path / "nan"
+    with pytest.raises(engine.NonFiniteLoss, match=r"epoch 1 step 1 .*xcorr_t=nan.*last\.pt"):
+        pretrain.main(flags(data, out, "--epochs", "3"))
+    last = engine.load_checkpoint(out / "last.pt")
+    assert last["epoch"] == 1
+    first = weights(out / "epoch_0001.pt")
+    assert all(torch.equal(first[k], last["model"][k]) for k in first)
+
+
+def test_bad_flags_give_clear_errors(data, tmp_path):
+    with pytest.raises(SystemExit):
+        pretrain.main(flags(data, tmp_path, "--backbone", "resnet"))
+    with pytest.raises(ValueError, match="fewer than one batch"):
+        pretrain.main(flags(data, tmp_path, "--batch-size", "4000"))
+    with pytest.raises(FileNotFoundError, match="no such checkpoint"):
+        pretrain.main(flags(data, tmp_path, "--resume", str(tmp_path / "nope.pt")))
+
+
+def test_schedules():
+    step = dict(schedule="step", epochs=10, milestones=[4, 8], gamma=0.1)
+    assert [engine.lr_factor(e, **step) for e in (0, 3.9, 4, 8)] == pytest.approx([1, 1, 0.1, 0.01])
+    cos = dict(schedule="cosine", epochs=10, warmup_epochs=2)
+    assert [engine.lr_factor(e, **cos) for e in (0, 1, 2, 6, 10)] == pytest.approx([0, 0.5, 1, 0.5, 0])
+    assert engine.scaled_lr(5e-4, 512, True) == pytest.approx(1e-3)
+    assert engine.eval_split_for("xview_train") == "xview_val"
+    assert engine.eval_split_for("train") == "val"
