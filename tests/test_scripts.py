@@ -111,3 +111,36 @@ def test_launch_commands(tmp_path):
                     MASTER_PORT="1234")
     assert out == ("CVD=[0,1] -m torch.distributed.run --nnodes=2 --node_rank=1 "
                    "--master_addr=10.0.0.1 --master_port=1234 --nproc_per_node=2 pretrain.py --x 1")
+
+
+TINY = "--preset tiny --epochs 1 --batch-size 4 --clip-len 16 --workers 0 --save-every 0"
+
+
+@pytest.fixture(scope="module")
+def demo_env(tmp_path_factory):
+    root = tmp_path_factory.mktemp("runs")
+    return {"SKEL_DATA": str(root / "data"), "SKEL_CHECKPOINTS": str(root / "ckpt"),
+            "SKEL_DEMO_SEQUENCES": "24", "OMP_NUM_THREADS": "1"}
+
+
+def test_pretrain_demo_end_to_end(demo_env):
+    # First use generates the demo dataset, trains one epoch of bones with the KNN monitor;
+    # the same command with more epochs resumes.
+    res = bash(f"bash scripts/pretrain.sh cpu demo_xs_b_dste {TINY} --knn-every 1", demo_env)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "generating the synthetic demo dataset" in res.stderr
+    assert "stream b" in res.stdout and "KNN-1 top-1" in res.stdout
+    run = Path(demo_env["SKEL_CHECKPOINTS"]) / "demo_xs_b_dste"
+    assert (run / "last.pt").is_file() and (run / "config.json").is_file()
+    res = bash(f"bash scripts/pretrain.sh cpu demo_xs_b_dste {TINY} --epochs 2", demo_env)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "resumed from" in res.stdout and "at epoch 1" in res.stdout
+
+
+def test_pretrain_two_cpu_processes(demo_env):
+    # torchrun with 2 gloo processes: GlobalBatchNorm, gathered loss, sharded sampler.
+    res = bash(f"bash scripts/pretrain.sh cpu2 demo_xs_j_stgcn {TINY}", demo_env)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "2 process(es) on cpu" in res.stdout
+    ckpt = Path(demo_env["SKEL_CHECKPOINTS"]) / "demo_xs_j_stgcn" / "last.pt"
+    assert ckpt.is_file()
