@@ -134,10 +134,12 @@ def gather_in_order(x: torch.Tensor, total: int, info: engine.DistInfo) -> torch
 @torch.no_grad()
 def extract(encoder: nn.Module, store, split: str, *, stream: str, clip_len: int,
             spatial_channels: int | None, info: engine.DistInfo, dtype: torch.dtype | None,
-            batch_size: int = 256, workers: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """Features (N, D) float32 and labels (N,) int64 of every sequence of ``split``, in
-    split order (N = len(store.split_indices(split)))."""
-    dataset = EvalDataset(store, split, clip_len, spatial_channels=spatial_channels)
+            batch_size: int = 256, workers: int = 0, indices=None
+            ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Features (N, D) float32 and labels (N,) int64 of the sequences of ``split`` (or of the
+    positions ``indices`` within it), in that order."""
+    dataset = EvalDataset(store, split, clip_len, indices=indices,
+                          spatial_channels=spatial_channels)
     shard = Subset(dataset, range(info.rank, len(dataset), info.world_size))
     loader = DataLoader(shard, batch_size=batch_size, num_workers=workers,
                         pin_memory=info.device.type == "cuda")
@@ -171,6 +173,8 @@ def cache_key(encoder: nn.Module, store, split: str, stream: str, clip_len: int,
 def cached_extract(encoder: nn.Module, store, split: str, *, cache_dir: Path | None,
                    info: engine.DistInfo, **kwargs) -> tuple[torch.Tensor, torch.Tensor]:
     """``extract`` with a disk cache in ``cache_dir`` (None: no cache). Returns the same."""
+    if "indices" in kwargs:
+        raise ValueError("cached_extract caches whole splits; call extract for a subset")
     if cache_dir is None:
         return extract(encoder, store, split, info=info, **kwargs)
     key = cache_key(encoder, store, split, kwargs["stream"], kwargs["clip_len"],

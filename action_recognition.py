@@ -1,0 +1,436 @@
+"""Action recognition on a (pretrained) encoder: linear probe or end-to-end fine-tuning.
+
+    python action_recognition.py --mode linear --pretrained checkpoint/RUN/last.pt \\
+        --data data/ntu60 --split xsub_train --output checkpoint/RUN [--lr 0.006]
+    python action_recognition.py --mode finetune --pretrained ... --label-fraction 0.1 ...
+    (or scripts/recog.sh, finetune.sh, semi.sh)
+
+Encoder flags (--backbone --preset --stream --clip-len --spatial-channels) default to the
+values stored in the --pretrained checkpoint; a flag that contradicts them is an error.
+Without --pretrained the encoder is randomly initialised (from --seed): a from-scratch
+baseline.
+
+linear: the frozen encoder (eval mode) encodes the training and test splits once; the
+features are cached in <output>/features (keyed by the weights, data, split, stream and clip
+length) and a Linear(feature_dim -> classes) is trained on them in memory (METHOD section 5).
+
+finetune: encoder + linear head trained end to end by engine.train: AdamW (no weight decay on
+biases, norms and positional tables), linear warmup then cosine decay per step, optional
+layer-wise lr decay, label smoothing, drop path (transformers). Augmentation: the random
+temporal crop-and-resize of the pretraining feeder with one view per sample (no spatial
+augmentation); --no-augment uses whole sequences. Layer-wise decay: the lr of a parameter at
+depth d of D is lr * decay ** (D + 1 - d); depth 0 = token embeddings / positional tables /
+input norm, d = i + 1 for DSTE/STTR layer i (the temporal and spatial layer i share a depth),
+for ST-GCN block i and for MS-G3D stage i; the head is at depth D + 1 (full lr).
+Training state is kept in <output>/<tag>/ (last.pt, best.pt, tb/) and resumes with --resume.
+
+--label-fraction F trains on a per-class stratified subset of the training split (>= 1 per
+class, drawn from --seed). --val-fraction V carves a stratified validation split out of the
+(labelled) training samples; only then is a best epoch selected, on it. The test split
+(--eval-split) is never used for selection: the reported top-1/top-5 are of the last epoch,
+plus, with validation, those of the epoch with the best validation top-1 (labelled "best").
+
+Outputs in --output, with tag = <mode>[_<fraction>]: <tag>.json (results), <tag>_scores.npz
+(per-sample test logits with sample names, for evaluation.fusion), <tag>_confusion.csv,
+<tag>_labelled.txt / <tag>_val.txt (names of the chosen training / validation samples when a
+subset is used), and the confusion matrix as an image in <tag>/tb.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import re
+import sys
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import engine
+from evaluation.features import (CheckpointError, build_eval_encoder, cached_extract, extract,
+                                 read_checkpoint, resolve_encoder_config, stream_transform)
+from evaluation.fusion import save_scores
+from evaluation.linear import accuracy, make_head, predict, train_linear
+from evaluation.subset import stratified_split, stratified_subset
+from feeders.dataset import EvalDataset, PretrainDataset, make_loader
+from feeders.store import open_store
+
+MODE_DEFAULTS = {
+    "linear": {"epochs": 160, "batch_size": 512, "lr": 0.006, "weight_decay": 0.0},
+    "finetune": {"epochs": 100, "batch_size": 64, "lr": 3e-4, "weight_decay": 0.05},
+}
+DEPTH_PATTERN = re.compile(r"^encoder\.(?:[ts]_stream\.layers|blocks|stages)\.(\d+)\.")
+
+
+# ----------------------------------------------------------------------------- command line
+def build_parser() -> argparse.ArgumentParser:
+    defaults = "; ".join(f"{mode}: " + ", ".join(f"--{k.replace('_', '-')} {v}"
+                                                 for k, v in d.items())
+                         for mode, d in MODE_DEFAULTS.items())
+    parser = argparse.ArgumentParser(
+        description="Linear probe or fine-tuning of an encoder for action recognition.",
+        epilog=f"Mode-dependent defaults (when the flag is not given): {defaults}. "
+               "Encoder flags default to the --pretrained checkpoint's config.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    engine.add_common_args(parser)
+    parser.set_defaults(epochs=None, batch_size=None, lr=None, backbone=None, preset=None,
+                        stream=None, clip_len=None)
+    g = parser.add_argument_group("evaluation")
+    g.add_argument("--mode", choices=("linear", "finetune"), default="linear")
+    g.add_argument("--pretrained", default=None,
+                   help="pretrain.py checkpoint (its `encoder.` weights); none: from scratch")
+    g.add_argument("--label-fraction", type=float, default=1.0,
+                   help="train on this stratified fraction of the training split")
+    g.add_argument("--val-fraction", type=float, default=0.0,
+                   help="carve this stratified fraction of the training samples for model "
+                        "selection (0: report the last epoch only)")
+    g.add_argument("--weight-decay", type=float, default=None, help="(mode default)")
+    g.add_argument("--eval-batch-size", type=int, default=256, help="feature extraction batch")
+    g.add_argument("--cache-dir", type=Path, default=None,
+                   help="feature cache (default <output>/features)")
+    g.add_argument("--no-cache", action="store_true", help="do not read or write the cache")
+    g = parser.add_argument_group("linear probe")
+    g.add_argument("--momentum", type=float, default=0.9)
+    g.add_argument("--milestones", type=int, nargs="*", default=[120, 140],
+                   help="epochs where the lr is multiplied by 0.1")
+    g = parser.add_argument_group("fine-tuning")
+    g.add_argument("--warmup-epochs", type=float, default=5.0)
+    g.add_argument("--layer-decay", type=float, default=1.0,
+                   help="layer-wise lr decay factor (1: off; e.g. 0.8)")
+    g.add_argument("--label-smoothing", type=float, default=0.1)
+    g.add_argument("--drop-path", type=float, default=None,
+                   help="DropPath rate of DSTE/STTR (default: the preset's, 0.1)")
+    g.add_argument("--no-augment", dest="augment", action="store_false",
+                   help="train on whole sequences instead of random temporal crops")
+    return parser
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    args = build_parser().parse_args(argv)
+    for key, value in MODE_DEFAULTS[args.mode].items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    if not 0.0 < args.label_fraction <= 1.0:
+        raise ValueError(f"--label-fraction must be in (0, 1], got {args.label_fraction}")
+    if not 0.0 <= args.val_fraction < 1.0:
+        raise ValueError(f"--val-fraction must be in [0, 1), got {args.val_fraction}")
+    if not 0.0 < args.layer_decay <= 1.0:
+        raise ValueError(f"--layer-decay must be in (0, 1], got {args.layer_decay}")
+    return args
+
+
+def result_tag(mode: str, fraction: float) -> str:
+    """``linear``, ``finetune``, ``finetune_0.01``: the name of a run's result files."""
+    return mode if fraction >= 1.0 else f"{mode}_{fraction:g}"
+
+
+# ----------------------------------------------------------------------------- data choices
+def training_positions(split_labels: np.ndarray, args) -> tuple[np.ndarray, np.ndarray]:
+    """Positions within the training split used for training and for validation."""
+    if args.label_fraction < 1.0:
+        labelled = stratified_subset(split_labels, args.label_fraction, args.seed)
+    else:
+        labelled = np.arange(len(split_labels), dtype=np.int64)
+    if args.val_fraction == 0.0:
+        return labelled, np.zeros(0, dtype=np.int64)
+    train, val = stratified_split(split_labels[labelled], args.val_fraction, args.seed)
+    return labelled[train], labelled[val]
+
+
+# ----------------------------------------------------------------------------- linear probe
+def run_linear(args, store, cfg, ckpt, info, dtype, train_pos, val_pos, run_dir, writer):
+    """Returns (last-epoch test logits (N, C), best dict or None, history)."""
+    encoder = build_eval_encoder(cfg, store, args.seed, ckpt, args.pretrained).to(info.device)
+    cache = None if args.no_cache else (args.cache_dir or args.output / "features")
+    kw = dict(stream=cfg["stream"], clip_len=cfg["clip_len"],
+              spatial_channels=cfg["spatial_channels"], info=info, dtype=dtype,
+              batch_size=args.eval_batch_size, workers=args.workers, cache_dir=cache)
+    train_f, train_l = cached_extract(encoder, store, args.split, **kw)
+    test_f, _ = cached_extract(encoder, store, args.eval_split, **kw)
+    if not info.is_main:
+        return None
+    device = info.device
+    feats = train_f[train_pos].to(device)
+    val = (train_f[val_pos], train_l[val_pos]) if len(val_pos) else None
+
+    def log(epoch, record):
+        for key, value in record.items():
+            if key != "epoch":
+                writer.add_scalar(f"linear/{key}", value, epoch)
+
+    out = train_linear(lambda idx: feats[idx], train_l[train_pos].to(device),
+                       encoder.feature_dim, store.num_classes, epochs=args.epochs, lr=args.lr,
+                       batch_size=args.batch_size, milestones=tuple(args.milestones),
+                       momentum=args.momentum, weight_decay=args.weight_decay, seed=args.seed,
+                       val=val, log=log)
+    test_f = test_f.to(device)
+    best = None
+    if out["best_head"] is not None:
+        best = {"epoch": out["best_epoch"], "logits": predict(out["best_head"], test_f).cpu(),
+                "val_top1": out["history"][out["best_epoch"] - 1]["val_top1"]}
+    return predict(out["head"], test_f).cpu(), best, out["history"]
+
+
+# ----------------------------------------------------------------------------- fine-tuning
+class Classifier(nn.Module):
+    """Encoder + Linear(feature_dim -> classes) on the global feature: (N, C, L, V, M) -> logits."""
+
+    def __init__(self, encoder: nn.Module, num_classes: int, seed: int):
+        super().__init__()
+        self.encoder = encoder
+        self.head = make_head(encoder.feature_dim, num_classes, seed)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.encoder(x).global_feat)
+
+
+def parameter_depth(name: str) -> int | None:
+    """Depth of a Classifier parameter for layer-wise decay (None: the head)."""
+    if name.startswith("head."):
+        return None
+    match = DEPTH_PATTERN.match(name)
+    return int(match.group(1)) + 1 if match else 0
+
+
+def param_groups(model: Classifier, weight_decay: float, layer_decay: float) -> list[dict]:
+    """AdamW groups: lr scale layer_decay ** (D + 1 - depth); no decay on 1-D params and
+    positional tables. Each group's ``lr`` is the scale (multiplied by the base lr later)."""
+    named = list(model.named_parameters())
+    depths = {n: parameter_depth(n) for n, _ in named}
+    num_depths = max([d for d in depths.values() if d is not None], default=0)
+    groups: dict[tuple[float, float], list] = {}
+    for name, param in named:
+        depth = num_depths + 1 if depths[name] is None else depths[name]
+        scale = layer_decay ** (num_depths + 1 - depth)
+        decay = 0.0 if param.ndim <= 1 or name.endswith("_pos") else weight_decay
+        groups.setdefault((scale, decay), []).append(param)
+    return [{"params": p, "lr": scale, "weight_decay": decay}
+            for (scale, decay), p in sorted(groups.items())]
+
+
+def check_head(ckpt: dict, path, num_classes: int, data) -> None:
+    head = ckpt.get("model", {}).get("head.weight")
+    if head is not None and head.shape[0] != num_classes:
+        raise CheckpointError(f"checkpoint {path} has a classifier head for {head.shape[0]} "
+                              f"classes but dataset {data} has {num_classes}")
+
+
+def finetune_step(model, split_labels, args, cfg, parents, info, dtype, batch, epoch, step):
+    """batch = (views (B, 1, C, L, V, M) or clips (B, C, L, V, M), [labels,] positions)."""
+    x = batch[0]
+    if x.dim() == 6:
+        x = x[:, 0]
+    labels = split_labels[batch[-1]].to(info.device)
+    x = stream_transform(cfg["stream"], parents, cfg["spatial_channels"])(
+        x.to(info.device, non_blocking=True))
+    with engine.precision_context(dtype, info.device):
+        logits = model(x)
+    loss = F.cross_entropy(logits.float(), labels, label_smoothing=args.label_smoothing)
+    return loss, {"loss": loss.detach(), "top1": accuracy(logits.detach().float(), labels)}
+
+
+def run_finetune(args, store, cfg, ckpt, info, dtype, train_pos, val_pos, run_dir, writer):
+    """Returns (last-epoch test logits, best dict or None, history) on rank 0, None elsewhere."""
+    overrides = {} if args.drop_path is None else {"drop_path": args.drop_path}
+    try:
+        encoder = build_eval_encoder(cfg, store, args.seed, ckpt, args.pretrained, **overrides)
+    except ValueError as err:
+        if overrides and "drop_path" in str(err):
+            raise ValueError(f"--drop-path applies to dste/sttr only, not {cfg['backbone']}") from None
+        raise
+    model = Classifier(encoder, store.num_classes, args.seed)
+    if info.distributed:
+        model = engine.convert_batchnorm(model, info.device)
+    model.to(info.device)
+
+    dataset_kw = dict(indices=train_pos, spatial_channels=cfg["spatial_channels"])
+    dataset = (PretrainDataset(store, args.split, cfg["clip_len"], args.seed, num_views=1,
+                               **dataset_kw) if args.augment
+               else EvalDataset(store, args.split, cfg["clip_len"], **dataset_kw))
+    if args.batch_size % info.world_size:
+        raise ValueError(f"--batch-size {args.batch_size} is not divisible by the "
+                         f"{info.world_size} processes")
+    loader = make_loader(dataset, args.batch_size // info.world_size, shuffle=True,
+                         seed=args.seed, workers=args.workers, drop_last=True,
+                         distributed=info.distributed, pin_memory=info.device.type == "cuda")
+    if len(loader) == 0:
+        raise ValueError(f"{len(dataset)} training samples are fewer than one batch of "
+                         f"{args.batch_size}: lower --batch-size")
+    optimizer = torch.optim.AdamW(param_groups(model, args.weight_decay, args.layer_decay))
+    for group in optimizer.param_groups:
+        group["lr"] *= args.lr
+    scheduler = engine.make_scheduler(optimizer, len(loader), schedule="cosine",
+                                      epochs=args.epochs, warmup_epochs=args.warmup_epochs)
+    state = engine.TrainState(optimizer, scheduler, engine.make_scaler(dtype, info.device))
+    resume = engine.resume_path(args.resume, run_dir)
+    if resume is not None:
+        last = engine.load_checkpoint(resume)
+        check_head(last, resume, store.num_classes, args.data)
+        state.load(model, last)
+        engine.log(info, f"resumed fine-tuning from {resume} at epoch {state.epoch}")
+
+    split_labels = torch.as_tensor(store.labels[store.split_indices(args.split)], dtype=torch.long)
+    ddp_model = engine.wrap_ddp(model, info)
+    step_fn = partial(finetune_step, ddp_model, split_labels, args, cfg, store.layout.parents,
+                      info, dtype)
+    feat_kw = dict(stream=cfg["stream"], clip_len=cfg["clip_len"],
+                   spatial_channels=cfg["spatial_channels"], info=info, dtype=dtype,
+                   batch_size=args.eval_batch_size, workers=args.workers)
+    best_path = run_dir / "best.pt"
+    if state.epoch == 0 and info.is_main:
+        best_path.unlink(missing_ok=True)  # a stale file of an earlier run
+    best_val = [engine.load_checkpoint(best_path)["val_top1"] if best_path.is_file() else -1.0]
+    history = []
+
+    def logits_of(split, indices=None):
+        feats, labels = extract(model.encoder, store, split, indices=indices, **feat_kw)
+        return predict(model.head, feats.to(info.device)).cpu(), labels
+
+    def on_epoch_end(epoch: int) -> dict:
+        if not len(val_pos):
+            return {}
+        logits, labels = logits_of(args.split, val_pos)
+        top1 = accuracy(logits, labels)
+        history.append({"epoch": epoch + 1, "val_top1": top1})
+        if top1 > best_val[0]:
+            best_val[0] = top1
+            if info.is_main:
+                engine.save_checkpoint(best_path, {"model": model.state_dict(),
+                                                   "epoch": epoch + 1, "val_top1": top1})
+        return {"val_top1": top1}
+
+    meta = engine.run_metadata(args, info)
+    engine.train(ddp_model, step_fn, loader, state, epochs=args.epochs, info=info,
+                 seed=args.seed, output=run_dir, extra_state={"meta": meta},
+                 on_epoch_end=on_epoch_end)
+    last_logits, _ = logits_of(args.eval_split)
+    best = None
+    if len(val_pos):
+        engine.barrier(info)
+        saved = engine.load_checkpoint(best_path)
+        model.load_state_dict(saved["model"])
+        best = {"epoch": saved["epoch"], "val_top1": saved["val_top1"],
+                "logits": logits_of(args.eval_split)[0]}
+    return (last_logits, best, history) if info.is_main else None
+
+
+# ----------------------------------------------------------------------------- outputs
+def confusion_matrix(pred: np.ndarray, labels: np.ndarray, num_classes: int) -> np.ndarray:
+    """(classes, classes) int64 counts: row = true class, column = predicted class."""
+    return np.bincount(labels * num_classes + pred,
+                       minlength=num_classes * num_classes).reshape(num_classes, num_classes)
+
+
+def confusion_image(cm: np.ndarray, max_pixels: int = 512) -> torch.Tensor:
+    """Row-normalised confusion matrix as an image (3, H, W) in [0, 1]: white (0) to dark
+    blue (1), each cell a square of max(1, max_pixels // classes) pixels."""
+    rows = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
+    cell = max(1, max_pixels // cm.shape[0])
+    value = torch.from_numpy(np.kron(rows, np.ones((cell, cell)))).float()
+    blue = torch.tensor([0.03, 0.19, 0.42])[:, None, None]
+    return (1 - value) + value * blue
+
+
+def write_confusion_csv(path: Path, cm: np.ndarray, class_names) -> None:
+    buf = io.StringIO()
+    out = csv.writer(buf)
+    out.writerow(["true \\ predicted"] + list(class_names))
+    for name, row in zip(class_names, cm):
+        out.writerow([name] + row.tolist())
+    engine.atomic_write_bytes_via(path, lambda tmp: tmp.write_text(buf.getvalue()))
+
+
+def write_names(path: Path, names) -> None:
+    engine.atomic_write_bytes_via(path, lambda tmp: tmp.write_text("\n".join(names) + "\n"))
+
+
+def write_outputs(args, store, cfg, tag, logits, best, history, train_pos, val_pos, writer):
+    """Results JSON, scores, confusion matrix (CSV + TensorBoard image), chosen names."""
+    out = Path(args.output)
+    test_seq = store.split_indices(args.eval_split)
+    labels = store.labels[test_seq].astype(np.int64)
+    names = np.asarray(store.names)[test_seq]
+    train_names = np.asarray(store.names)[store.split_indices(args.split)]
+    labels_t = torch.as_tensor(labels)
+    cm = confusion_matrix(logits.argmax(1).numpy(), labels, store.num_classes)
+    save_scores(out / f"{tag}_scores.npz", names, labels, logits.numpy())
+    write_confusion_csv(out / f"{tag}_confusion.csv", cm, store.manifest["class_names"])
+    writer.add_image("test/confusion", confusion_image(cm), args.epochs)
+    result = {
+        "mode": args.mode, "label_fraction": args.label_fraction,
+        "checkpoint": str(args.pretrained) if args.pretrained else "scratch",
+        "data": str(args.data), "split": args.split, "eval_split": args.eval_split,
+        **cfg, "epochs": args.epochs, "lr": args.lr, "batch_size": args.batch_size,
+        "seed": args.seed, "num_train": int(len(train_pos)), "num_val": int(len(val_pos)),
+        "num_test": int(len(labels)), "selection": "last epoch",
+        "top1": accuracy(logits, labels_t, 1), "top5": accuracy(logits, labels_t, 5),
+        "scores_file": f"{tag}_scores.npz", "confusion_file": f"{tag}_confusion.csv",
+        "history": history,
+    }
+    if args.label_fraction < 1.0 or len(val_pos):
+        write_names(out / f"{tag}_labelled.txt", train_names[train_pos])
+        result["labelled_file"] = f"{tag}_labelled.txt"
+    if len(val_pos):
+        write_names(out / f"{tag}_val.txt", train_names[val_pos])
+        result["val_file"] = f"{tag}_val.txt"
+    if best is not None:
+        save_scores(out / f"{tag}_best_scores.npz", names, labels, best["logits"].numpy())
+        result["best"] = {"selected_on": f"validation split ({len(val_pos)} training samples)",
+                          "epoch": best["epoch"], "val_top1": best["val_top1"],
+                          "top1": accuracy(best["logits"], labels_t, 1),
+                          "top5": accuracy(best["logits"], labels_t, 5),
+                          "scores_file": f"{tag}_best_scores.npz"}
+    writer.add_scalar("test/top1", result["top1"], args.epochs)
+    writer.add_scalar("test/top5", result["top5"], args.epochs)
+    engine.write_json(out / f"{tag}.json", result)
+    return result
+
+
+def main(argv=None) -> dict | None:
+    args = parse_args(argv)
+    info = engine.init_distributed()
+    store = open_store(args.data)
+    ckpt = read_checkpoint(args.pretrained) if args.pretrained else None
+    cfg = resolve_encoder_config(args, ckpt, args.pretrained)
+    for key, value in cfg.items():
+        setattr(args, key, value)
+    engine.finish_common_args(args)
+    dtype = engine.autocast_dtype(args.precision, info.device)
+    tag = result_tag(args.mode, args.label_fraction)
+    run_dir = Path(args.output) / tag
+    split_labels = store.labels[store.split_indices(args.split)]
+    store.split_indices(args.eval_split)  # fail early on a bad --eval-split
+    train_pos, val_pos = training_positions(split_labels, args)
+    engine.log(info, f"{args.mode} of {cfg['backbone']}/{cfg['preset']} "
+               f"({args.pretrained or 'from scratch'}) on {args.data} {args.split}: "
+               f"{len(train_pos)} training, {len(val_pos)} validation samples; test "
+               f"{args.eval_split}; stream {cfg['stream']}, clip {cfg['clip_len']}")
+    writer = None
+    if info.is_main:
+        from torch.utils.tensorboard import SummaryWriter
+        writer = SummaryWriter(str(run_dir / "tb"))
+    try:
+        run = run_linear if args.mode == "linear" else run_finetune
+        outcome = run(args, store, cfg, ckpt, info, dtype, train_pos, val_pos, run_dir, writer)
+        if not info.is_main:
+            return None
+        result = write_outputs(args, store, cfg, tag, *outcome, train_pos, val_pos, writer)
+    finally:
+        if writer is not None:
+            writer.close()
+    best = result.get("best")
+    engine.log(info, f"{tag}: last epoch top-1 {result['top1']:.2f} %, top-5 "
+               f"{result['top5']:.2f} %" + (f"; best on validation (epoch {best['epoch']}): "
+                                            f"top-1 {best['top1']:.2f} %" if best else ""))
+    return result
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except (ValueError, FileNotFoundError, engine.NonFiniteLoss) as err:
+        sys.exit(f"action_recognition.py: error: {err}")

@@ -1,0 +1,178 @@
+"""action_recognition.py end to end (linear, finetune, label fractions) and its errors."""
+import csv
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import action_recognition as ar
+import engine
+from evaluation.features import CheckpointError
+from evaluation.fusion import load_scores
+from feeders.store import open_store
+from feeders.synthetic import write_synthetic
+from models import build_encoder
+from models.usdrl import USDRL
+
+TINY = ["--clip-len", "16", "--workers", "0", "--precision", "fp32"]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return write_synthetic(tmp_path_factory.mktemp("syn") / "data", 48, seed=0)
+
+
+@pytest.fixture(scope="module")
+def pretrained(data, tmp_path_factory):
+    """A pretrain.py-style checkpoint: USDRL state dict + meta.config (tiny DSTE, bone stream)."""
+    store = open_store(data)
+    enc = build_encoder("dste", "tiny", layout=store.layout, clip_len=16, channels=3, bodies=2,
+                        seed=123)
+    path = tmp_path_factory.mktemp("ckpt") / "last.pt"
+    config = {"backbone": "dste", "preset": "tiny", "stream": "b", "clip_len": 16,
+              "spatial_channels": None, "data": str(data)}
+    engine.save_checkpoint(path, {"model": USDRL(enc).state_dict(), "epoch": 3,
+                                  "meta": {"config": config}})
+    return path, enc
+
+
+def run(data, out, *flags):
+    return ar.main(["--data", str(data), "--output", str(out), *TINY, *flags])
+
+
+def test_linear_probe_with_pretrained_checkpoint(data, pretrained, tmp_path):
+    path, enc = pretrained
+    res = run(data, tmp_path, "--pretrained", str(path), "--epochs", "2", "--lr", "0.1",
+              "--val-fraction", "0.5")
+    # encoder flags came from the checkpoint
+    assert (res["backbone"], res["preset"], res["stream"]) == ("dste", "tiny", "b")
+    saved = json.loads((tmp_path / "linear.json").read_text())
+    assert saved["top1"] == res["top1"] and saved["epochs"] == 2 and saved["mode"] == "linear"
+    assert saved["checkpoint"] == str(path)
+    assert (saved["num_train"], saved["num_val"]) == (12, 12)    # 2 per class, 1 to validation
+    hist = [h["val_top1"] for h in saved["history"]]
+    assert saved["best"]["epoch"] == 1 + hist.index(max(hist))
+    assert saved["best"]["val_top1"] == max(hist)
+    scores = load_scores(tmp_path / "linear.json")
+    store = open_store(data)
+    test = store.split_indices("xsub_val")
+    assert scores.names.tolist() == np.asarray(store.names)[test].tolist()
+    assert scores.labels.tolist() == store.labels[test].tolist()
+    top1 = 100 * (scores.scores.argmax(1) == scores.labels).mean()
+    assert res["top1"] == pytest.approx(top1)
+    rows = list(csv.reader((tmp_path / "linear_confusion.csv").open()))
+    assert rows[0][1:] == store.manifest["class_names"]
+    cm = np.array([[int(v) for v in r[1:]] for r in rows[1:]])
+    assert cm.sum(1).tolist() == np.bincount(scores.labels, minlength=12).tolist()
+    assert np.trace(cm) == (scores.scores.argmax(1) == scores.labels).sum()
+    assert list((tmp_path / "linear" / "tb").glob("events.out.tfevents.*"))
+    # the features were cached (train + test) and a second run reuses them
+    cached = sorted((tmp_path / "features").glob("*.pt"))
+    assert len(cached) == 2
+    stamp = [p.stat().st_mtime_ns for p in cached]
+    again = run(data, tmp_path, "--pretrained", str(path), "--epochs", "2", "--lr", "0.1",
+                "--val-fraction", "0.5")
+    assert again["top1"] == res["top1"]
+    assert [p.stat().st_mtime_ns for p in cached] == stamp
+
+
+def test_pretrained_weights_reach_the_encoder(data, pretrained, tmp_path):
+    from evaluation.features import build_eval_encoder, read_checkpoint
+    path, enc = pretrained
+    store = open_store(data)
+    loaded = build_eval_encoder({"backbone": "dste", "preset": "tiny", "clip_len": 16},
+                                store, seed=0, ckpt=read_checkpoint(path), path=path)
+    for (name, a), b in zip(enc.state_dict().items(), loaded.state_dict().values()):
+        assert torch.equal(a, b), name
+
+
+def test_semi_supervised_finetune(data, tmp_path):
+    res = run(data, tmp_path, "--mode", "finetune", "--backbone", "dste", "--preset", "tiny",
+              "--epochs", "1", "--batch-size", "12", "--label-fraction", "0.5",
+              "--layer-decay", "0.8", "--drop-path", "0.2")
+    assert res["mode"] == "finetune" and res["label_fraction"] == 0.5
+    assert (res["num_train"], res["num_val"]) == (12, 0) and "best" not in res
+    labelled = (tmp_path / "finetune_0.5_labelled.txt").read_text().split()
+    store = open_store(data)
+    train_names = np.asarray(store.names)[store.split_indices("xsub_train")]
+    assert len(labelled) == 12 and set(labelled) <= set(train_names)
+    labels = dict(zip(train_names, store.labels[store.split_indices("xsub_train")]))
+    assert sorted(labels[n] for n in labelled) == list(range(12))    # one per class
+    ckpt = engine.load_checkpoint(tmp_path / "finetune_0.5" / "last.pt")
+    assert ckpt["epoch"] == 1 and ckpt["model"]["head.weight"].shape == (12, 64)
+    # the same seed draws the same labelled subset
+    rerun = ar.training_positions(store.labels[store.split_indices("xsub_train")],
+                                  ar.parse_args(["--data", "x", "--output", "y",
+                                                 "--label-fraction", "0.5"]))
+    assert train_names[rerun[0]].tolist() == labelled
+
+
+def test_layer_decay_groups():
+    enc = build_encoder("dste", "tiny", layout="ntu25", clip_len=8, channels=3, bodies=2, seed=0)
+    model = ar.Classifier(enc, 5, seed=0)
+    assert ar.parameter_depth("encoder.t_embed.fc1.weight") == 0
+    assert ar.parameter_depth("encoder.s_stream.layers.1.ca.conv.weight") == 2
+    assert ar.parameter_depth("encoder.blocks.0.gcn.weight") == 1
+    assert ar.parameter_depth("head.weight") is None
+    groups = ar.param_groups(model, weight_decay=0.05, layer_decay=0.5)
+    scale = {id(p): (g["lr"], g["weight_decay"]) for g in groups for p in g["params"]}
+    params = dict(model.named_parameters())
+    assert scale[id(params["head.weight"])] == (1.0, 0.05)
+    assert scale[id(params["head.bias"])] == (1.0, 0.0)
+    assert scale[id(params["encoder.s_pos"])] == (0.125, 0.0)         # depth 0 of 2: 0.5 ** 3
+    assert scale[id(params["encoder.t_embed.fc1.weight"])] == (0.125, 0.05)
+    layer1 = [n for n in params if n.startswith("encoder.t_stream.layers.1.") and
+              params[n].ndim == 2][0]
+    assert scale[id(params[layer1])] == (0.5, 0.05)
+    assert sum(len(g["params"]) for g in groups) == len(params)
+
+
+def test_confusion_matrix_and_image():
+    cm = ar.confusion_matrix(np.array([0, 1, 1, 2, 2]), np.array([0, 1, 2, 2, 0]), 3)
+    assert cm.tolist() == [[1, 0, 1], [0, 1, 0], [0, 1, 1]]
+    img = ar.confusion_image(cm, max_pixels=30)
+    assert img.shape == (3, 30, 30)
+    assert torch.allclose(img[:, 0, 0], torch.tensor([0.515, 0.595, 0.71]))  # 0.5 of row 0
+    assert torch.equal(img[:, 0, 10], torch.ones(3))                           # 0 -> white
+
+
+def test_checkpoint_errors(data, pretrained, tmp_path):
+    path, _ = pretrained
+    with pytest.raises(CheckpointError, match="does not exist"):
+        run(data, tmp_path, "--pretrained", str(tmp_path / "nope.pt"))
+    bad = tmp_path / "corrupt.pt"
+    bad.write_bytes(path.read_bytes()[:200])
+    with pytest.raises(CheckpointError, match="corrupt.pt could not be loaded"):
+        run(data, tmp_path, "--pretrained", str(bad))
+    with pytest.raises(CheckpointError, match=r"--stream j conflicts .*stream='b'"):
+        run(data, tmp_path, "--pretrained", str(path), "--stream", "j")
+    # weights of another backbone without a config to warn first
+    other = build_encoder("sttr", "tiny", layout="ntu25", clip_len=16, channels=3, bodies=2)
+    foreign = tmp_path / "sttr.pt"
+    engine.save_checkpoint(foreign, {"model": USDRL(other).state_dict()})
+    with pytest.raises(CheckpointError, match="does not hold weights of this dste encoder"):
+        run(data, tmp_path, "--pretrained", str(foreign), "--preset", "tiny")
+
+
+def test_finetune_validation_and_class_count_mismatch_on_resume(data, tmp_path):
+    flags = ["--mode", "finetune", "--backbone", "stgcn", "--preset", "tiny", "--batch-size",
+             "6", "--val-fraction", "0.5", "--epochs", "1"]
+    res = run(data, tmp_path, *flags)
+    assert res["best"]["epoch"] == 1 and "12 training samples" in res["best"]["selected_on"]
+    assert engine.load_checkpoint(tmp_path / "finetune" / "best.pt")["epoch"] == 1
+    assert (tmp_path / "finetune_best_scores.npz").is_file()
+    last = tmp_path / "finetune" / "last.pt"
+    ckpt = engine.load_checkpoint(last)
+    ckpt["model"]["head.weight"] = ckpt["model"]["head.weight"][:5]
+    engine.save_checkpoint(last, ckpt)
+    with pytest.raises(CheckpointError, match="head for 5 classes but dataset .* has 12"):
+        run(data, tmp_path, *flags[:-1], "2")
+
+
+def test_bad_flags(data, tmp_path):
+    with pytest.raises(ValueError, match="--label-fraction"):
+        run(data, tmp_path, "--label-fraction", "0")
+    with pytest.raises(ValueError, match="--drop-path applies to dste/sttr"):
+        run(data, tmp_path, "--mode", "finetune", "--backbone", "stgcn", "--preset", "tiny",
+            "--drop-path", "0.2", "--batch-size", "8", "--epochs", "1")
