@@ -1,0 +1,115 @@
+"""KNN action retrieval with frozen global features (METHOD section 5).
+
+    python action_retrieval.py --pretrained checkpoint/RUN/last.pt --data data/ntu60 \\
+        --split xsub_train --output checkpoint/RUN [--k 1] [--knn-backend torch]
+    (or scripts/knn.sh GPUS RUN_NAME [CKPT | EPOCH])
+
+Gallery = the training split (--split), queries = the test split (--eval-split). Features
+are the frozen encoder's global features (whole sequences resampled to --clip-len, stream
+applied), cached like the linear probe's, L2-normalised; search is exact cosine similarity
+(evaluation.knn: blocked torch matrix product by default, faiss IndexFlatIP with
+--knn-backend faiss-flat, approximate IVF / HNSW indexes with faiss-ivf / faiss-hnsw).
+With k > 1 the label is a majority vote of the k neighbours, ties going to the class with the
+highest summed similarity. Reports top-1 (of the vote) and recall@k (a same-class sample among
+the k neighbours) and writes <output>/knn.json (k = 1) or <output>/knn_k<K>.json.
+Encoder flags default to the --pretrained checkpoint's config, as in action_recognition.py.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+
+import engine
+from evaluation.features import (build_eval_encoder, cached_extract, read_checkpoint,
+                                 resolve_encoder_config)
+from evaluation.knn import BACKENDS, knn_evaluate, l2_normalize
+from feeders.store import open_store
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description="KNN retrieval with frozen features.",
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    engine.add_common_args(parser)
+    parser.set_defaults(backbone=None, preset=None, stream=None, clip_len=None)
+    g = parser.add_argument_group("retrieval")
+    g.add_argument("--pretrained", default=None,
+                   help="pretrain.py checkpoint; none: a randomly initialised encoder")
+    g.add_argument("--k", type=int, default=1, help="neighbours (majority vote)")
+    g.add_argument("--knn-backend", choices=BACKENDS, default="torch")
+    g.add_argument("--block-size", type=int, default=1024,
+                   help="queries per block of the torch search (memory: block x gallery)")
+    g.add_argument("--eval-batch-size", type=int, default=256, help="feature extraction batch")
+    g.add_argument("--cache-dir", type=Path, default=None,
+                   help="feature cache (default <output>/features)")
+    g.add_argument("--no-cache", action="store_true")
+    g.add_argument("--export-embeddings", type=Path, default=None, metavar="DIR",
+                   help="write L2-normalised <split>_embeddings.npy, <split>_names.txt and "
+                        "<split>_labels.npy for gallery and queries")
+    return parser
+
+
+def save_npy(path: Path, array: np.ndarray) -> None:
+    def write(tmp: Path) -> None:
+        with tmp.open("wb") as f:
+            np.save(f, array)
+    engine.atomic_write_bytes_via(path, write)
+
+
+def export_embeddings(out_dir: Path, split: str, feats, labels, names) -> None:
+    """Write normalised embeddings (N, D) float32, labels (N,) int64 and names (atomically)."""
+    save_npy(out_dir / f"{split}_embeddings.npy", l2_normalize(feats).numpy().astype(np.float32))
+    save_npy(out_dir / f"{split}_labels.npy", labels.numpy().astype(np.int64))
+    engine.atomic_write_bytes_via(out_dir / f"{split}_names.txt",
+                                  lambda tmp: tmp.write_text("\n".join(names) + "\n"))
+
+
+def main(argv=None) -> dict | None:
+    args = build_parser().parse_args(argv)
+    info = engine.init_distributed()
+    store = open_store(args.data)
+    ckpt = read_checkpoint(args.pretrained) if args.pretrained else None
+    cfg = resolve_encoder_config(args, ckpt, args.pretrained)
+    for key, value in cfg.items():
+        setattr(args, key, value)
+    engine.finish_common_args(args)
+    if args.k < 1:
+        raise ValueError(f"--k must be >= 1, got {args.k}")
+    dtype = engine.autocast_dtype(args.precision, info.device)
+    encoder = build_eval_encoder(cfg, store, args.seed, ckpt, args.pretrained)
+    cache = None if args.no_cache else (args.cache_dir or Path(args.output) / "features")
+    kw = dict(stream=cfg["stream"], clip_len=cfg["clip_len"],
+              spatial_channels=cfg["spatial_channels"], info=info, dtype=dtype,
+              batch_size=args.eval_batch_size, workers=args.workers, cache_dir=cache)
+    gallery, gallery_labels = cached_extract(encoder, store, args.split, **kw)
+    queries, query_labels = cached_extract(encoder, store, args.eval_split, **kw)
+    if not info.is_main:
+        return None
+    res = knn_evaluate(queries, query_labels, gallery, gallery_labels, k=args.k,
+                       backend=args.knn_backend, block_size=args.block_size)
+    result = {"top1": res["top1"], "k": args.k, "recall_at_k": res["recall_at_k"],
+              "backend": args.knn_backend,
+              "checkpoint": str(args.pretrained) if args.pretrained else "scratch",
+              "data": str(args.data), "gallery_split": args.split,
+              "query_split": args.eval_split, "num_gallery": len(gallery),
+              "num_queries": len(queries), **cfg}
+    name = "knn.json" if args.k == 1 else f"knn_k{args.k}.json"
+    engine.write_json(Path(args.output) / name, result)
+    if args.export_embeddings is not None:
+        names = np.asarray(store.names)
+        for split, feats, labels in ((args.split, gallery, gallery_labels),
+                                     (args.eval_split, queries, query_labels)):
+            export_embeddings(args.export_embeddings, split, feats, labels,
+                              names[store.split_indices(split)])
+    print(f"KNN-{args.k} ({args.knn_backend}): top-1 {res['top1']:.2f} %, recall@{args.k} "
+          f"{res['recall_at_k']:.2f} % ({len(queries)} queries, {len(gallery)} gallery)")
+    return result
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except (ValueError, FileNotFoundError) as err:
+        sys.exit(f"action_retrieval.py: error: {err}")
