@@ -35,7 +35,7 @@ def build(args, device: torch.device):
     encoder = build_encoder(args.backbone, args.preset, layout=layout, clip_len=args.clip_len,
                             channels=3, bodies=2, seed=0)
     model = USDRL(encoder).to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=5e-4, weight_decay=1e-5, foreach=True)
+    optimizer = torch.optim.Adam(model.parameters(), lr=5e-4, weight_decay=1e-5, fused=True)
     views = torch.randn(args.batch_size, 4, 3, args.clip_len, layout.num_joints, 2,
                         generator=torch.Generator().manual_seed(0)).to(device)
     return layout, model, optimizer, views
