@@ -52,7 +52,8 @@ from torch import nn
 
 import engine
 from evaluation.features import (CheckpointError, build_eval_encoder, cached_extract, extract,
-                                 read_checkpoint, resolve_encoder_config, stream_transform)
+                                 read_checkpoint, resolve_encoder_config,
+                                 resolve_pretrained, stream_transform)
 from evaluation.fusion import save_scores
 from evaluation.linear import accuracy, make_head, predict, train_linear
 from evaluation.subset import stratified_split, stratified_subset
@@ -82,16 +83,18 @@ def build_parser() -> argparse.ArgumentParser:
     g = parser.add_argument_group("evaluation")
     g.add_argument("--mode", choices=("linear", "finetune"), default="linear")
     g.add_argument("--pretrained", default=None,
-                   help="pretrain.py checkpoint (its `encoder.` weights); none: from scratch")
+                   help="pretrain.py checkpoint (its `encoder.` weights): a path, `last` "
+                        "(<output>/last.pt), an epoch number N (<output>/epoch_NNNN.pt) or "
+                        "none (random init, from scratch); None: none")
     g.add_argument("--label-fraction", type=float, default=1.0,
                    help="train on this stratified fraction of the training split")
     g.add_argument("--val-fraction", type=float, default=0.0,
                    help="carve this stratified fraction of the training samples for model "
                         "selection (0: report the last epoch only)")
-    g.add_argument("--weight-decay", type=float, default=None, help="(mode default)")
+    g.add_argument("--weight-decay", type=float, default=None, help="None: the mode default (below)")
     g.add_argument("--eval-batch-size", type=int, default=256, help="feature extraction batch")
     g.add_argument("--cache-dir", type=Path, default=None,
-                   help="feature cache (default <output>/features)")
+                   help="feature cache; None: <output>/features")
     g.add_argument("--no-cache", action="store_true", help="do not read or write the cache")
     g = parser.add_argument_group("linear probe")
     g.add_argument("--momentum", type=float, default=0.9)
@@ -103,7 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="layer-wise lr decay factor (1: off; e.g. 0.8)")
     g.add_argument("--label-smoothing", type=float, default=0.1)
     g.add_argument("--drop-path", type=float, default=None,
-                   help="DropPath rate of DSTE/STTR (default: the preset's, 0.1)")
+                   help="DropPath rate of DSTE/STTR; None: the preset's (0.1)")
     g.add_argument("--no-augment", dest="augment", action="store_false",
                    help="train on whole sequences instead of random temporal crops")
     return parser
@@ -394,6 +397,7 @@ def main(argv=None) -> dict | None:
     args = parse_args(argv)
     info = engine.init_distributed()
     store = open_store(args.data)
+    args.pretrained = resolve_pretrained(args.pretrained, args.output)
     ckpt = read_checkpoint(args.pretrained) if args.pretrained else None
     cfg = resolve_encoder_config(args, ckpt, args.pretrained)
     for key, value in cfg.items():

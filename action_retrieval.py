@@ -24,7 +24,7 @@ import numpy as np
 
 import engine
 from evaluation.features import (build_eval_encoder, cached_extract, read_checkpoint,
-                                 resolve_encoder_config)
+                                 resolve_encoder_config, resolve_pretrained)
 from evaluation.knn import BACKENDS, knn_evaluate, l2_normalize
 from feeders.store import open_store
 
@@ -36,14 +36,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.set_defaults(backbone=None, preset=None, stream=None, clip_len=None)
     g = parser.add_argument_group("retrieval")
     g.add_argument("--pretrained", default=None,
-                   help="pretrain.py checkpoint; none: a randomly initialised encoder")
+                   help="pretrain.py checkpoint: a path, `last` (<output>/last.pt), an epoch "
+                        "number N (<output>/epoch_NNNN.pt) or none (random init); None: none")
     g.add_argument("--k", type=int, default=1, help="neighbours (majority vote)")
     g.add_argument("--knn-backend", choices=BACKENDS, default="torch")
     g.add_argument("--block-size", type=int, default=1024,
                    help="queries per block of the torch search (memory: block x gallery)")
     g.add_argument("--eval-batch-size", type=int, default=256, help="feature extraction batch")
     g.add_argument("--cache-dir", type=Path, default=None,
-                   help="feature cache (default <output>/features)")
+                   help="feature cache; None: <output>/features")
     g.add_argument("--no-cache", action="store_true")
     g.add_argument("--export-embeddings", type=Path, default=None, metavar="DIR",
                    help="write L2-normalised <split>_embeddings.npy, <split>_names.txt and "
@@ -70,6 +71,7 @@ def main(argv=None) -> dict | None:
     args = build_parser().parse_args(argv)
     info = engine.init_distributed()
     store = open_store(args.data)
+    args.pretrained = resolve_pretrained(args.pretrained, args.output)
     ckpt = read_checkpoint(args.pretrained) if args.pretrained else None
     cfg = resolve_encoder_config(args, ckpt, args.pretrained)
     for key, value in cfg.items():

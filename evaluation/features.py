@@ -46,6 +46,18 @@ def checkpoint_config(ckpt: dict) -> dict:
     return ckpt.get("config") or ckpt.get("meta", {}).get("config", {}) or {}
 
 
+def resolve_pretrained(value: str | None, output: Path) -> Path | None:
+    """--pretrained: None / ``none`` / ``scratch`` -> None (random init); ``last`` ->
+    <output>/last.pt; a number N -> <output>/epoch_NNNN.pt; anything else is a path."""
+    if value is None or value.lower() in ("none", "scratch"):
+        return None
+    if value == "last":
+        return Path(output) / "last.pt"
+    if value.isdigit():
+        return Path(output) / f"epoch_{int(value):04d}.pt"
+    return Path(value)
+
+
 def read_checkpoint(path: str | Path) -> dict:
     """``engine.load_checkpoint`` with a CheckpointError naming the file."""
     try:

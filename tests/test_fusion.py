@@ -75,3 +75,31 @@ def test_weights_count_and_bad_files(tmp_path):
     (tmp_path / "junk.npz").write_bytes(b"not a zip")
     with pytest.raises(ValueError, match="junk.npz"):
         load_scores(tmp_path / "junk.npz")
+
+
+def test_fusion_script_by_run_names_and_by_prefix(tmp_path):
+    import os
+    import subprocess
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    for stream, logits in (("j", A), ("b", B)):
+        run = tmp_path / f"demo_xs_{stream}_dste"
+        run.mkdir()
+        save_scores(run / "linear_scores.npz", NAMES, LABELS, logits)
+        (run / "linear.json").write_text(json.dumps({"scores_file": "linear_scores.npz"}))
+    env = {**os.environ, "SKEL_CHECKPOINTS": str(tmp_path)}
+
+    def fusion(*argv):
+        return subprocess.run(["bash", "scripts/fusion.sh", *argv], cwd=root, env=env,
+                              capture_output=True, text=True, timeout=60)
+
+    res = fusion("demo_xs")                       # j then b, equal weights
+    assert res.returncode == 0, res.stderr
+    lines = res.stdout.strip().split("\n")
+    assert lines[0].endswith("demo_xs_j_dste/linear.json") and "50.00" in lines[0]
+    assert lines[-1].startswith(" 75.00  fused (weights [1.0, 1.0], softmax)")
+    res = fusion("linear", "demo_xs_j_dste", "demo_xs_b_dste", "--weights", "2,1")
+    assert res.returncode == 0 and "75.00  fused (weights [2.0, 1.0]" in res.stdout
+    res = fusion("finetune", "demo_xs_j_dste", "demo_xs_b_dste")
+    assert res.returncode != 0 and "demo_xs_j_dste/finetune.json not found" in res.stderr

@@ -176,3 +176,34 @@ def test_bad_flags(data, tmp_path):
     with pytest.raises(ValueError, match="--drop-path applies to dste/sttr"):
         run(data, tmp_path, "--mode", "finetune", "--backbone", "stgcn", "--preset", "tiny",
             "--drop-path", "0.2", "--batch-size", "8", "--epochs", "1")
+
+
+def test_recog_and_finetune_scripts(data, pretrained, tmp_path):
+    """scripts/recog.sh (checkpoint by epoch number) and finetune.sh scratch, on one CPU."""
+    import os
+    import shutil
+    import subprocess
+    from pathlib import Path
+
+    root = Path(ar.__file__).resolve().parent
+    shutil.copytree(data, tmp_path / "data" / "demo")
+    run_dir = tmp_path / "ckpt" / "demo_xs_b_dste"
+    run_dir.mkdir(parents=True)
+    shutil.copy(pretrained[0], run_dir / "epoch_0003.pt")
+    env = {**os.environ, "SKEL_DATA": str(tmp_path / "data"),
+           "SKEL_CHECKPOINTS": str(tmp_path / "ckpt")}
+
+    def script(*argv):
+        res = subprocess.run(["bash", *argv], cwd=root, env=env, capture_output=True,
+                             text=True, timeout=120)
+        assert res.returncode == 0, res.stderr[-2000:]
+        return res
+
+    script("scripts/recog.sh", "cpu", "demo_xs_b_dste", "3", "--epochs", "1", "--workers", "0")
+    saved = json.loads((run_dir / "linear.json").read_text())
+    assert saved["checkpoint"] == str(run_dir / "epoch_0003.pt")
+    assert (saved["lr"], saved["epochs"], saved["stream"]) == (0.006, 1, "b")
+    script("scripts/finetune.sh", "cpu", "demo_xs_b_dste", "scratch", "--preset", "tiny",
+           "--clip-len", "8", "--epochs", "1", "--batch-size", "24", "--workers", "0")
+    saved = json.loads((run_dir / "finetune.json").read_text())
+    assert (saved["checkpoint"], saved["preset"], saved["clip_len"]) == ("scratch", "tiny", 8)

@@ -90,3 +90,24 @@ def test_gather_in_order_two_processes(tmp_path):
     gathered = torch.load(out, weights_only=True)
     assert gathered[:, 0].tolist() == list(range(7))
     assert torch.equal(gathered[:, 1], -gathered[:, 0])
+
+
+def test_knn_script(setup, tmp_path):
+    import shutil
+    import subprocess
+    from pathlib import Path
+
+    data, ckpt = setup
+    root = Path(action_retrieval.__file__).resolve().parent
+    shutil.copytree(data, tmp_path / "data" / "demo")
+    (tmp_path / "ckpt" / "demo_xs_m_stgcn").mkdir(parents=True)
+    shutil.copy(ckpt, tmp_path / "ckpt" / "demo_xs_m_stgcn" / "last.pt")
+    env = {**os.environ, "SKEL_DATA": str(tmp_path / "data"),
+           "SKEL_CHECKPOINTS": str(tmp_path / "ckpt")}
+    res = subprocess.run(["bash", "scripts/knn.sh", "cpu", "demo_xs_m_stgcn", "--k", "3",
+                          "--workers", "0"], cwd=root, env=env, capture_output=True,
+                         text=True, timeout=120)
+    assert res.returncode == 0, res.stderr[-2000:]
+    saved = json.loads((tmp_path / "ckpt" / "demo_xs_m_stgcn" / "knn_k3.json").read_text())
+    assert saved["k"] == 3 and saved["checkpoint"].endswith("demo_xs_m_stgcn/last.pt")
+    assert f"KNN-3 (torch): top-1 {saved['top1']:.2f} %" in res.stdout

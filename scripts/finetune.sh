@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# End-to-end fine-tuning of a pretrained run (or training from scratch).
+# Usage: bash scripts/finetune.sh GPUS RUN_NAME [CKPT | EPOCH | scratch] [extra flags]
+#   bash scripts/finetune.sh 0,1 ntu60_xs_j_dste                # from checkpoint/<RUN>/last.pt
+#   bash scripts/finetune.sh 0 ntu60_xs_j_dste scratch          # random init, the dataset's preset
+#   bash scripts/finetune.sh 0 ntu60_xs_j_dste last --layer-decay 0.8 --val-fraction 0.05
+# Defaults (action_recognition.py --help): AdamW lr 3e-4, wd 0.05, batch 64, 100 epochs,
+# 5 warmup epochs then cosine, label smoothing 0.1. Writes checkpoint/<RUN_NAME>/finetune.json;
+# training state in checkpoint/<RUN_NAME>/finetune/ (re-running resumes).
+set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/_common.sh"
+if [ $# -lt 2 ]; then
+    sed -n '2,9p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
+    exit 2
+fi
+GPUS="$1"; shift
+check_gpus "$GPUS"
+parse_run_name "$1"; shift
+CKPT=last
+if [ $# -gt 0 ] && [[ "$1" != -* ]]; then CKPT="$1"; shift; fi
+EXTRA=()
+if [ "$CKPT" = scratch ]; then
+    # no checkpoint config to inherit: the preset of the dataset's pretraining defaults
+    for ((i = 0; i < ${#DATASET_DEFAULTS[@]}; i++)); do
+        [ "${DATASET_DEFAULTS[$i]}" = --preset ] && EXTRA=(--preset "${DATASET_DEFAULTS[$((i + 1))]}")
+    done
+fi
+ensure_dataset
+launch "$GPUS" action_recognition.py --mode finetune --data "$RUN_DATA" --split "$RUN_SPLIT" \
+    --stream "$RUN_STREAM" --backbone "$RUN_BACKBONE" --output "$RUN_OUTPUT" \
+    --pretrained "$CKPT" "${EXTRA[@]}" "$@"

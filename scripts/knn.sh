@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# KNN retrieval of a pretrained run: training split = gallery, test split = queries, cosine.
+# Usage: bash scripts/knn.sh GPUS RUN_NAME [CKPT | EPOCH] [extra action_retrieval.py flags]
+#   bash scripts/knn.sh 0 ntu60_xs_j_dste              # checkpoint/ntu60_xs_j_dste/last.pt, k=1
+#   bash scripts/knn.sh 0 ntu60_xs_j_dste 300 --k 5    # epoch_0300.pt, 5-NN vote
+# Writes checkpoint/<RUN_NAME>/knn.json (knn_k<K>.json for k > 1).
+set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/_common.sh"
+if [ $# -lt 2 ]; then
+    sed -n '2,7p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
+    exit 2
+fi
+GPUS="$1"; shift
+check_gpus "$GPUS"
+parse_run_name "$1"; shift
+CKPT=last
+if [ $# -gt 0 ] && [[ "$1" != -* ]]; then CKPT="$1"; shift; fi
+ensure_dataset
+launch "$GPUS" action_retrieval.py --data "$RUN_DATA" --split "$RUN_SPLIT" \
+    --stream "$RUN_STREAM" --backbone "$RUN_BACKBONE" --output "$RUN_OUTPUT" \
+    --pretrained "$CKPT" "$@"

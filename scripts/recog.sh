@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Linear probe of a pretrained run (frozen encoder, cached features, 160 epochs).
+# Usage: bash scripts/recog.sh GPUS RUN_NAME [CKPT | EPOCH] [extra action_recognition.py flags]
+#   bash scripts/recog.sh 0 ntu60_xs_j_dste            # checkpoint/ntu60_xs_j_dste/last.pt
+#   bash scripts/recog.sh 0 ntu60_xs_j_dste 300        # checkpoint/ntu60_xs_j_dste/epoch_0300.pt
+#   bash scripts/recog.sh cpu demo_xs_j_dste path/to/other.pt --val-fraction 0.1
+# Writes checkpoint/<RUN_NAME>/linear.json (+ _scores.npz, _confusion.csv). Per-dataset lr
+# (METHOD.md section 5): 0.006 NTU-60 xsub and NTU-120, 0.03 NTU-60 xview, 0.01 PKU-MMD II.
+set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/_common.sh"
+if [ $# -lt 2 ]; then
+    sed -n '2,9p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
+    exit 2
+fi
+GPUS="$1"; shift
+check_gpus "$GPUS"
+parse_run_name "$1"; shift
+CKPT=last
+if [ $# -gt 0 ] && [[ "$1" != -* ]]; then CKPT="$1"; shift; fi
+case "$RUN_DATASET/$RUN_PROTOCOL" in
+    ntu60/xv) LR=0.03 ;;
+    pku2/*) LR=0.01 ;;
+    *) LR=0.006 ;;
+esac
+ensure_dataset
+launch "$GPUS" action_recognition.py --mode linear --data "$RUN_DATA" --split "$RUN_SPLIT" \
+    --stream "$RUN_STREAM" --backbone "$RUN_BACKBONE" --output "$RUN_OUTPUT" \
+    --pretrained "$CKPT" --lr "$LR" "$@"
