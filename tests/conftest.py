@@ -12,7 +12,8 @@ if str(ROOT) not in sys.path:
 try:
     import torch
 
-    torch.set_num_threads(2)
+    # one thread: on a busy 2-core machine small convolutions stall in a 2-thread pool
+    torch.set_num_threads(1)
 except ImportError:  # pragma: no cover
     pass
 
