@@ -93,7 +93,7 @@ def pretrain_step(model, weights: LossWeights, args, info: engine.DistInfo, pare
         z = model(x, num_views=k)
     z = {d: engine.gather_with_grad(v, dim=1) for d, v in z.items()}  # (4, global B, D)
     loss, terms = usdrl_loss(z, weights)
-    scalars = {k: v.detach() for k, v in terms.items()}
+    scalars = {name: v.detach() for name, v in terms.items()}
     for d, v in z.items():  # collapse indicator: mean per-dimension std over the batch
         scalars[f"std_{d}"] = v.detach().float().std(dim=1).mean()
     return loss, scalars
@@ -122,6 +122,8 @@ def main(argv: list[str] | None = None) -> engine.TrainState:
 
     store = open_store(args.data)
     parents = store.layout.parents
+    if args.knn_every:
+        store.split_indices(args.eval_split)  # fail now, not after the first epoch
     dataset = PretrainDataset(store, args.split, args.clip_len, args.seed, num_views=NUM_VIEWS,
                               spatial_channels=args.spatial_channels)
     loader = make_train_loader(dataset, args, info)
