@@ -96,3 +96,9 @@ def test_bad_parents_and_channels():
         to_stream(ntu_clip(), "b", [25] * 25)
     with pytest.raises(ValueError, match="spatial_channels"):
         to_stream(ntu_clip(), "m", NTU_PARENTS, spatial_channels=4)
+
+
+def test_ntu_layout_parents_match_method_pairs():
+    from feeders.layouts import get_layout
+
+    assert list(get_layout("ntu25").parents) == NTU_PARENTS
