@@ -31,6 +31,8 @@ class Layout:
     center: joint subtracted when normalising a sequence (the body centre).
     graph_center: joint the ST-GCN ``spatial`` partition measures distances to.
     mirror: the left/right counterpart of each joint (a midline joint maps to itself).
+    dims: coordinate dimensions of the convention (3 for depth-camera skeletons, 2 for pose
+    estimators); channels beyond `dims` (a confidence score) are not coordinates.
     """
 
     name: str
@@ -39,6 +41,7 @@ class Layout:
     center: int
     graph_center: int
     mirror: tuple[int, ...]
+    dims: int = 3
 
     def __post_init__(self):
         v = len(self.joints)
@@ -119,12 +122,12 @@ def normalize_digraph(a: np.ndarray) -> np.ndarray:
     return a * inv[None, :]
 
 
-def _layout(name, joints, parents, center, graph_center, pairs):
+def _layout(name, joints, parents, center, graph_center, pairs, dims=3):
     """Build a Layout from 0-based parents and the list of (left, right) mirror pairs."""
     mirror = list(range(len(joints)))
     for left, right in pairs:
         mirror[left], mirror[right] = right, left
-    return Layout(name, tuple(joints), tuple(parents), center, graph_center, tuple(mirror))
+    return Layout(name, tuple(joints), tuple(parents), center, graph_center, tuple(mirror), dims)
 
 
 # NTU RGB+D (Kinect v2): the 25 bone pairs of METHOD.md §1, written 1-based as (child, parent).
@@ -166,6 +169,7 @@ OPENPOSE18 = _layout(
     [1, 1, 1, 2, 3, 1, 5, 6, 2, 8, 9, 5, 11, 12, 0, 0, 14, 15],
     center=1, graph_center=1,
     pairs=[(5, 2), (6, 3), (7, 4), (11, 8), (12, 9), (13, 10), (15, 14), (17, 16)],
+    dims=2,
 )
 
 # COCO 17 keypoints (HRNet 2D in pyskl), rooted at the nose.
@@ -177,6 +181,7 @@ COCO17 = _layout(
     [0, 0, 0, 1, 2, 0, 0, 5, 6, 7, 8, 5, 6, 11, 12, 13, 14],
     center=0, graph_center=0,
     pairs=[(1, 2), (3, 4), (5, 6), (7, 8), (9, 10), (11, 12), (13, 14), (15, 16)],
+    dims=2,
 )
 
 # Penn Action: 13 joints, no torso joint, rooted at the head.
@@ -188,6 +193,7 @@ PENN13 = _layout(
     [0, 0, 0, 1, 2, 3, 4, 1, 2, 7, 8, 9, 10],
     center=0, graph_center=0,
     pairs=[(1, 2), (3, 4), (5, 6), (7, 8), (9, 10), (11, 12)],
+    dims=2,
 )
 
 LAYOUTS: dict[str, Layout] = {l.name: l for l in (NTU25, KINECT20, OPENPOSE18, COCO17, PENN13)}

@@ -98,3 +98,8 @@ def test_errors():
     with pytest.raises(ValueError, match="mirror"):
         Layout("bad", ("a", "b"), (0, 0), 0, 0, (1, 1))
     assert get_layout(NTU25) is NTU25
+
+
+def test_coordinate_dims():
+    assert {name: l.dims for name, l in LAYOUTS.items()} == {
+        "ntu25": 3, "kinect20": 3, "openpose18": 2, "coco17": 2, "penn13": 2}
