@@ -15,7 +15,7 @@ Normalisation (``normalize='first_frame'``, the default): the layout's ``center`
 body 1 at the first frame where body 1 is present (any non-zero coordinate) is subtracted from
 the coordinates of every joint of every body in every frame where that body is present; a
 body that is absent in a frame (all zeros) stays zero. Only the spatial channels change (the
-first ``spatial_channels``, default ``min(C, 3)``; a confidence channel is kept). It is applied
+first ``spatial_channels``, default ``min(C, layout.dims)``; a confidence channel is kept). It is applied
 to the whole sequence before cropping, so all views of a sequence share one origin.
 ``normalize='none'`` leaves the coordinates as stored.
 
@@ -85,7 +85,8 @@ class _SequenceDataset(Dataset):
         self.split = split
         self.clip_len = int(clip_len)
         self.normalize = normalize
-        self.spatial_channels = resolve_spatial_channels(self._store.channels, spatial_channels)
+        self.spatial_channels = resolve_spatial_channels(self._store.channels, spatial_channels,
+                                                         self._store.layout.dims)
         split_seqs = (np.arange(len(self._store), dtype=np.int64) if split is None
                       else self._store.split_indices(split))
         if indices is None:

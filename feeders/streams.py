@@ -16,7 +16,8 @@ differenced. Any further channel (the detector confidence of 2D+score data, e.g.
 OpenPose ``(x, y, score)``) is passed through unchanged in every stream: a bone keeps the
 score of its child joint and a motion keeps the score of its frame ``t``. The score then
 still tells the model how reliable the joint is, and its scale stays in [0, 1].
-``spatial_channels=None`` means ``min(C, 3)``; 2D+score data must pass ``2``.
+``spatial_channels=None`` means ``min(C, 3)``; the datasets resolve it from the layout's
+``dims`` (2 for pose-estimator layouts), and callers pass ``dataset.spatial_channels`` on.
 """
 
 from typing import Sequence
@@ -26,10 +27,11 @@ import torch
 STREAMS = ("j", "m", "b", "jm", "bm")
 
 
-def resolve_spatial_channels(channels: int, spatial_channels: int | None) -> int:
-    """Number of coordinate channels: ``spatial_channels`` or, if None, ``min(channels, 3)``."""
+def resolve_spatial_channels(channels: int, spatial_channels: int | None, dims: int = 3) -> int:
+    """Number of coordinate channels: ``spatial_channels`` or, if None, ``min(channels, dims)``
+    (``dims``: the layout's coordinate dimensions)."""
     if spatial_channels is None:
-        return min(channels, 3)
+        return min(channels, dims)
     if not 1 <= spatial_channels <= channels:
         raise ValueError(
             f"spatial_channels must be between 1 and the {channels} channels of the input, "

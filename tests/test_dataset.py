@@ -201,3 +201,17 @@ def test_loader_does_not_touch_global_rng(store):
     assert len(batches_) == 3 and torch.equal(torch.get_rng_state(), state)
     with pytest.raises(ValueError, match="torch.distributed"):
         make_loader(ds, 4, shuffle=True, seed=0, distributed=True)
+
+
+def test_2d_score_layout_keeps_the_score_channel(tmp_path):
+    """coco17 (x, y, score): the dataset resolves 2 coordinate channels from the layout."""
+    seq = np.random.default_rng(0).uniform(0.1, 1.0, size=(6, 1, 17, 3)).astype(np.float32)
+    with StoreWriter(tmp_path / "coco", "coco17", 2, ["a", "b"], channels=3, bodies=1) as w:
+        w.add(Record("s0", 0, seq))
+        w.close({"train": [0]})
+    ds = EvalDataset(tmp_path / "coco", "train", clip_len=6)
+    assert ds.spatial_channels == 2
+    clip, _, _ = ds[0]  # (C, L, V, M)
+    np.testing.assert_allclose(clip[2].numpy(), seq[..., 2].transpose(0, 2, 1), rtol=1e-6)
+    centre = get_layout("coco17").center
+    np.testing.assert_allclose(clip[:2, 0, centre, 0].numpy(), 0.0, atol=1e-6)
