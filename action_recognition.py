@@ -236,20 +236,9 @@ def finetune_step(model, split_labels, args, cfg, parents, info, dtype, batch, e
     return loss, {"loss": loss.detach(), "top1": accuracy(logits.detach().float(), labels)}
 
 
-def run_finetune(args, store, cfg, ckpt, info, dtype, train_pos, val_pos, run_dir, writer):
-    """Returns (last-epoch test logits, best dict or None, history) on rank 0, None elsewhere."""
-    overrides = {} if args.drop_path is None else {"drop_path": args.drop_path}
-    try:
-        encoder = build_eval_encoder(cfg, store, args.seed, ckpt, args.pretrained, **overrides)
-    except ValueError as err:
-        if overrides and "drop_path" in str(err):
-            raise ValueError(f"--drop-path applies to dste/sttr only, not {cfg['backbone']}") from None
-        raise
-    model = Classifier(encoder, store.num_classes, args.seed)
-    if info.distributed:
-        model = engine.convert_batchnorm(model, info.device)
-    model.to(info.device)
-
+def finetune_loader(args, store, cfg, info, train_pos):
+    """Shuffled, seeded loader of the training positions: one random temporal crop per sample
+    (the pretraining feeder with one view), or whole sequences with --no-augment."""
     dataset_kw = dict(indices=train_pos, spatial_channels=cfg["spatial_channels"])
     dataset = (PretrainDataset(store, args.split, cfg["clip_len"], args.seed, num_views=1,
                                **dataset_kw) if args.augment
@@ -263,18 +252,43 @@ def run_finetune(args, store, cfg, ckpt, info, dtype, train_pos, val_pos, run_di
     if len(loader) == 0:
         raise ValueError(f"{len(dataset)} training samples are fewer than one batch of "
                          f"{args.batch_size}: lower --batch-size")
+    return loader
+
+
+def finetune_state(model, args, steps_per_epoch: int, dtype, device) -> engine.TrainState:
+    """AdamW over the layer-decay groups, warmup + cosine per step, the precision's scaler."""
     optimizer = torch.optim.AdamW(param_groups(model, args.weight_decay, args.layer_decay))
     for group in optimizer.param_groups:
         group["lr"] *= args.lr
-    scheduler = engine.make_scheduler(optimizer, len(loader), schedule="cosine",
+    scheduler = engine.make_scheduler(optimizer, steps_per_epoch, schedule="cosine",
                                       epochs=args.epochs, warmup_epochs=args.warmup_epochs)
-    state = engine.TrainState(optimizer, scheduler, engine.make_scaler(dtype, info.device))
+    return engine.TrainState(optimizer, scheduler, engine.make_scaler(dtype, device))
+
+
+def run_finetune(args, store, cfg, ckpt, info, dtype, train_pos, val_pos, run_dir, writer):
+    """Returns (last-epoch test logits, best dict or None, history) on rank 0, None elsewhere."""
+    overrides = {} if args.drop_path is None else {"drop_path": args.drop_path}
+    try:
+        encoder = build_eval_encoder(cfg, store, args.seed, ckpt, args.pretrained, **overrides)
+    except ValueError as err:
+        if overrides and "drop_path" in str(err):
+            raise ValueError(f"--drop-path applies to dste/sttr only, not {cfg['backbone']}") from None
+        raise
+    model = Classifier(encoder, store.num_classes, args.seed)
+    if info.distributed:
+        model = engine.convert_batchnorm(model, info.device)
+    model.to(info.device)
+    loader = finetune_loader(args, store, cfg, info, train_pos)
+    state = finetune_state(model, args, len(loader), dtype, info.device)
+    meta = engine.run_metadata(args, info)
     resume = engine.resume_path(args.resume, run_dir)
     if resume is not None:
         last = engine.load_checkpoint(resume)
         check_head(last, resume, store.num_classes, args.data)
         state.load(model, last)
-        engine.log(info, f"resumed fine-tuning from {resume} at epoch {state.epoch}")
+        changed = engine.changed_flags(last.get("meta", {}).get("config", {}), meta["config"])
+        engine.log(info, f"resumed fine-tuning from {resume} at epoch {state.epoch}"
+                   + (f" (changed flags: {', '.join(changed)})" if changed else ""))
 
     split_labels = torch.as_tensor(store.labels[store.split_indices(args.split)], dtype=torch.long)
     ddp_model = engine.wrap_ddp(model, info)
@@ -286,6 +300,7 @@ def run_finetune(args, store, cfg, ckpt, info, dtype, train_pos, val_pos, run_di
     best_path = run_dir / "best.pt"
     if state.epoch == 0 and info.is_main:
         best_path.unlink(missing_ok=True)  # a stale file of an earlier run
+    engine.barrier(info)
     best_val = [engine.load_checkpoint(best_path)["val_top1"] if best_path.is_file() else -1.0]
     history = []
 
@@ -306,7 +321,6 @@ def run_finetune(args, store, cfg, ckpt, info, dtype, train_pos, val_pos, run_di
                                                    "epoch": epoch + 1, "val_top1": top1})
         return {"val_top1": top1}
 
-    meta = engine.run_metadata(args, info)
     engine.train(ddp_model, step_fn, loader, state, epochs=args.epochs, info=info,
                  seed=args.seed, output=run_dir, extra_state={"meta": meta},
                  on_epoch_end=on_epoch_end)

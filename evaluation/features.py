@@ -1,6 +1,6 @@
 """Frozen encoders for evaluation: loading pretrained weights, feature extraction, caching.
 
-- ``resolve_encoder_config`` / ``load_pretrained``: an evaluation run takes backbone, preset,
+- ``resolve_encoder_config`` / ``build_eval_encoder``: an evaluation run takes backbone, preset,
   stream, clip length and spatial channels from the pretraining checkpoint's config; a flag
   that contradicts it is an error.
 - ``extract``: global features ``(N, Dt + Ds)`` of a whole split (``EvalDataset``: every
