@@ -84,7 +84,10 @@ parse_run_name() {
 
 # dataset_defaults DATASET: sets the array DATASET_DEFAULTS (pretraining schedule per dataset).
 # NTU/PKU-I/Kinetics: the paper (batch 356, Adam 5e-4, 451 epochs, x0.1 at 351); PKU-II: batch
-# 512, 1201 epochs, step at 801; small sets: the small preset and a short schedule.
+# 512, 1201 epochs, step at 801. Small sets (NW-UCLA 1020 training clips, median 31 frames;
+# Penn Action): sized to pretrain in ~25 minutes on 2 CPU cores (benchmarks/nwucla.sh): the tiny
+# DSTE (~15 clips/s there, 4 views each), 32-frame clips (about the median length), batch 64,
+# Adam 1e-3 for the short 20-epoch schedule (300 steps), x0.1 at epoch 16.
 dataset_defaults() {
     case "$1" in
         ntu60|ntu120|pku1|kinetics)
@@ -92,7 +95,7 @@ dataset_defaults() {
         pku2)
             DATASET_DEFAULTS=(--preset paper --batch-size 512 --lr 5e-4 --epochs 1201 --milestones 801) ;;
         ucla|penn)
-            DATASET_DEFAULTS=(--preset small --batch-size 64 --lr 5e-4 --epochs 200 --milestones 150) ;;
+            DATASET_DEFAULTS=(--preset tiny --clip-len 32 --batch-size 64 --lr 1e-3 --epochs 20 --milestones 16) ;;
         demo)
             DATASET_DEFAULTS=(--preset small --batch-size 64 --lr 5e-4 --epochs 40 --milestones 30) ;;
     esac

@@ -1,0 +1,140 @@
+"""Print the evaluation results of a run directory as one table.
+
+    python -m evaluation.report checkpoint/ucla_xv_j_dste \\
+        [--baseline "1-NN on raw joints (learning-free)=58.6"] [--baseline "P&C linear=84.9"]
+
+Reads the result JSONs that action_recognition.py and action_retrieval.py write into the run
+directory: linear.json / linear_<F>.json (linear probe), knn.json / knn_k<K>.json (KNN),
+finetune.json / finetune_<F>.json (fine-tuning, F = label fraction). Each row shows the test
+top-1 of the last epoch and, when a validation split was carved from the training split, the
+test top-1 of the epoch selected on it. --baseline NAME=TOP1 adds reference rows (numbers
+computed or published elsewhere) below the run's rows. Missing result files are skipped;
+a directory without any is an error.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from pathlib import Path
+
+# file stem -> (row order, protocol name); the fraction / k is parsed from the stem.
+_PATTERNS = (
+    (re.compile(r"^linear$"), 0),
+    (re.compile(r"^linear_(?P<fraction>[0-9.e-]+)$"), 1),
+    (re.compile(r"^knn$"), 2),
+    (re.compile(r"^knn_k(?P<k>[0-9]+)$"), 3),
+    (re.compile(r"^finetune$"), 4),
+    (re.compile(r"^finetune_(?P<fraction>[0-9.e-]+)$"), 5),
+)
+_NAMES = {0: "linear probe", 1: "linear probe", 2: "KNN-1", 3: "KNN", 4: "fine-tune",
+          5: "fine-tune"}
+
+
+class ReportError(ValueError):
+    """A result file or a --baseline value that cannot be read."""
+
+
+def _protocol(stem: str) -> tuple[tuple[int, float], str] | None:
+    """(sort key, protocol name) of a result file stem, None when it is not a result file."""
+    for pattern, order in _PATTERNS:
+        match = pattern.match(stem)
+        if match is None:
+            continue
+        groups = match.groupdict()
+        if "fraction" in groups:
+            fraction = float(groups["fraction"])
+            return (order, -fraction), f"{_NAMES[order]}, {100 * fraction:g} % labels"
+        if "k" in groups:
+            return (order, int(groups["k"])), f"KNN-{int(groups['k'])}"
+        return (order, 0.0), _NAMES[order]
+    return None
+
+
+def _number(result: dict, key: str, path: Path) -> float:
+    value = result.get(key)
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        raise ReportError(f"{path}: field '{key}' must be a number (top-1 in %), got {value!r}")
+    return float(value)
+
+
+def read_rows(run_dir: Path) -> list[dict]:
+    """Rows {protocol, file, top1, top5, selected} of the result JSONs in run_dir, in table order.
+
+    top5 is None for KNN; selected is the test top-1 of the validation-selected epoch or None.
+    """
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise ReportError(f"{run_dir}: not a directory")
+    found = []
+    for path in sorted(run_dir.glob("*.json")):
+        parsed = _protocol(path.stem)
+        if parsed is None:
+            continue
+        try:
+            result = json.loads(path.read_text())
+        except json.JSONDecodeError as exc:
+            raise ReportError(f"{path}: not valid JSON ({exc})") from None
+        if not isinstance(result, dict):
+            raise ReportError(f"{path}: expected a JSON object, got {type(result).__name__}")
+        key, protocol = parsed
+        best = result.get("best")
+        found.append((key, {
+            "protocol": protocol, "file": path.name,
+            "top1": _number(result, "top1", path),
+            "top5": _number(result, "top5", path) if "top5" in result else None,
+            "selected": _number(best, "top1", path) if isinstance(best, dict) else None,
+        }))
+    if not found:
+        raise ReportError(f"{run_dir}: no result files (linear*.json, knn*.json, finetune*.json)")
+    return [row for _, row in sorted(found, key=lambda item: item[0])]
+
+
+def parse_baseline(text: str) -> tuple[str, float]:
+    """'NAME=TOP1' -> (NAME, TOP1)."""
+    name, sep, value = text.rpartition("=")
+    try:
+        top1 = float(value)
+    except ValueError:
+        top1 = None
+    if not sep or not name.strip() or top1 is None:
+        raise ReportError(f"--baseline: expected NAME=TOP1 (e.g. 'P&C linear=84.9'), got {text!r}")
+    return name.strip(), top1
+
+
+def _cell(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}"
+
+
+def format_table(rows: list[dict], baselines: list[tuple[str, float]] = ()) -> str:
+    """A Markdown table: protocol | top-1 | top-5 | top-1 (val-selected epoch) | source."""
+    lines = ["| protocol | top-1 % | top-5 % | top-1 % (epoch chosen on val) | source |",
+             "|---|---:|---:|---:|---|"]
+    for row in rows:
+        lines.append(f"| {row['protocol']} | {_cell(row['top1'])} | {_cell(row['top5'])} "
+                     f"| {_cell(row['selected'])} | {row['file']} |")
+    for name, top1 in baselines:
+        lines.append(f"| {name} | {_cell(top1)} | - | - | reference |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m evaluation.report",
+                                     description=__doc__.split("\n\n")[0])
+    parser.add_argument("run_dir", type=Path, help="run directory holding the result JSONs")
+    parser.add_argument("--baseline", action="append", default=[], metavar="NAME=TOP1",
+                        help="reference row (repeatable)")
+    args = parser.parse_args(argv)
+    try:
+        baselines = [parse_baseline(text) for text in args.baseline]
+        rows = read_rows(args.run_dir)
+    except ReportError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(format_table(rows, baselines))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
