@@ -63,7 +63,8 @@ def add_common_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     g.add_argument("--preset", choices=PRESETS, default="paper", help="encoder size")
     g.add_argument("--clip-len", type=int, default=64, help="frames per clip (L)")
     g.add_argument("--spatial-channels", type=int, default=None,
-                   help="coordinate channels (default min(C, 3); 2 for 2D + score data)")
+                   help="coordinate channels; default: the layout's dims (3 for Kinect layouts, 2 for "
+                        "2D pose layouts, whose third channel is a confidence score)")
     g.add_argument("--epochs", type=int, default=451)
     g.add_argument("--batch-size", type=int, default=356,
                    help="global batch size, split evenly over the processes")

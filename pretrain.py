@@ -126,6 +126,7 @@ def main(argv: list[str] | None = None) -> engine.TrainState:
         store.split_indices(args.eval_split)  # fail now, not after the first epoch
     dataset = PretrainDataset(store, args.split, args.clip_len, args.seed, num_views=NUM_VIEWS,
                               spatial_channels=args.spatial_channels)
+    args.spatial_channels = dataset.spatial_channels  # resolved from the layout's dims
     loader = make_train_loader(dataset, args, info)
     if len(loader) == 0:
         raise ValueError(f"split {args.split} of {args.data} has {len(dataset)} sequences, fewer "

@@ -17,11 +17,12 @@
 # Environment: SKEL_DATA (dataset root, default data), SKEL_DEMO_SEQUENCES (size of the generated
 # demo dataset, default: the generator's), SKEL_CHECKPOINTS (default checkpoint).
 # Relative paths are relative to the repository root; the scripts run from there.
-# Python: the project's .venv/bin/python when present, else python3.
+# Python: the project's .venv (created with the pinned requirements on first use), or
+# $SKEL_PYTHON when set.
 
-ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+source "$(dirname "${BASH_SOURCE[0]}")/env.sh"   # ROOT, ensure_venv
 cd "$ROOT"
-if [ -x "$ROOT/.venv/bin/python" ]; then PY="$ROOT/.venv/bin/python"; else PY=python3; fi
+if [ -n "${SKEL_PYTHON:-}" ]; then PY="$SKEL_PYTHON"; else ensure_venv || exit 1; fi
 DATA_ROOT="${SKEL_DATA:-data}"
 CKPT_ROOT="${SKEL_CHECKPOINTS:-checkpoint}"
 

@@ -122,3 +122,25 @@ def test_schedules():
     assert engine.scaled_lr(5e-4, 512, True) == pytest.approx(1e-3)
     assert engine.eval_split_for("xview_train") == "xview_val"
     assert engine.eval_split_for("train") == "val"
+
+
+def test_2d_score_data_keeps_its_confidence_channel(monkeypatch, tmp_path):
+    """coco17 (x, y, score): only x, y are augmented and differenced; the score reaches the
+    encoder untouched (in [0.1, 1]), and the resolved value is recorded in the config."""
+    import numpy as np
+
+    from feeders.store import Record, StoreWriter
+
+    rng = np.random.default_rng(0)
+    with StoreWriter(tmp_path / "coco", "coco17", 2, ["a", "b"], channels=3, bodies=1) as w:
+        for i in range(8):
+            seq = rng.normal(size=(20, 1, 17, 3)).astype(np.float32)
+            seq[..., 2] = rng.uniform(0.1, 1.0, size=(20, 1, 17))
+            w.add(Record(f"s{i}", i % 2, seq))
+        w.close({"xsub_train": list(range(8)), "xsub_val": [0, 1]})
+    seen = _first_encoder_input(monkeypatch, tmp_path / "coco", tmp_path / "out", "b")
+    score = seen[:, 2]
+    assert score.min() >= 0.1 - 1e-6 and score.max() <= 1.0 + 1e-6
+    assert seen[:, :2].min() < 0  # the coordinates did change (bones, augmentation)
+    meta = json.loads((tmp_path / "out" / "config.json").read_text())
+    assert meta["config"]["spatial_channels"] == 2
