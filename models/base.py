@@ -106,7 +106,10 @@ class Attention(nn.Module):
         """x: (B, S, H) -> (B, S, H)."""
         b, s, h = x.shape
         qkv = self.qkv(x).view(b, s, 3, self.num_heads, h // self.num_heads).permute(2, 0, 3, 1, 4)
-        out = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2])  # (B, heads, S, H/heads)
+        # unbind, not qkv[0..2]: its backward stacks the three gradients in one copy, where three
+        # SelectBackwards would each zero-fill and add into a full-size (3, B, heads, S, H/heads).
+        q, k, v = qkv.unbind(0)
+        out = F.scaled_dot_product_attention(q, k, v)  # (B, heads, S, H/heads)
         return self.proj(out.transpose(1, 2).reshape(b, s, h))
 
 
