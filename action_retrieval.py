@@ -73,7 +73,7 @@ def main(argv=None) -> dict | None:
     store = open_store(args.data)
     args.pretrained = resolve_pretrained(args.pretrained, args.output)
     ckpt = read_checkpoint(args.pretrained) if args.pretrained else None
-    cfg = resolve_encoder_config(args, ckpt, args.pretrained)
+    cfg = resolve_encoder_config(args, ckpt, args.pretrained, store)
     for key, value in cfg.items():
         setattr(args, key, value)
     engine.finish_common_args(args)

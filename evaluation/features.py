@@ -28,7 +28,7 @@ from torch.utils.data import DataLoader, Subset
 
 import engine
 from feeders.dataset import EvalDataset
-from feeders.streams import to_stream
+from feeders.streams import resolve_spatial_channels, to_stream
 from models import build_encoder
 
 ENCODER_FIELDS = ("backbone", "preset", "stream", "clip_len", "spatial_channels")
@@ -70,10 +70,11 @@ def read_checkpoint(path: str | Path) -> dict:
     return ckpt
 
 
-def resolve_encoder_config(args, ckpt: dict | None, path=None) -> dict:
+def resolve_encoder_config(args, ckpt: dict | None, path=None, store=None) -> dict:
     """Encoder flags for an evaluation run: the checkpoint's values, a flag left unset (None)
     takes them; a flag set to another value raises CheckpointError. Without a checkpoint the
-    flag or ``FALLBACK``."""
+    flag or ``FALLBACK``. An unset ``spatial_channels`` is resolved from the store's layout
+    (2 coordinate channels for 2D pose layouts, whose third channel is a score)."""
     config = checkpoint_config(ckpt) if ckpt is not None else {}
     out = {}
     for field in ENCODER_FIELDS:
@@ -86,6 +87,8 @@ def resolve_encoder_config(args, ckpt: dict | None, path=None) -> dict:
             out[field] = config[field]
         else:
             out[field] = flag if flag is not None else FALLBACK[field]
+    if out["spatial_channels"] is None and store is not None:
+        out["spatial_channels"] = resolve_spatial_channels(store.channels, None, store.layout.dims)
     return out
 
 

@@ -207,3 +207,23 @@ def test_recog_and_finetune_scripts(data, pretrained, tmp_path):
            "--clip-len", "8", "--epochs", "1", "--batch-size", "24", "--workers", "0")
     saved = json.loads((run_dir / "finetune.json").read_text())
     assert (saved["checkpoint"], saved["preset"], saved["clip_len"]) == ("scratch", "tiny", 8)
+
+
+def test_unset_spatial_channels_come_from_the_layout(tmp_path):
+    """From scratch on 2D+score data, only x, y are coordinates (the layout's dims)."""
+    import argparse
+
+    import numpy as np
+
+    from evaluation.features import resolve_encoder_config
+    from feeders.store import Record, StoreWriter, open_store
+
+    with StoreWriter(tmp_path / "coco", "coco17", 2, ["a", "b"], channels=3, bodies=1) as w:
+        w.add(Record("s0", 0, np.ones((4, 1, 17, 3), np.float32)))
+        w.close({"train": [0]})
+    args = argparse.Namespace(backbone=None, preset=None, stream=None, clip_len=None,
+                              spatial_channels=None)
+    cfg = resolve_encoder_config(args, None, None, open_store(tmp_path / "coco"))
+    assert cfg["spatial_channels"] == 2
+    args.spatial_channels = 3  # an explicit flag wins
+    assert resolve_encoder_config(args, None, None, open_store(tmp_path / "coco"))["spatial_channels"] == 3
