@@ -76,13 +76,22 @@ class DropPath(nn.Module):
             raise ValueError(f"DropPath: p must be in [0, 1), got {p}")
         self.p = p
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x: (B, ...) -> same shape."""
-        if not self.training or self.p == 0.0:
-            return x
+    def active(self) -> bool:
+        return self.training and self.p > 0.0
+
+    def mask(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 1, ..., 1) in x's dtype: 0 with probability p, else 1/(1-p)."""
         keep = 1.0 - self.p
         mask = torch.empty((x.shape[0],) + (1,) * (x.dim() - 1), device=x.device, dtype=x.dtype)
-        return x * mask.bernoulli_(keep).div_(keep)
+        return mask.bernoulli_(keep).div_(keep)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (B, ...) -> same shape."""
+        return x * self.mask(x) if self.active() else x
+
+    def residual(self, x: torch.Tensor, branch: torch.Tensor) -> torch.Tensor:
+        """x + self(branch) as one kernel (addcmul) when active. x, branch: (B, ...)."""
+        return torch.addcmul(x, branch, self.mask(branch)) if self.active() else x + branch
 
     def extra_repr(self) -> str:
         return f"p={self.p}"

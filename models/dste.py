@@ -41,7 +41,7 @@ class ConvAttention(nn.Module):
     def forward(self, x: torch.Tensor, attn: Attention) -> torch.Tensor:
         """x: (B, S, H) -> (B, S, H)."""
         u = x + F.relu(self.pointwise(x))
-        h = x + self.drop_path(attn(self.norm1(u)))
+        h = self.drop_path.residual(x, attn(self.norm1(u)))
         return self.drop_path(self.mlp(self.norm2(h)))
 
 
@@ -86,8 +86,8 @@ class DenseShiftAttention(nn.Module):
         """x: (B, S, H) -> (B, S, H)."""
         f = shift_reset(x + self.mixer(x), x)
         y = torch.cat([f, x])  # (2B, S, H)
-        y = y + self.drop_path(attn(self.norm1(y)))
-        y = y + self.drop_path(self.mlp(self.norm2(y)))
+        y = self.drop_path.residual(y, attn(self.norm1(y)))
+        y = self.drop_path.residual(y, self.mlp(self.norm2(y)))
         f_out, x_out = y.chunk(2)
         return 0.5 * (f_out + x_out)
 
@@ -102,7 +102,7 @@ class DSTELayer(nn.Module):
         self.dsa = DenseShiftAttention(dim, seq_len, drop_path)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return 0.5 * self.ca(x, self.attn) + 0.5 * self.dsa(x, self.attn)
+        return (self.ca(x, self.attn) + self.dsa(x, self.attn)) * 0.5  # two kernels, not three
 
 
 class DSTE(TwoStreamTransformer):

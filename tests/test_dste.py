@@ -270,3 +270,39 @@ def test_drop_path_drops_whole_samples_and_rescales():
     assert dp.eval()(x) is x
     with pytest.raises(ValueError, match="DropPath"):
         DropPath(1.0)
+
+
+def test_drop_path_residual_is_x_plus_the_dropped_branch():
+    dp = DropPath(0.5).train()
+    x, branch = torch.randn(64, 3, 2), torch.randn(64, 3, 2)
+    torch.manual_seed(1)
+    expected = x + dp(branch)
+    torch.manual_seed(1)
+    assert torch.equal(dp.residual(x, branch), expected)
+    assert torch.equal(dp.eval().residual(x, branch), x + branch)
+    assert torch.equal(DropPath(0.0).train().residual(x, branch), x + branch)
+
+
+def test_training_mode_ca_and_dsa_drop_whole_samples_of_each_branch():
+    """Same formulas as test_ca_and_dsa_follow_their_formulas, with drop path active: masks are
+    drawn in forward order (attention branch, then MLP branch)."""
+    torch.manual_seed(0)
+    dim, seq, b = 8, 9, 32
+    attn, ca, dsa = Attention(dim), ConvAttention(dim, 0.5).train(), DenseShiftAttention(dim, seq, 0.5).train()
+    x = torch.randn(b, seq, dim)
+    torch.manual_seed(5)
+    out_ca = ca(x, attn)
+    torch.manual_seed(5)
+    u = x + torch.relu(ca.pointwise(x))
+    h = x + attn(ca.norm1(u)) * ca.drop_path.mask(x)
+    expected = ca.mlp(ca.norm2(h)) * ca.drop_path.mask(x)
+    torch.testing.assert_close(out_ca, expected)
+    assert 0 < (out_ca.abs().sum((1, 2)) == 0).sum() < b  # some, not all, samples dropped
+
+    torch.manual_seed(6)
+    out_dsa = dsa(x, attn)
+    torch.manual_seed(6)
+    y = torch.cat([shift_reset(x + dsa.mixer(x), x), x])
+    y = y + attn(dsa.norm1(y)) * dsa.drop_path.mask(y)
+    y = y + dsa.mlp(dsa.norm2(y)) * dsa.drop_path.mask(y)
+    torch.testing.assert_close(out_dsa, 0.5 * (y[:b] + y[b:]))
