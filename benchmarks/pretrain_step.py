@@ -113,7 +113,8 @@ def bench(args, device: torch.device, precision: str) -> dict:
         print(f"\n[{device.type} {precision}] top operators of one step")
         print(prof.key_averages().table(sort_by=key, row_limit=args.profile_rows))
     per_step = elapsed / args.steps
-    return {"device": device.type, "precision": f"{precision} ({str(dtype).replace('torch.', '') if dtype else 'fp32'})",
+    return {"device": device.type, "threads": torch.get_num_threads() if device.type == "cpu" else "-",
+            "precision": f"{precision} ({str(dtype).replace('torch.', '') if dtype else 'fp32'})",
             "samples/s": args.batch_size / per_step, "s/step": per_step,
             "GFLOP/step": flops / 1e9, "GFLOP/s": flops / 1e9 / per_step,
             **{f"{p} s": times[p] / args.steps for p in PHASES}}
@@ -138,7 +139,9 @@ def main(argv=None) -> list[dict]:
     parser.add_argument("--precisions", nargs="+", default=["fp32", "auto"], choices=engine.PRECISIONS)
     parser.add_argument("--steps", type=int, default=3, help="timed steps")
     parser.add_argument("--warmup", type=int, default=1, help="untimed steps first")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch CPU threads (on a CPU shared with other jobs, 1 can beat all cores: "
+                             "every parallel region waits for its slowest, descheduled thread)")
     parser.add_argument("--no-cuda", action="store_true", help="skip CUDA even when present")
     parser.add_argument("--profile", action="store_true", help="print the top operators")
     parser.add_argument("--profile-rows", type=int, default=25)
