@@ -1,0 +1,50 @@
+"""The learning-free floor: cosine 1-nearest-neighbour on raw coordinates (DATA.md section 3).
+
+Each sequence is resampled as a whole to ``clip_len`` frames (32 by default), centred on the
+layout's centre joint of body 1 in the first frame (the evaluation feeder's normalisation),
+flattened, and classified by its most cosine-similar training sequence. Any learned
+representation must clear this number.
+
+    python -m evaluation.baseline DIR --train xview_train --test xview_val [--clip-len 32]
+"""
+from __future__ import annotations
+
+import argparse
+
+import torch
+
+from evaluation.knn import knn_evaluate
+from feeders.dataset import EvalDataset
+
+
+def raw_clips(store, split: str, clip_len: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Flattened normalised clips `(N, C*L*V*M)` and labels `(N,)` of one split."""
+    dataset = EvalDataset(store, split, clip_len)
+    clips, labels = zip(*[(clip.reshape(-1), label) for clip, label, _ in dataset])
+    return torch.stack(clips), torch.as_tensor(labels)
+
+
+def raw_nn_accuracy(store, train_split: str, test_split: str, clip_len: int = 32) -> float:
+    """Top-1 (%) of cosine 1-NN from the test split's raw clips to the training split's."""
+    gallery, gallery_labels = raw_clips(store, train_split, clip_len)
+    queries, query_labels = raw_clips(store, test_split, clip_len)
+    return knn_evaluate(queries, query_labels, gallery, gallery_labels, k=1)["top1"]
+
+
+def main(argv=None) -> float:
+    parser = argparse.ArgumentParser(
+        prog="python -m evaluation.baseline",
+        description="Learning-free floor: cosine 1-NN on raw, centred, resampled coordinates.")
+    parser.add_argument("data", help="dataset directory (python -m feeders.prepare ...)")
+    parser.add_argument("--train", default="xsub_train", help="gallery split (default xsub_train)")
+    parser.add_argument("--test", default="xsub_val", help="query split (default xsub_val)")
+    parser.add_argument("--clip-len", type=int, default=32, help="frames per clip (default 32)")
+    args = parser.parse_args(argv)
+    top1 = raw_nn_accuracy(args.data, args.train, args.test, args.clip_len)
+    print(f"raw 1-NN top-1: {top1:.2f} %  ({args.data}, {args.train} -> {args.test}, "
+          f"{args.clip_len} frames)")
+    return top1
+
+
+if __name__ == "__main__":
+    main()
