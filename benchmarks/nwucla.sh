@@ -10,7 +10,7 @@
 # Environment: SKEL_DATA (default runs/nwucla/data), SKEL_CHECKPOINTS (default
 # runs/nwucla/checkpoint), GPUS (default cpu; e.g. 0 or 0,1), WORKERS (DataLoader workers,
 # default 1). Re-running resumes every stage that has a checkpoint.
-# Budget: about 30 minutes on 2 shared CPU cores (no GPU) for the defaults below.
+# Budget: about 40 minutes on 2 shared CPU cores (no GPU) for the defaults below.
 set -euo pipefail
 SRC="${1:-$(dirname "${BASH_SOURCE[0]}")/../../shared/data/nw_ucla}"
 [ -d "$SRC" ] || { echo "error: NW-UCLA folder '$SRC' not found (expected all_sqe/*.json)" >&2; exit 2; }
@@ -33,10 +33,10 @@ PC_TOP1=84.9
 # with 1020 clips the default batch 512 makes 2 steps an epoch (320 in all) and lr 0.006 underfits;
 # batch 64 and lr 1.0 were chosen on a validation split of 20 % of xview_train (val top-1 of a
 # probe on a 1-epoch checkpoint: 0.006/512 18 %, 0.03/64 43 %, 0.1/64 48 %, 0.3/64 53 %,
-# 1.0/64 56 %, 3.0/64 60 % best but 53 % last, so the steadier 1.0). Fine-tune: 30 epochs, as the
-# validation top-1 of a 20-epoch tiny-preset run was still rising (18 -> 67 %).
+# 1.0/64 56 %, 3.0/64 60 % best but 53 % last, so the steadier 1.0). Fine-tune: 20 epochs (the
+# validation top-1 of a 20-epoch tiny-preset run was still rising, 18 -> 67 %: more would help).
 LINEAR=(--batch-size 64 --lr 1.0)
-FINETUNE=(--epochs 30 --lr 1e-3 --warmup-epochs 2 --batch-size 64 --val-fraction 0.1)
+FINETUNE=(--epochs 20 --lr 1e-3 --warmup-epochs 2 --batch-size 64 --val-fraction 0.1)
 SEMI=(--epochs 40 --lr 1e-3 --warmup-epochs 2 --batch-size 16)
 
 START=$SECONDS

@@ -96,7 +96,7 @@ dataset_defaults() {
         pku2)
             DATASET_DEFAULTS=(--preset paper --batch-size 512 --lr 5e-4 --epochs 1201 --milestones 801) ;;
         ucla|penn)
-            DATASET_DEFAULTS=(--preset small --clip-len 32 --batch-size 64 --lr 1e-3 --epochs 20 --milestones 16
+            DATASET_DEFAULTS=(--preset small --clip-len 32 --batch-size 64 --lr 1e-3 --epochs 15 --milestones 12
                               --precision fp32) ;;
         demo)
             DATASET_DEFAULTS=(--preset small --batch-size 64 --lr 5e-4 --epochs 40 --milestones 30) ;;
