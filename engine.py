@@ -51,6 +51,8 @@ def eval_split_for(split: str) -> str:
     return split
 
 
+DEFAULT_WORKERS = min(4, max(0, (os.cpu_count() or 1) - 1))
+
 def add_common_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """The flags shared by pretrain.py, action_recognition.py and action_retrieval.py."""
     g = parser.add_argument_group("common")
@@ -71,7 +73,12 @@ def add_common_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     g.add_argument("--lr", type=float, default=5e-4)
     g.add_argument("--precision", choices=PRECISIONS, default="auto",
                    help="auto: bf16 autocast on CPU, fp16 autocast + GradScaler on CUDA")
-    g.add_argument("--workers", type=int, default=4, help="DataLoader workers per process")
+    g.add_argument("--workers", type=int, default=DEFAULT_WORKERS,
+                   help="DataLoader workers per process (default: min(4, CPU cores - 1))")
+    g.add_argument("--threads", type=int, default=0,
+                   help="torch CPU threads per process (0: torch's default, one per core). On a "
+                        "CPU shared with other jobs, or for tiny/small presets, 1 can be several "
+                        "times faster: every parallel region waits for its slowest thread")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--output", type=Path, required=True, help="run directory (checkpoints, tb)")
     g.add_argument("--resume", default="auto",
@@ -88,6 +95,10 @@ def finish_common_args(args: argparse.Namespace) -> argparse.Namespace:
             raise ValueError(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
     if args.workers < 0:
         raise ValueError(f"--workers must be >= 0, got {args.workers}")
+    if args.threads < 0:
+        raise ValueError(f"--threads must be >= 0, got {args.threads}")
+    if args.threads:
+        torch.set_num_threads(args.threads)
     return args
 
 

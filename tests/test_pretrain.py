@@ -144,3 +144,15 @@ def test_2d_score_data_keeps_its_confidence_channel(monkeypatch, tmp_path):
     assert seen[:, :2].min() < 0  # the coordinates did change (bones, augmentation)
     meta = json.loads((tmp_path / "out" / "config.json").read_text())
     assert meta["config"]["spatial_channels"] == 2
+
+
+def test_threads_flag(data, tmp_path):
+    parser = pretrain.build_parser()
+    torch.set_num_threads(2)
+    engine.finish_common_args(parser.parse_args(flags(data, tmp_path, "--threads", "1")))
+    assert torch.get_num_threads() == 1
+    torch.set_num_threads(2)
+    engine.finish_common_args(parser.parse_args(flags(data, tmp_path)))  # 0: left as it is
+    assert torch.get_num_threads() == 2
+    with pytest.raises(ValueError, match="--threads must be >= 0"):
+        engine.finish_common_args(parser.parse_args(flags(data, tmp_path, "--threads", "-1")))
