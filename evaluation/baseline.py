@@ -39,10 +39,14 @@ def main(argv=None) -> float:
     parser.add_argument("--train", default="xsub_train", help="gallery split (default xsub_train)")
     parser.add_argument("--test", default="xsub_val", help="query split (default xsub_val)")
     parser.add_argument("--clip-len", type=int, default=32, help="frames per clip (default 32)")
+    parser.add_argument("--value", action="store_true", help="print only the top-1 number")
     args = parser.parse_args(argv)
     top1 = raw_nn_accuracy(args.data, args.train, args.test, args.clip_len)
-    print(f"raw 1-NN top-1: {top1:.2f} %  ({args.data}, {args.train} -> {args.test}, "
-          f"{args.clip_len} frames)")
+    if args.value:
+        print(f"{top1:.2f}")
+    else:
+        print(f"raw 1-NN top-1: {top1:.2f} %  ({args.data}, {args.train} -> {args.test}, "
+              f"{args.clip_len} frames)")
     return top1
 
 

@@ -15,7 +15,7 @@
 # Multi-node (GPU lists): every node runs the same command with
 #   NNODES=<nodes> NODE_RANK=<this node, 0..NNODES-1> MASTER_ADDR=<node 0 host> MASTER_PORT=<port>
 # Environment: SKEL_DATA (dataset root, default data), SKEL_DEMO_SEQUENCES (size of the generated
-# demo dataset, default: the generator's), SKEL_CHECKPOINTS (default checkpoint).
+# demo dataset, default 1200), SKEL_CHECKPOINTS (default checkpoint).
 # Relative paths are relative to the repository root; the scripts run from there.
 # Python: the project's .venv (created with the pinned requirements on first use), or
 # $SKEL_PYTHON when set.
@@ -86,9 +86,10 @@ parse_run_name() {
 # dataset_defaults DATASET: sets the array DATASET_DEFAULTS (pretraining schedule per dataset).
 # NTU/PKU-I/Kinetics: the paper (batch 356, Adam 5e-4, 451 epochs, x0.1 at 351); PKU-II: batch
 # 512, 1201 epochs, step at 801. Small sets (NW-UCLA 1020 training clips, median 31 frames;
-# Penn Action): sized to pretrain in ~25 minutes on 2 CPU cores (benchmarks/nwucla.sh): the tiny
-# DSTE (~15 clips/s there, 4 views each), 32-frame clips (about the median length), batch 64,
-# Adam 1e-3 for the short 20-epoch schedule (300 steps), x0.1 at epoch 16.
+# Penn Action): sized to pretrain in ~25 minutes on 2 shared CPU cores (benchmarks/nwucla.sh):
+# the small DSTE in fp32 (bf16 autocast ran 2x slower there: 8 vs 19 clips/s, 4 views each),
+# 32-frame clips (about the median length), batch 64, Adam 1e-3 for the short 15-epoch schedule
+# (225 steps), x0.1 at epoch 12.
 dataset_defaults() {
     case "$1" in
         ntu60|ntu120|pku1|kinetics)
@@ -98,8 +99,9 @@ dataset_defaults() {
         ucla|penn)
             DATASET_DEFAULTS=(--preset small --clip-len 32 --batch-size 64 --lr 1e-3 --epochs 15 --milestones 12
                               --precision fp32) ;;
-        demo)
-            DATASET_DEFAULTS=(--preset small --batch-size 64 --lr 5e-4 --epochs 40 --milestones 30) ;;
+        demo)  # sized for the README's first command: about 6 minutes on 2 CPU cores
+            DATASET_DEFAULTS=(--preset small --clip-len 32 --batch-size 64 --lr 1e-3 --epochs 10
+                              --milestones 8 --threads 1 --workers 1) ;;
     esac
 }
 
@@ -125,7 +127,7 @@ ensure_dataset() {
     if [ "$RUN_DATASET" = demo ]; then
         echo "[data] generating the synthetic demo dataset in $RUN_DATA" >&2
         "$PY" -m feeders.synthetic --out "$RUN_DATA" \
-            ${SKEL_DEMO_SEQUENCES:+--num-sequences "$SKEL_DEMO_SEQUENCES"} >&2
+            --num-sequences "${SKEL_DEMO_SEQUENCES:-1200}" >&2
         return 0
     fi
     {

@@ -12,7 +12,7 @@ def constant_sequence(direction, frames, scale=1.0):
     return np.repeat(pose[None, None], frames, axis=0)
 
 
-def test_hand_checked_accuracy(tmp_path):
+def test_hand_checked_accuracy(tmp_path, capsys):
     a, b = [1.0, 0.0, 0.0], [0.0, 1.0, 0.0]
     records = [  # gallery: a -> class 0, b -> class 1
         Record("g0", 0, constant_sequence(a, 10)), Record("g1", 1, constant_sequence(b, 7)),
@@ -29,6 +29,8 @@ def test_hand_checked_accuracy(tmp_path):
     assert raw_nn_accuracy(tmp_path / "toy", "train", "test") == pytest.approx(200 / 3)
     assert main([str(tmp_path / "toy"), "--train", "train", "--test", "test",
                  "--clip-len", "8"]) == pytest.approx(200 / 3)
+    main([str(tmp_path / "toy"), "--train", "train", "--test", "test", "--value"])
+    assert capsys.readouterr().out.splitlines()[-1] == "66.67"
 
 
 def test_nwucla_cross_view_floor(shared_data, tmp_path):

@@ -202,7 +202,8 @@ def test_recog_and_finetune_scripts(data, pretrained, tmp_path):
     script("scripts/recog.sh", "cpu", "demo_xs_b_dste", "3", "--epochs", "1", "--workers", "0")
     saved = json.loads((run_dir / "linear.json").read_text())
     assert saved["checkpoint"] == str(run_dir / "epoch_0003.pt")
-    assert (saved["lr"], saved["epochs"], saved["stream"]) == (0.006, 1, "b")
+    # the small-dataset defaults of recog.sh: lr 1.0 at batch 64
+    assert (saved["lr"], saved["batch_size"], saved["epochs"], saved["stream"]) == (1.0, 64, 1, "b")
     script("scripts/finetune.sh", "cpu", "demo_xs_b_dste", "scratch", "--preset", "tiny",
            "--clip-len", "8", "--epochs", "1", "--batch-size", "24", "--workers", "0")
     saved = json.loads((run_dir / "finetune.json").read_text())
