@@ -52,13 +52,11 @@ from torch import nn
 
 import engine
 from evaluation.features import (CheckpointError, build_eval_encoder, cached_extract, extract,
-                                 read_checkpoint, resolve_encoder_config,
-                                 resolve_pretrained, stream_transform)
+                                 setup_eval_run, stream_transform)
 from evaluation.fusion import save_scores
 from evaluation.linear import accuracy, make_head, predict, train_linear
 from evaluation.subset import stratified_split, stratified_subset
 from feeders.dataset import EvalDataset, PretrainDataset, make_loader
-from feeders.store import open_store
 
 MODE_DEFAULTS = {
     "linear": {"epochs": 160, "batch_size": 512, "lr": 0.006, "weight_decay": 0.0},
@@ -410,13 +408,7 @@ def write_outputs(args, store, cfg, tag, logits, best, history, train_pos, val_p
 def main(argv=None) -> dict | None:
     args = parse_args(argv)
     info = engine.init_distributed()
-    store = open_store(args.data)
-    args.pretrained = resolve_pretrained(args.pretrained, args.output)
-    ckpt = read_checkpoint(args.pretrained) if args.pretrained else None
-    cfg = resolve_encoder_config(args, ckpt, args.pretrained, store)
-    for key, value in cfg.items():
-        setattr(args, key, value)
-    engine.finish_common_args(args)
+    store, ckpt, cfg = setup_eval_run(args)
     dtype = engine.autocast_dtype(args.precision, info.device)
     tag = result_tag(args.mode, args.label_fraction)
     run_dir = Path(args.output) / tag

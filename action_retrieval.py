@@ -23,10 +23,8 @@ from pathlib import Path
 import numpy as np
 
 import engine
-from evaluation.features import (build_eval_encoder, cached_extract, read_checkpoint,
-                                 resolve_encoder_config, resolve_pretrained)
+from evaluation.features import build_eval_encoder, cached_extract, setup_eval_run
 from evaluation.knn import BACKENDS, knn_evaluate, l2_normalize
-from feeders.store import open_store
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -70,13 +68,7 @@ def export_embeddings(out_dir: Path, split: str, feats, labels, names) -> None:
 def main(argv=None) -> dict | None:
     args = build_parser().parse_args(argv)
     info = engine.init_distributed()
-    store = open_store(args.data)
-    args.pretrained = resolve_pretrained(args.pretrained, args.output)
-    ckpt = read_checkpoint(args.pretrained) if args.pretrained else None
-    cfg = resolve_encoder_config(args, ckpt, args.pretrained, store)
-    for key, value in cfg.items():
-        setattr(args, key, value)
-    engine.finish_common_args(args)
+    store, ckpt, cfg = setup_eval_run(args)
     if args.k < 1:
         raise ValueError(f"--k must be >= 1, got {args.k}")
     dtype = engine.autocast_dtype(args.precision, info.device)

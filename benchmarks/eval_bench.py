@@ -81,7 +81,7 @@ def probe_bench(args) -> None:
     print(f"\n(a) linear probe, DSTE {args.preset} (feature dim {encoder.feature_dim}), clip "
           f"{args.clip_len}, synthetic {len(train_l)} train / {len(test_l)} test, precision "
           f"{args.precision}, {torch.get_num_threads()} threads")
-    print(f"| path | time | notes |\n|---|---|---|")
+    print("| path | time | notes |\n|---|---|---|")
     print(f"| cached: extract train+test once | {t_extract:.1f} s | |")
     print(f"| cached: 160 epochs of the head | {t_head:.2f} s | test top-1 {top1_full:.2f} % |")
     print(f"| cached total | {t_cached:.1f} s | |")

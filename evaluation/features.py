@@ -28,6 +28,7 @@ from torch.utils.data import DataLoader, Subset
 
 import engine
 from feeders.dataset import EvalDataset
+from feeders.store import open_store
 from feeders.streams import resolve_spatial_channels, to_stream
 from models import build_encoder
 
@@ -90,6 +91,20 @@ def resolve_encoder_config(args, ckpt: dict | None, path=None, store=None) -> di
     if out["spatial_channels"] is None and store is not None:
         out["spatial_channels"] = resolve_spatial_channels(store.channels, None, store.layout.dims)
     return out
+
+
+def setup_eval_run(args):
+    """Shared start of the evaluation entry points: open --data, resolve --pretrained and read
+    it, take the encoder flags from the checkpoint (set on ``args``), finish the common flags.
+    Returns ``(store, ckpt or None, cfg)``."""
+    store = open_store(args.data)
+    args.pretrained = resolve_pretrained(args.pretrained, args.output)
+    ckpt = read_checkpoint(args.pretrained) if args.pretrained else None
+    cfg = resolve_encoder_config(args, ckpt, args.pretrained, store)
+    for key, value in cfg.items():
+        setattr(args, key, value)
+    engine.finish_common_args(args)
+    return store, ckpt, cfg
 
 
 def encoder_state(ckpt: dict) -> dict:

@@ -7,9 +7,6 @@
   batch. This needs both the gathered loss and synced BatchNorm: with per-process statistics
   the projector outputs (and therefore the loss) differ.
 """
-import os
-
-import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
