@@ -105,8 +105,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--label-smoothing", type=float, default=0.1)
     g.add_argument("--drop-path", type=float, default=None,
                    help="DropPath rate of DSTE/STTR; None: the preset's (0.1)")
-    g.add_argument("--no-augment", dest="augment", action="store_false",
-                   help="train on whole sequences instead of random temporal crops")
+    g.add_argument("--augment", action=argparse.BooleanOptionalAction, default=True,
+                   help="fine-tune on random temporal crops (--no-augment: whole sequences)")
     return parser
 
 

@@ -55,8 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--gamma", type=float, default=0.1, help="step schedule factor")
     g.add_argument("--warmup-epochs", type=float, default=0.0)
     g.add_argument("--linear-scaling", action="store_true", help="lr *= global batch / 256")
-    g.add_argument("--no-augment", dest="augment", action="store_false",
-                   help="skip the spatial augmentations (temporal crops stay)")
+    g.add_argument("--augment", action=argparse.BooleanOptionalAction, default=True,
+                   help="spatial augmentations of METHOD.md section 1 (--no-augment skips them; temporal crops stay)")
     g = parser.add_argument_group("monitoring")
     g.add_argument("--save-every", type=int, default=50, help="keep epoch_NNNN.pt every K epochs")
     g.add_argument("--knn-every", type=int, default=0,
