@@ -41,6 +41,14 @@ FPS = 30.0
 DEFAULT_NUM_SEQUENCES = 4000
 _SUBJECT_TAG = 0x5B1EC7  # keeps subject streams apart from sequence streams [seed, i]
 
+# Nuisance variation (tuned so that raw-coordinate 1-NN lands well below a learned model).
+CAMERA_YAW = 45.0        # camera azimuth around the actor, +- degrees
+CAMERA_TILT = 15.0       # camera pitch, +- degrees
+BODY_YAW = 30.0          # a single actor's own orientation, +- degrees
+IDLE_SHARE = 0.35        # up to this fraction of frames idle before and after the action
+BYSTANDER = 0.4          # probability of a bystander in one-person classes
+POSTURE_JITTER = 15.0    # per-sequence change of the resting arm posture, degrees
+
 CLASS_NAMES = (
     "wave one hand",
     "clap",
@@ -236,6 +244,10 @@ class Body:
                 self.add_both(dof, value)
             else:
                 self.add(dof, value)
+        for side in "lr":   # how the arms hang differs from one take to the next
+            self.add("shoulder_flex", rng.uniform(-1, 1) * POSTURE_JITTER, side)
+            self.add("shoulder_abd", rng.uniform(0, 1) * POSTURE_JITTER, side)
+            self.add("elbow_flex", rng.uniform(0, 2) * POSTURE_JITTER, side)
         names = ("spine_flex", "spine_bend", "spine_twist", "head_flex", "head_yaw")
         wiggle = _smooth_noise(rng, seconds, len(names) + 6) * sway
         for k, dof in enumerate(names):
@@ -265,10 +277,10 @@ class _Clip(NamedTuple):
 
 def _clip_timing(rng: np.random.Generator, frames: int) -> _Clip:
     seconds = np.arange(frames) / FPS
-    start = rng.uniform(0.0, 0.2) * frames
-    stop = frames - rng.uniform(0.0, 0.2) * frames
+    start = rng.uniform(0.0, IDLE_SHARE) * frames
+    stop = frames - rng.uniform(0.0, IDLE_SHARE) * frames
     u = np.clip((np.arange(frames) - start) / (stop - start), 0.0, 1.0)
-    u = u ** rng.uniform(0.75, 1.33)       # uneven speed within the action
+    u = u ** rng.uniform(0.6, 1.6)      # uneven speed within the action
     return _Clip(seconds, u, (stop - start) / FPS)
 
 
@@ -470,7 +482,7 @@ def _place_bodies(rng, label: int, bodies: list[Body]) -> list[np.ndarray]:
     """World positions ``(T, V, 3)`` per body; body 0 near the origin, camera on +z."""
     actor = bodies[0].positions()
     if len(bodies) == 1:
-        return [actor @ _yaw_matrix(rng.uniform(-15, 15)).T]
+        return [actor @ _yaw_matrix(rng.uniform(-BODY_YAW, BODY_YAW)).T]
     other = bodies[1].positions()
     if label in TWO_PERSON:   # face each other across x, actor left or right at random
         gap = {10: rng.uniform(0.85, 1.1), 11: rng.uniform(0.65, 0.85)}[label]
@@ -480,14 +492,14 @@ def _place_bodies(rng, label: int, bodies: list[Body]) -> list[np.ndarray]:
         return [actor, other]
     # a bystander off to one side
     spot = np.array([rng.choice([-1, 1]) * rng.uniform(1.0, 2.0), 0, rng.uniform(-1.0, 0.5)])
-    return [actor @ _yaw_matrix(rng.uniform(-15, 15)).T,
+    return [actor @ _yaw_matrix(rng.uniform(-BODY_YAW, BODY_YAW)).T,
             other @ _yaw_matrix(rng.uniform(-90, 90)).T + spot]
 
 
 def _camera(rng, world: list[np.ndarray]) -> tuple[list[np.ndarray], float]:
     """Project world points into a Kinect-like camera frame (x, y up, z depth)."""
-    yaw = rng.uniform(-45, 45)
-    tilt = rng.uniform(-10, 10)
+    yaw = rng.uniform(-CAMERA_YAW, CAMERA_YAW)
+    tilt = rng.uniform(-CAMERA_TILT, CAMERA_TILT)
     rot = rotation_matrices(np.deg2rad(np.array([tilt, 180.0 + yaw, 0.0])))
     shift = np.array([rng.uniform(-0.4, 0.4), -rng.uniform(0.6, 1.3), rng.uniform(2.3, 4.0)])
     return [p @ rot.T + shift for p in world], yaw
@@ -536,7 +548,7 @@ def generate_sequence(seed: int, index: int, subjects: list[Subject]) -> Sequenc
     if label in TWO_PERSON:   # the partner is another subject of the same split half
         partner = int(rng.choice([s for s in range(sid % 2 or 2, len(subjects) + 1, 2) if s != sid]))
         bodies.append(Body(subjects[partner - 1], frames))
-    elif rng.random() < 0.2:  # an anonymous bystander
+    elif rng.random() < BYSTANDER:  # an anonymous bystander
         bodies.append(Body(random_subject(rng), frames))
     for b in bodies:
         b.idle(rng, clip.seconds, rng.uniform(1.0, 5.0))
