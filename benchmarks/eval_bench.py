@@ -5,9 +5,11 @@
     the full schedule; both paths train the same head (same seed and batch order), checked by
     training both for those few epochs.
 (b) Exact cosine KNN at NTU-60 xsub size (40,091 x 2048 gallery, 16,487 queries; random
-    features around 60 planted class centres): ours (blocked torch matmul + max), faiss
-    IndexFlatIP, scikit-learn brute-force cosine, and the fp32 floor (the same matrix
-    products alone). Each method runs in its own process on the same saved arrays, so its
+    features around 60 planted class centres): ours (blocked sgemm through numpy's OpenBLAS,
+    which beats torch's MKL on AMD CPUs, + max), faiss IndexFlatIP, scikit-learn brute-force
+    cosine, and the fp32 floor (the same matrix products alone). OPENBLAS_CORETYPE=Haswell,
+    set on some machines for old OpenBLAS builds, slows every sgemm here about 2x: run with
+    `env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE` to measure what a user's machine gets. Each method runs in its own process on the same saved arrays, so its
     peak memory (ru_maxrss minus the resident size after loading the data) is its own.
 
     python benchmarks/eval_bench.py [--part probe|knn|all] [--knn-scale 1.0] [--threads N]
@@ -128,10 +130,11 @@ def knn_worker(method: str, data: Path, block: int) -> dict:
     if method == "ours":
         _, idx = torch_topk(q, g, 1, block_size=block)
     elif method == "floor":  # the matrix products alone, same blocks, no normalisation or max
-        gt = l2_normalize(g).T
-        buf = torch.empty(block, g.shape[0])
+        gt = l2_normalize(g).T.numpy()
+        buf = np.empty((block, g.shape[0]), np.float32)
+        qn = q.numpy()
         for s in range(0, q.shape[0], block):
-            torch.mm(q[s:s + block], gt, out=buf[:len(q[s:s + block])])
+            np.matmul(qn[s:s + block], gt, out=buf[:len(qn[s:s + block])])
         idx = None
     elif method == "faiss":
         _, idx = faiss_topk(q, g, 1, index="flat")

@@ -54,9 +54,16 @@ def torch_topk(queries: torch.Tensor, gallery: torch.Tensor, k: int = 1,
     idx = torch.empty(num_q, k, dtype=torch.int64)
     buf = torch.empty(min(block_size, num_q), gallery_t.shape[1], dtype=torch.float32,
                       device=queries.device)
+    on_cpu = queries.device.type == "cpu"
+    if on_cpu:  # numpy's OpenBLAS sgemm: 1.4-3x torch's MKL on AMD CPUs, on par on Intel
+        gallery_np, buf_np = gallery_t.numpy(), buf.numpy()
     for start in range(0, num_q, block_size):
         block = queries[start:start + block_size]
-        scores = torch.mm(block, gallery_t, out=buf[:block.shape[0]])
+        if on_cpu:
+            np.matmul(block.numpy(), gallery_np, out=buf_np[:block.shape[0]])
+            scores = buf[:block.shape[0]]
+        else:
+            scores = torch.mm(block, gallery_t, out=buf[:block.shape[0]])
         if k == 1:
             best, where = scores.max(dim=1, keepdim=True)
         else:
