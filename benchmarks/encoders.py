@@ -1,7 +1,7 @@
 """Encoder benchmark: parameters, forward GFLOPs per clip and throughput of every registered encoder.
 
-    python -m benchmarks.encoders                       # all encoders, paper preset, NTU shape
-    python -m benchmarks.encoders --presets small tiny --encoders dste sttr --batch-size 8
+    python benchmarks/encoders.py                       # all encoders, paper preset, NTU shape
+    python benchmarks/encoders.py --presets small tiny --encoders dste sttr --batch-size 8
 
 Throughput is clips/s for forward (eval mode, no grad) and forward+backward (train mode, a
 scalar loss on the global feature) on this CPU in fp32 and bf16 autocast, and on CUDA in fp16
@@ -10,13 +10,16 @@ and bf16 autocast when available. Prints one table; never asserts (a failing cel
 from __future__ import annotations
 
 import argparse
+import sys
 import time
+from pathlib import Path
 
 import torch
 
-from feeders.layouts import get_layout
-from models import build_encoder, list_encoders
-from models.base import count_forward_flops, count_parameters
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # python benchmarks/encoders.py
+from feeders.layouts import get_layout  # noqa: E402
+from models import build_encoder, list_encoders  # noqa: E402
+from models.base import count_forward_flops, count_parameters  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
