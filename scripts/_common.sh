@@ -21,6 +21,7 @@
 # $SKEL_PYTHON when set.
 
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh"   # ROOT, ensure_venv
+SCRIPT="$(cd "$(dirname "$0")" && pwd)/$(basename "$0")"   # the calling script, before the cd
 cd "$ROOT"
 if [ -n "${SKEL_PYTHON:-}" ]; then PY="$SKEL_PYTHON"; else ensure_venv || exit 1; fi
 DATA_ROOT="${SKEL_DATA:-data}"
@@ -59,7 +60,8 @@ EOF
 }
 
 # parse_run_name NAME: sets RUN_NAME RUN_DATASET RUN_PROTOCOL RUN_SPLIT RUN_EVAL_SPLIT RUN_STREAM
-# RUN_BACKBONE RUN_DATA RUN_OUTPUT and the array RUN_ARGS (the flags above plus the defaults).
+# RUN_BACKBONE RUN_DATA RUN_OUTPUT, the array RUN_DATA_ARGS (the flags above) and RUN_ARGS (those
+# plus the dataset's pretraining defaults).
 parse_run_name() {
     local name="$1" rest
     IFS=_ read -r RUN_DATASET RUN_PROTOCOL RUN_STREAM RUN_BACKBONE rest <<< "$name"
@@ -77,8 +79,9 @@ parse_run_name() {
     RUN_NAME="$name"
     RUN_DATA="$DATA_ROOT/$RUN_DATASET"
     RUN_OUTPUT="$CKPT_ROOT/$RUN_NAME"
-    RUN_ARGS=(--data "$RUN_DATA" --split "$RUN_SPLIT" --stream "$RUN_STREAM"
-              --backbone "$RUN_BACKBONE" --output "$RUN_OUTPUT")
+    RUN_DATA_ARGS=(--data "$RUN_DATA" --split "$RUN_SPLIT" --stream "$RUN_STREAM"
+                   --backbone "$RUN_BACKBONE" --output "$RUN_OUTPUT")
+    RUN_ARGS=("${RUN_DATA_ARGS[@]}")
     dataset_defaults "$RUN_DATASET"
     RUN_ARGS+=("${DATASET_DEFAULTS[@]}")
 }
@@ -137,6 +140,15 @@ ensure_dataset() {
         echo "or point SKEL_DATA at the folder that holds $RUN_DATASET/."
     } >&2
     exit 1
+}
+
+# usage_unless MIN_ARGS "$@": print the calling script's header comment and exit 2 when fewer
+# than MIN_ARGS arguments were given.
+usage_unless() {
+    local min="$1"; shift
+    [ $# -ge "$min" ] && return 0
+    awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$SCRIPT" >&2
+    exit 2
 }
 
 # check_gpus GPUS: exit with a message unless GPUS is cpu, cpuN (N >= 1) or a list like 0,1,3.

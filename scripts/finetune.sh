@@ -9,10 +9,7 @@
 # training state in checkpoint/<RUN_NAME>/finetune/ (re-running resumes).
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/_common.sh"
-if [ $# -lt 2 ]; then
-    sed -n '2,9p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
-    exit 2
-fi
+usage_unless 2 "$@"
 GPUS="$1"; shift
 check_gpus "$GPUS"
 parse_run_name "$1"; shift
@@ -26,6 +23,5 @@ if [ "$CKPT" = scratch ]; then
     done
 fi
 ensure_dataset
-launch "$GPUS" action_recognition.py --mode finetune --data "$RUN_DATA" --split "$RUN_SPLIT" \
-    --stream "$RUN_STREAM" --backbone "$RUN_BACKBONE" --output "$RUN_OUTPUT" \
+launch "$GPUS" action_recognition.py --mode finetune "${RUN_DATA_ARGS[@]}" \
     --pretrained "$CKPT" "${EXTRA[@]}" "$@"

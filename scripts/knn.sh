@@ -6,16 +6,12 @@
 # Writes checkpoint/<RUN_NAME>/knn.json (knn_k<K>.json for k > 1).
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/_common.sh"
-if [ $# -lt 2 ]; then
-    sed -n '2,7p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
-    exit 2
-fi
+usage_unless 2 "$@"
 GPUS="$1"; shift
 check_gpus "$GPUS"
 parse_run_name "$1"; shift
 CKPT=last
 if [ $# -gt 0 ] && [[ "$1" != -* ]]; then CKPT="$1"; shift; fi
 ensure_dataset
-launch "$GPUS" action_retrieval.py --data "$RUN_DATA" --split "$RUN_SPLIT" \
-    --stream "$RUN_STREAM" --backbone "$RUN_BACKBONE" --output "$RUN_OUTPUT" \
+launch "$GPUS" action_retrieval.py "${RUN_DATA_ARGS[@]}" \
     --pretrained "$CKPT" "$@"

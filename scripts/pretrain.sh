@@ -7,10 +7,7 @@
 # from checkpoint/<RUN_NAME>/last.pt.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/_common.sh"
-if [ $# -lt 2 ]; then
-    sed -n '2,7p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
-    exit 2
-fi
+usage_unless 2 "$@"
 GPUS="$1"; shift
 check_gpus "$GPUS"
 parse_run_name "$1"; shift

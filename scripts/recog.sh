@@ -9,10 +9,7 @@
 # small sets (demo, ucla, penn): lr 1.0 at batch 64.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/_common.sh"
-if [ $# -lt 2 ]; then
-    sed -n '2,9p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
-    exit 2
-fi
+usage_unless 2 "$@"
 GPUS="$1"; shift
 check_gpus "$GPUS"
 parse_run_name "$1"; shift
@@ -28,6 +25,5 @@ case "$RUN_DATASET/$RUN_PROTOCOL" in
     *) LR=0.006 ;;
 esac
 ensure_dataset
-launch "$GPUS" action_recognition.py --mode linear --data "$RUN_DATA" --split "$RUN_SPLIT" \
-    --stream "$RUN_STREAM" --backbone "$RUN_BACKBONE" --output "$RUN_OUTPUT" \
+launch "$GPUS" action_recognition.py --mode linear "${RUN_DATA_ARGS[@]}" \
     --pretrained "$CKPT" --lr "$LR" ${SIZE[@]+"${SIZE[@]}"} "$@"

@@ -8,10 +8,7 @@
 # saved in checkpoint/<RUN_NAME>/finetune_<FRACTION>_labelled.txt next to finetune_<FRACTION>.json.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/_common.sh"
-if [ $# -lt 3 ]; then
-    sed -n '2,9p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
-    exit 2
-fi
+usage_unless 3 "$@"
 GPUS="$1"; shift
 check_gpus "$GPUS"
 parse_run_name "$1"; shift
@@ -21,5 +18,4 @@ CKPT=last
 if [ $# -gt 0 ] && [[ "$1" != -* ]]; then CKPT="$1"; shift; fi
 ensure_dataset
 launch "$GPUS" action_recognition.py --mode finetune --label-fraction "$FRACTION" \
-    --data "$RUN_DATA" --split "$RUN_SPLIT" --stream "$RUN_STREAM" --backbone "$RUN_BACKBONE" \
-    --output "$RUN_OUTPUT" --pretrained "$CKPT" "$@"
+    "${RUN_DATA_ARGS[@]}" --pretrained "$CKPT" "$@"

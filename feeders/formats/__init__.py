@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 from types import ModuleType
+from pathlib import Path
 from typing import Callable, NamedTuple
 
 # format name -> module implementing it
@@ -42,6 +43,19 @@ class Source(NamedTuple):
     read: Callable
     parallel: bool
     make_splits: Callable
+
+
+def find_files(src: Path, subdir: str, pattern: str, what: str) -> list[Path]:
+    """Sorted files matching `pattern` in `src/subdir` when that folder exists, else in `src`;
+    a ValueError naming the folder when there is no folder or no file."""
+    src = Path(src)
+    folder = src / subdir if (src / subdir).is_dir() else src
+    if not folder.is_dir():
+        raise ValueError(f"{src}: {what} folder not found")
+    files = sorted(folder.glob(pattern))
+    if not files:
+        raise ValueError(f"{folder}: no {what} {pattern} files")
+    return files
 
 
 def get_format(name: str) -> ModuleType:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from feeders.formats import Source
+from feeders.formats import Source, find_files
 from feeders.layouts import get_layout
 from feeders.store import Record
 
@@ -93,12 +93,6 @@ def make_splits(metas: list[Record]) -> dict[str, list[int]]:
 
 
 def scan(src: Path, opts) -> Source:
-    src = Path(src)
-    folder = src / "all_sqe" if (src / "all_sqe").is_dir() else src
-    if not folder.is_dir():
-        raise ValueError(f"{src}: NW-UCLA folder not found")
-    files = sorted(folder.glob("*.json"))
-    if not files:
-        raise ValueError(f"{folder}: no NW-UCLA *.json files")
+    files = find_files(src, "all_sqe", "*.json", "NW-UCLA")
     return Source(layout=LAYOUT, channels=3, bodies=1, class_names=list(CLASS_NAMES),
                   items=files, read=read, parallel=True, make_splits=make_splits)

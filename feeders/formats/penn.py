@@ -18,7 +18,7 @@ import numpy as np
 import scipy.io
 import scipy.io.matlab
 
-from feeders.formats import Source
+from feeders.formats import Source, find_files
 from feeders.formats.ctrgcn import splits_by_name
 from feeders.layouts import get_layout
 from feeders.store import Record
@@ -89,13 +89,7 @@ def read(item: MatFile) -> list[Record]:
 
 
 def scan(src: Path, opts) -> Source:
-    src = Path(src)
-    folder = src / "labels" if (src / "labels").is_dir() else src
-    if not folder.is_dir():
-        raise ValueError(f"{src}: Penn Action folder not found")
-    files = sorted(folder.glob("*.mat"))
-    if not files:
-        raise ValueError(f"{folder}: no Penn Action *.mat files")
+    files = find_files(src, "labels", "*.mat", "Penn Action")
     found = {path: action_and_split(path) for path in files}
     class_names = sorted({action for action, _ in found.values()})
     index = {name: k for k, name in enumerate(class_names)}
