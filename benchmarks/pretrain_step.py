@@ -6,12 +6,13 @@
 For each device (CPU, and CUDA when present) and precision: samples/s, seconds per step,
 GFLOP per step (torch.utils.flop_counter over the whole step, forward + backward) and achieved
 GFLOP/s, plus the time of each phase: augment + stream, forward (encoder + projectors), loss,
-backward, optimizer. Inputs are random clips of NTU shape (3, L, 25, 2); the step is the one of
+backward, optimizer, the CPU time spent in the kernel per step and the process's peak RSS. Inputs are random clips of NTU shape (3, L, 25, 2); the step is the one of
 pretrain.py. `--profile` prints the top operators of one step (torch.profiler).
 """
 from __future__ import annotations
 
 import argparse
+import resource
 import sys
 import time
 from pathlib import Path
@@ -100,10 +101,11 @@ def bench(args, device: torch.device, precision: str) -> dict:
         step(model, optimizer, scaler, views, layout, dtype, device, sync)
     times = dict.fromkeys(PHASES, 0.0)
     sync()
-    start = time.perf_counter()
+    start, kernel = time.perf_counter(), resource.getrusage(resource.RUSAGE_SELF).ru_stime
     for _ in range(args.steps):
         step(model, optimizer, scaler, views, layout, dtype, device, sync, times)
     elapsed = time.perf_counter() - start
+    kernel = resource.getrusage(resource.RUSAGE_SELF).ru_stime - kernel
     if args.profile:
         from torch.profiler import ProfilerActivity, profile
         acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
@@ -117,7 +119,9 @@ def bench(args, device: torch.device, precision: str) -> dict:
             "precision": f"{precision} ({str(dtype).replace('torch.', '') if dtype else 'fp32'})",
             "samples/s": args.batch_size / per_step, "s/step": per_step,
             "GFLOP/step": flops / 1e9, "GFLOP/s": flops / 1e9 / per_step,
-            **{f"{p} s": times[p] / args.steps for p in PHASES}}
+            **{f"{p} s": times[p] / args.steps for p in PHASES},
+            "kernel s": kernel / args.steps,  # CPU time in the kernel (page faults, zeroing)
+            "peak RSS GB": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
 
 
 def print_table(rows: list[dict]) -> None:
@@ -142,17 +146,21 @@ def main(argv=None) -> list[dict]:
     parser.add_argument("--threads", type=int, default=None,
                         help="torch CPU threads (on a CPU shared with other jobs, 1 can beat all cores: "
                              "every parallel region waits for its slowest, descheduled thread)")
+    parser.add_argument("--malloc", choices=("keep", "system"), default="keep",
+                        help="keep: engine.keep_freed_memory(), as pretrain.py does; system: "
+                             "glibc's defaults (large blocks unmapped on free)")
     parser.add_argument("--no-cuda", action="store_true", help="skip CUDA even when present")
     parser.add_argument("--profile", action="store_true", help="print the top operators")
     parser.add_argument("--profile-rows", type=int, default=25)
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    engine.keep_freed_memory(args.malloc == "keep")
     devices = [torch.device("cpu")]
     if torch.cuda.is_available() and not args.no_cuda:
         devices.append(torch.device("cuda"))
     print(f"USDRL pretraining step: {args.backbone}/{args.preset}, batch {args.batch_size} x 4 "
-          f"views, clip {args.clip_len}, {torch.get_num_threads()} CPU threads, torch {torch.__version__}")
+          f"views, clip {args.clip_len}, {torch.get_num_threads()} CPU threads, malloc {args.malloc}, torch {torch.__version__}")
     rows = [bench(args, d, p) for d in devices for p in args.precisions]
     print_table(rows)
     return rows
