@@ -77,7 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     engine.add_common_args(parser)
     parser.set_defaults(epochs=None, batch_size=None, lr=None, backbone=None, preset=None,
-                        stream=None, clip_len=None)
+                        stream=None, clip_len=None, normalize=None)
     g = parser.add_argument_group("evaluation")
     g.add_argument("--mode", choices=("linear", "finetune"), default="linear")
     g.add_argument("--pretrained", default=None,
@@ -147,7 +147,7 @@ def run_linear(args, store, cfg, ckpt, info, dtype, train_pos, val_pos, run_dir,
     """Returns (last-epoch test logits (N, C), best dict or None, history)."""
     encoder = build_eval_encoder(cfg, store, args.seed, ckpt, args.pretrained).to(info.device)
     cache = None if args.no_cache else (args.cache_dir or args.output / "features")
-    kw = dict(stream=cfg["stream"], clip_len=cfg["clip_len"],
+    kw = dict(stream=cfg["stream"], clip_len=cfg["clip_len"], normalize=cfg["normalize"],
               spatial_channels=cfg["spatial_channels"], info=info, dtype=dtype,
               batch_size=args.eval_batch_size, workers=args.workers, cache_dir=cache)
     train_f, train_l = cached_extract(encoder, store, args.split, **kw)
@@ -237,7 +237,8 @@ def finetune_step(model, split_labels, args, cfg, parents, info, dtype, batch, e
 def finetune_loader(args, store, cfg, info, train_pos):
     """Shuffled, seeded loader of the training positions: one random temporal crop per sample
     (the pretraining feeder with one view), or whole sequences with --no-augment."""
-    dataset_kw = dict(indices=train_pos, spatial_channels=cfg["spatial_channels"])
+    dataset_kw = dict(indices=train_pos, spatial_channels=cfg["spatial_channels"],
+                      normalize=cfg["normalize"])
     dataset = (PretrainDataset(store, args.split, cfg["clip_len"], args.seed, num_views=1,
                                **dataset_kw) if args.augment
                else EvalDataset(store, args.split, cfg["clip_len"], **dataset_kw))
@@ -292,7 +293,7 @@ def run_finetune(args, store, cfg, ckpt, info, dtype, train_pos, val_pos, run_di
     ddp_model = engine.wrap_ddp(model, info)
     step_fn = partial(finetune_step, ddp_model, split_labels, args, cfg, store.layout.parents,
                       info, dtype)
-    feat_kw = dict(stream=cfg["stream"], clip_len=cfg["clip_len"],
+    feat_kw = dict(stream=cfg["stream"], clip_len=cfg["clip_len"], normalize=cfg["normalize"],
                    spatial_channels=cfg["spatial_channels"], info=info, dtype=dtype,
                    batch_size=args.eval_batch_size, workers=args.workers)
     best_path = run_dir / "best.pt"

@@ -31,7 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="KNN retrieval with frozen features.",
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     engine.add_common_args(parser)
-    parser.set_defaults(backbone=None, preset=None, stream=None, clip_len=None)
+    parser.set_defaults(backbone=None, preset=None, stream=None, clip_len=None, normalize=None)
     g = parser.add_argument_group("retrieval")
     g.add_argument("--pretrained", default=None,
                    help="pretrain.py checkpoint: a path, `last` (<output>/last.pt), an epoch "
@@ -74,7 +74,7 @@ def main(argv=None) -> dict | None:
     dtype = engine.autocast_dtype(args.precision, info.device)
     encoder = build_eval_encoder(cfg, store, args.seed, ckpt, args.pretrained)
     cache = None if args.no_cache else (args.cache_dir or Path(args.output) / "features")
-    kw = dict(stream=cfg["stream"], clip_len=cfg["clip_len"],
+    kw = dict(stream=cfg["stream"], clip_len=cfg["clip_len"], normalize=cfg["normalize"],
               spatial_channels=cfg["spatial_channels"], info=info, dtype=dtype,
               batch_size=args.eval_batch_size, workers=args.workers, cache_dir=cache)
     gallery, gallery_labels = cached_extract(encoder, store, args.split, **kw)

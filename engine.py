@@ -34,6 +34,8 @@ import torch.distributed.nn.functional as dist_fn
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from feeders.dataset import NORMALIZATIONS
+
 ROOT = Path(__file__).resolve().parent
 STREAMS = ("j", "m", "b", "jm", "bm")
 BACKBONES = ("dste", "sttr", "stgcn", "msg3d")
@@ -68,6 +70,10 @@ def add_common_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     g.add_argument("--spatial-channels", type=int, default=None,
                    help="coordinate channels; default: the layout's dims (3 for Kinect layouts, 2 for "
                         "2D pose layouts, whose third channel is a confidence score)")
+    g.add_argument("--normalize", choices=NORMALIZATIONS, default="first_frame",
+                   help="coordinates: first_frame (subtract body 1's centre joint at its first "
+                        "frame), view (also turn 3D skeletons about the vertical axis to face the "
+                        "camera: for cross-view benchmarks), none")
     g.add_argument("--epochs", type=int, default=451)
     g.add_argument("--batch-size", type=int, default=356,
                    help="global batch size, split evenly over the processes")

@@ -102,7 +102,8 @@ def pretrain_step(model, weights: LossWeights, args, info: engine.DistInfo, pare
 def knn_monitor(encoder, store, args, info: engine.DistInfo, parents, dtype) -> dict:
     """KNN-1 (cosine) top-1 of --eval-split against --split, whole sequences resampled."""
     def features(split):
-        dataset = EvalDataset(store, split, args.clip_len, spatial_channels=args.spatial_channels)
+        dataset = EvalDataset(store, split, args.clip_len, normalize=args.normalize,
+                              spatial_channels=args.spatial_channels)
         loader = DataLoader(dataset, batch_size=args.batch_size, num_workers=args.workers,
                             worker_init_fn=worker_init_fn if args.workers else None)
         transform = partial(to_stream, stream=args.stream, parents=parents,
@@ -125,7 +126,7 @@ def main(argv: list[str] | None = None) -> engine.TrainState:
     if args.knn_every:
         store.split_indices(args.eval_split)  # fail now, not after the first epoch
     dataset = PretrainDataset(store, args.split, args.clip_len, args.seed, num_views=NUM_VIEWS,
-                              spatial_channels=args.spatial_channels)
+                              normalize=args.normalize, spatial_channels=args.spatial_channels)
     args.spatial_channels = dataset.spatial_channels  # resolved from the layout's dims
     loader = make_train_loader(dataset, args, info)
     if len(loader) == 0:

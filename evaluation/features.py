@@ -32,9 +32,9 @@ from feeders.store import open_store
 from feeders.streams import resolve_spatial_channels, to_stream
 from models import build_encoder
 
-ENCODER_FIELDS = ("backbone", "preset", "stream", "clip_len", "spatial_channels")
+ENCODER_FIELDS = ("backbone", "preset", "stream", "clip_len", "spatial_channels", "normalize")
 FALLBACK = {"backbone": "dste", "preset": "paper", "stream": "j", "clip_len": 64,
-            "spatial_channels": None}
+            "spatial_channels": None, "normalize": "first_frame"}
 
 
 class CheckpointError(ValueError):
@@ -164,11 +164,11 @@ def gather_in_order(x: torch.Tensor, total: int, info: engine.DistInfo) -> torch
 @torch.no_grad()
 def extract(encoder: nn.Module, store, split: str, *, stream: str, clip_len: int,
             spatial_channels: int | None, info: engine.DistInfo, dtype: torch.dtype | None,
-            batch_size: int = 256, workers: int = 0, indices=None
+            batch_size: int = 256, workers: int = 0, indices=None, normalize: str = "first_frame"
             ) -> tuple[torch.Tensor, torch.Tensor]:
     """Features (N, D) float32 and labels (N,) int64 of the sequences of ``split`` (or of the
     positions ``indices`` within it), in that order."""
-    dataset = EvalDataset(store, split, clip_len, indices=indices,
+    dataset = EvalDataset(store, split, clip_len, indices=indices, normalize=normalize,
                           spatial_channels=spatial_channels)
     shard = Subset(dataset, range(info.rank, len(dataset), info.world_size))
     loader = DataLoader(shard, batch_size=batch_size, num_workers=workers,
@@ -191,11 +191,12 @@ def weights_digest(module: nn.Module) -> str:
 
 
 def cache_key(encoder: nn.Module, store, split: str, stream: str, clip_len: int,
-              spatial_channels: int | None) -> str:
-    """A file-name-safe key for the features of (weights, dataset, split, stream, clip_len)."""
+              spatial_channels: int | None, normalize: str = "first_frame") -> str:
+    """A file-name-safe key for the features of (weights, dataset, split, stream, clip_len,
+    spatial_channels, normalize)."""
     fields = {"weights": weights_digest(encoder),
               "data": store.manifest.get("checksums", {}), "split": split, "stream": stream,
-              "clip_len": clip_len, "spatial_channels": spatial_channels}
+              "clip_len": clip_len, "spatial_channels": spatial_channels, "normalize": normalize}
     blob = json.dumps(fields, sort_keys=True).encode()
     return f"{split}_{stream}_L{clip_len}_{hashlib.sha256(blob).hexdigest()[:20]}"
 
@@ -208,7 +209,7 @@ def cached_extract(encoder: nn.Module, store, split: str, *, cache_dir: Path | N
     if cache_dir is None:
         return extract(encoder, store, split, info=info, **kwargs)
     key = cache_key(encoder, store, split, kwargs["stream"], kwargs["clip_len"],
-                    kwargs["spatial_channels"])
+                    kwargs["spatial_channels"], kwargs.get("normalize", "first_frame"))
     path = Path(cache_dir) / f"{key}.pt"
     if path.is_file():
         try:

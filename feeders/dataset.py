@@ -17,6 +17,10 @@ the coordinates of every joint of every body in every frame where that body is p
 body that is absent in a frame (all zeros) stays zero. Only the spatial channels change (the
 first ``spatial_channels``, default ``min(C, layout.dims)``; a confidence channel is kept). It is applied
 to the whole sequence before cropping, so all views of a sequence share one origin.
+``normalize='view'`` (3D layouts) then also turns every sequence about the vertical (y) axis
+so that body 1 faces the camera at that first frame: the horizontal part of its left-minus-right
+direction (left hip - right hip + left shoulder - right shoulder) points along +x. It removes
+the camera's azimuth, which is what changes between the views of a cross-view benchmark.
 ``normalize='none'`` leaves the coordinates as stored.
 
 Sequences are read with ``os.pread`` from ``frames.npy`` instead of through the store's
@@ -37,7 +41,8 @@ from feeders.augment import resize_whole, temporal_crop_resize
 from feeders.store import FRAMES_FILE, Store, StoreError, open_store
 from feeders.streams import resolve_spatial_channels
 
-NORMALIZATIONS = ("first_frame", "none")
+NORMALIZATIONS = ("first_frame", "view", "none")
+VIEW_JOINTS = ("left_hip", "right_hip", "left_shoulder", "right_shoulder")
 
 
 def normalize_first_frame(seq: np.ndarray, center: int, spatial_channels: int) -> np.ndarray:
@@ -53,6 +58,32 @@ def normalize_first_frame(seq: np.ndarray, center: int, spatial_channels: int) -
         return seq
     origin = coords[first[0], 0, center].copy()  # (S,)
     coords -= origin * present[:, :, None, None]
+    return seq
+
+
+def normalize_view(seq: np.ndarray, center: int, joints: tuple[int, int, int, int]) -> np.ndarray:
+    """``normalize_first_frame``, then a rotation about the y axis, in place. ``(T, M, V, C)``, C >= 3.
+
+    ``joints``: indices of the left hip, right hip, left shoulder and right shoulder. With
+    ``d = (x[lh] - x[rh]) + (x[ls] - x[rs])`` of body 1 at its first present frame, the angle
+    ``a = atan2(d_z, d_x)`` is turned away: ``x' = cos(a) x + sin(a) z``, ``z' = -sin(a) x +
+    cos(a) z`` for every joint, body and frame, so that ``d`` points along +x. Absent bodies stay
+    zero; a sequence without body 1, or whose ``d`` has no horizontal part, is only centred.
+    """
+    normalize_first_frame(seq, center, 3)
+    coords = seq[..., :3]
+    present = np.flatnonzero((coords[:, 0] != 0).any(axis=(1, 2)))
+    if present.size == 0:
+        return seq
+    lh, rh, ls, rs = (coords[present[0], 0, j] for j in joints)
+    d = (lh - rh) + (ls - rs)
+    norm = float(np.hypot(d[0], d[2]))
+    if norm < 1e-6:
+        return seq
+    cos, sin = d[0] / norm, d[2] / norm
+    x, z = coords[..., 0].copy(), coords[..., 2].copy()
+    coords[..., 0] = cos * x + sin * z
+    coords[..., 2] = -sin * x + cos * z
     return seq
 
 
@@ -87,6 +118,17 @@ class _SequenceDataset(Dataset):
         self.normalize = normalize
         self.spatial_channels = resolve_spatial_channels(self._store.channels, spatial_channels,
                                                          self._store.layout.dims)
+        layout = self._store.layout
+        if normalize == "view":
+            missing = [name for name in VIEW_JOINTS if name not in layout.joints]
+            if layout.dims != 3 or self.spatial_channels < 3 or missing:
+                raise ValueError(
+                    f"{self.root}: normalize='view' turns 3D skeletons about the vertical axis and "
+                    f"needs x, y, z and the joints {', '.join(VIEW_JOINTS)}; layout {layout.name} "
+                    f"has {layout.dims}D coordinates ({self.spatial_channels} spatial channels used)"
+                    + (f" and lacks {', '.join(missing)}" if missing else "")
+                    + ": use 'first_frame'")
+            self._view_joints = tuple(layout.joints.index(name) for name in VIEW_JOINTS)
         split_seqs = (np.arange(len(self._store), dtype=np.int64) if split is None
                       else self._store.split_indices(split))
         if indices is None:
@@ -142,6 +184,8 @@ class _SequenceDataset(Dataset):
         seq = seq.astype(np.float32)  # a writable copy
         if self.normalize == "first_frame":
             normalize_first_frame(seq, store.layout.center, self.spatial_channels)
+        elif self.normalize == "view":
+            normalize_view(seq, store.layout.center, self._view_joints)
         return seq
 
 

@@ -5,7 +5,9 @@
 #   bash scripts/finetune.sh 0 ntu60_xs_j_dste scratch          # random init, the dataset's preset
 #   bash scripts/finetune.sh 0 ntu60_xs_j_dste last --layer-decay 0.8 --val-fraction 0.05
 # Defaults (action_recognition.py --help): AdamW lr 3e-4, wd 0.05, batch 64, 100 epochs,
-# 5 warmup epochs then cosine, label smoothing 0.1. Writes checkpoint/<RUN_NAME>/finetune.json;
+# 5 warmup epochs then cosine, label smoothing 0.1; small sets (demo, ucla, penn): lr 1e-3,
+# 50 epochs, 2 warmup, best epoch also chosen on 10 % of the training split (finetune_defaults in
+# _common.sh; never the test split). Writes checkpoint/<RUN_NAME>/finetune.json;
 # training state in checkpoint/<RUN_NAME>/finetune/ (re-running resumes).
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/_common.sh"
@@ -16,12 +18,11 @@ parse_run_name "$1"; shift
 CKPT=last
 if [ $# -gt 0 ] && [[ "$1" != -* ]]; then CKPT="$1"; shift; fi
 EXTRA=()
-if [ "$CKPT" = scratch ]; then
-    # no checkpoint config to inherit: the preset of the dataset's pretraining defaults
-    for ((i = 0; i < ${#DATASET_DEFAULTS[@]}; i++)); do
-        [ "${DATASET_DEFAULTS[$i]}" = --preset ] && EXTRA=(--preset "${DATASET_DEFAULTS[$((i + 1))]}")
-    done
-fi
+# no checkpoint config to inherit: the preset, clip length and normalisation of the dataset's
+# pretraining defaults
+[ "$CKPT" = scratch ] && { scratch_encoder_flags; EXTRA=(${SCRATCH_FLAGS[@]+"${SCRATCH_FLAGS[@]}"}); }
+finetune_defaults "$RUN_DATASET" full
 ensure_dataset
 launch "$GPUS" action_recognition.py --mode finetune "${RUN_DATA_ARGS[@]}" \
-    --pretrained "$CKPT" "${EXTRA[@]}" "$@"
+    ${FINETUNE_DEFAULTS[@]+"${FINETUNE_DEFAULTS[@]}"} \
+    --pretrained "$CKPT" ${EXTRA[@]+"${EXTRA[@]}"} "$@"

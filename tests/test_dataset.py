@@ -11,6 +11,7 @@ from feeders.dataset import (
     make_loader,
     make_sampler,
     normalize_first_frame,
+    normalize_view,
 )
 from feeders.layouts import get_layout
 from feeders.store import Record, StoreWriter, open_store
@@ -83,6 +84,59 @@ def test_dataset_normalisation_and_none(store):
     raw = EvalDataset(store, None, CLIP, normalize="none")[3][0]
     assert np.array_equal(raw.numpy(), resize_whole(make_sequence(3, 80), CLIP))
     assert np.array_equal(ds[3][0][:, :, :, 1], torch.zeros(3, CLIP, 25))  # absent body
+
+
+def yaw(deg):
+    """Rotation by `deg` degrees about the vertical (y) axis, as a (3, 3) matrix."""
+    a = np.deg2rad(deg)
+    return np.array([[np.cos(a), 0, -np.sin(a)], [0, 1, 0], [np.sin(a), 0, np.cos(a)]])
+
+
+def test_normalize_view_undoes_a_camera_turn():
+    # joints: 0 centre, 1 left hip, 2 right hip, 3 left shoulder, 4 right shoulder; facing +z
+    body = np.array([[0, 0, 0], [0.1, -0.3, 0], [-0.1, -0.3, 0], [0.2, 0.2, 0.05],
+                     [-0.2, 0.2, 0.05]])
+    canonical = np.zeros((3, 2, 5, 3))
+    canonical[1, 0] = body
+    canonical[2, 0] = body + [0.5, 0.1, 0.2]  # steps to the side and back
+    canonical[2, 1] = body + [1.0, 0, 0]      # a second body, only in frame 2
+    for deg in (0, 35, 90, 180, -120):
+        present = (canonical != 0).any(axis=(2, 3))[:, :, None, None]
+        seen = canonical @ yaw(deg).T + [3.0, 1.0, 2.0] * present
+        out = normalize_view(seen.astype(np.float32), center=0, joints=(1, 2, 3, 4))
+        assert np.allclose(out, canonical, atol=1e-5), deg
+        assert not out[0].any() and not out[1, 1].any()  # absent frame and body stay zero
+    # by hand, 90 degrees: d = (lh - rh) + (ls - rs) = (0, 0, 0.6) -> turned onto +x
+    seq = np.zeros((1, 1, 5, 3), np.float32)
+    seq[0, 0, 1:] = [[0, 0, 0.1], [0, 0, -0.1], [0, 1, 0.2], [0, 1, -0.2]]
+    out = normalize_view(seq, center=0, joints=(1, 2, 3, 4))
+    assert np.allclose(out[0, 0, 1:], [[0.1, 0, 0], [-0.1, 0, 0], [0.2, 1, 0], [-0.2, 1, 0]])
+    # no horizontal left-right direction: only centred
+    flat = np.zeros((1, 1, 5, 3), np.float32)
+    flat[0, 0] = [[1, 1, 1], [1, 2, 1], [1, 0, 1], [1, 3, 1], [1, 4, 1]]
+    out = normalize_view(flat.copy(), center=0, joints=(1, 2, 3, 4))
+    assert np.array_equal(out, flat - [1, 1, 1])
+
+
+def test_view_normalisation_in_the_dataset(store, tmp_path):
+    ds = EvalDataset(store, None, CLIP, normalize="view")
+    seq = ds.read_sequence(4)
+    layout = get_layout("ntu25")
+    lh, rh, ls, rs = (layout.joints.index(n) for n in
+                      ("left_hip", "right_hip", "left_shoulder", "right_shoulder"))
+    d = seq[0, 0, lh] - seq[0, 0, rh] + seq[0, 0, ls] - seq[0, 0, rs]
+    assert d[0] > 0 and abs(d[2]) < 1e-5
+    first = ds.read_sequence(4)  # the same as first_frame up to a turn about y
+    centred = EvalDataset(store, None, CLIP).read_sequence(4)
+    assert np.allclose(first[..., 1], centred[..., 1])
+    assert np.allclose(np.hypot(first[..., 0], first[..., 2]), np.hypot(centred[..., 0], centred[..., 2]),
+                       atol=1e-5)
+    assert not seq[:3, 1].any()  # body 2 still absent before it enters
+    with StoreWriter(tmp_path / "coco", "coco17", 2, ["a", "b"], channels=3, bodies=1) as w:
+        w.add(Record("s0", 0, np.ones((4, 1, 17, 3), np.float32)))
+        w.close({"train": [0]})
+    with pytest.raises(ValueError, match=r"coco.*normalize='view'.*coco17 has 2D.*use 'first_frame'"):
+        EvalDataset(tmp_path / "coco", None, CLIP, normalize="view")
 
 
 # ----------------------------------------------------------------------------- items

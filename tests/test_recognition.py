@@ -223,8 +223,26 @@ def test_unset_spatial_channels_come_from_the_layout(tmp_path):
         w.add(Record("s0", 0, np.ones((4, 1, 17, 3), np.float32)))
         w.close({"train": [0]})
     args = argparse.Namespace(backbone=None, preset=None, stream=None, clip_len=None,
-                              spatial_channels=None)
+                              spatial_channels=None, normalize=None)
     cfg = resolve_encoder_config(args, None, None, open_store(tmp_path / "coco"))
     assert cfg["spatial_channels"] == 2
     args.spatial_channels = 3  # an explicit flag wins
     assert resolve_encoder_config(args, None, None, open_store(tmp_path / "coco"))["spatial_channels"] == 3
+
+
+def test_normalisation_comes_from_the_checkpoint():
+    """Evaluation reads clips the way the encoder was pretrained on them."""
+    import argparse
+
+    from evaluation.features import resolve_encoder_config
+
+    args = argparse.Namespace(backbone=None, preset=None, stream=None, clip_len=None,
+                              spatial_channels=None, normalize=None)
+    ckpt = {"config": {"backbone": "dste", "preset": "tiny", "stream": "j", "clip_len": 16,
+                       "spatial_channels": 3, "normalize": "view"}}
+    assert resolve_encoder_config(args, ckpt)["normalize"] == "view"
+    old = {"config": {k: v for k, v in ckpt["config"].items() if k != "normalize"}}
+    assert resolve_encoder_config(args, old)["normalize"] == "first_frame"  # older checkpoints
+    args.normalize = "first_frame"
+    with pytest.raises(CheckpointError, match=r"--normalize first_frame conflicts .*'view'"):
+        resolve_encoder_config(args, ckpt, "x.pt")
