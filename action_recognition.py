@@ -56,6 +56,7 @@ from evaluation.features import (CheckpointError, build_eval_encoder, cached_ext
 from evaluation.fusion import save_scores
 from evaluation.linear import accuracy, make_head, predict, train_linear
 from evaluation.subset import stratified_split, stratified_subset
+from feeders.augment import random_shear
 from feeders.dataset import EvalDataset, PretrainDataset, make_loader
 
 MODE_DEFAULTS = {
@@ -107,6 +108,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="DropPath rate of DSTE/STTR; None: the preset's (0.1)")
     g.add_argument("--augment", action=argparse.BooleanOptionalAction, default=True,
                    help="fine-tune on random temporal crops (--no-augment: whole sequences)")
+    g.add_argument("--shear", type=float, default=0.0,
+                   help="fine-tune: multiply each clip's coordinates by I + A, A's off-diagonal "
+                        "entries ~ U(-shear, shear) (0: off; AimCLR uses 0.5)")
     return parser
 
 
@@ -121,6 +125,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         raise ValueError(f"--val-fraction must be in [0, 1), got {args.val_fraction}")
     if not 0.0 < args.layer_decay <= 1.0:
         raise ValueError(f"--layer-decay must be in (0, 1], got {args.layer_decay}")
+    if not 0.0 <= args.shear <= 1.0:
+        raise ValueError(f"--shear must be in [0, 1], got {args.shear}")
     return args
 
 
@@ -226,8 +232,11 @@ def finetune_step(model, split_labels, args, cfg, parents, info, dtype, batch, e
     if x.dim() == 6:
         x = x[:, 0]
     labels = split_labels[batch[-1]].to(info.device)
-    x = stream_transform(cfg["stream"], parents, cfg["spatial_channels"])(
-        x.to(info.device, non_blocking=True))
+    x = x.to(info.device, non_blocking=True)
+    if args.shear:
+        gen = engine.step_generator(args.seed, epoch, step, info.rank)
+        x = random_shear(x, args.shear, gen, cfg["spatial_channels"])
+    x = stream_transform(cfg["stream"], parents, cfg["spatial_channels"])(x)
     with engine.precision_context(dtype, info.device):
         logits = model(x)
     loss = F.cross_entropy(logits.float(), labels, label_smoothing=args.label_smoothing)

@@ -148,6 +148,24 @@ def apply_view_transforms(x: torch.Tensor, matrices: torch.Tensor, spatial_chann
     return torch.cat([coords, x[:, s:]], dim=1)
 
 
+def random_shear(x: torch.Tensor, amplitude: float, generator: torch.Generator,
+                 spatial_channels: int | None = None) -> torch.Tensor:
+    """Fine-tuning augmentation: each sample's coordinates times its own ``I + A``, ``A``'s
+    off-diagonal entries ~ U(-amplitude, amplitude) (zero diagonal), as in AimCLR's shear.
+
+    ``x``: ``(B, C, L, V, M)``; same shape, dtype and device. Draws: ``B`` matrices on the CPU
+    from ``generator``. Channels past ``spatial_channels`` (a score) are left alone.
+    """
+    if x.dim() != 5:
+        raise ValueError(f"random_shear expects x of shape (B, C, L, V, M), got shape {tuple(x.shape)}")
+    b, c, _, v, _ = x.shape
+    s = resolve_spatial_channels(c, spatial_channels)
+    off = (torch.rand(b, s, s, generator=generator, dtype=torch.float64) * 2 - 1) * amplitude
+    eye = torch.eye(s, dtype=torch.float64)
+    shear = eye + off * (1 - eye)  # (B, S, S)
+    return apply_view_transforms(x, shear[:, None].expand(b, v, s, s), s)
+
+
 def augment_views(
     x: torch.Tensor, generator: torch.Generator, spatial_channels: int | None = None
 ) -> torch.Tensor:

@@ -10,6 +10,7 @@ from feeders.augment import (
     apply_view_transforms,
     augment_views,
     draw_view_transforms,
+    random_shear,
     resample_frames,
     resize_whole,
     temporal_crop_resize,
@@ -230,3 +231,25 @@ def test_augment_bad_input():
         augment_views(torch.zeros(1, 4, 3, 4, 25, 2), g, spatial_channels=5)
     with pytest.raises(TypeError, match="spatial_channels"):
         augment_views(torch.zeros(1, 4, 3, 4, 25, 2), g, "ntu25")
+
+
+# ----------------------------------------------------------------------------- fine-tune shear
+
+
+def test_random_shear_hand_example_and_draws():
+    x = torch.zeros(2, 4, 3, 2, 1)  # (B, C, L, V, M), channel 3 is a score
+    x[:, 0], x[:, 1], x[:, 2], x[:, 3] = 1.0, 2.0, 3.0, 0.7
+    out = random_shear(x, 0.5, torch.Generator().manual_seed(0), spatial_channels=3)
+    off = (torch.rand(2, 3, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+           * 2 - 1) * 0.5
+    for b in range(2):
+        a = off[b]
+        # row i of (I + A) @ (1, 2, 3): the diagonal is 1, the off-diagonal entries are A's
+        expect = [1 + 2 * a[0, 1] + 3 * a[0, 2], a[1, 0] + 2 + 3 * a[1, 2], a[2, 0] + 2 * a[2, 1] + 3]
+        assert torch.allclose(out[b, :3, 0, 0, 0], torch.tensor(expect, dtype=torch.float32))
+        assert torch.allclose(out[b, :3], out[b, :3, :1, :1].expand(3, 3, 2, 1))  # one matrix a clip
+    assert torch.equal(out[:, 3], x[:, 3])  # the score channel is left alone
+    assert (off.abs() <= 0.5).all() and not torch.equal(out[0], out[1])
+    assert torch.equal(random_shear(x, 0.0, torch.Generator().manual_seed(0), 3), x)
+    with pytest.raises(ValueError, match=r"\(B, C, L, V, M\)"):
+        random_shear(x[0], 0.5, torch.Generator())

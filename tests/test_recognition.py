@@ -246,3 +246,31 @@ def test_normalisation_comes_from_the_checkpoint():
     args.normalize = "first_frame"
     with pytest.raises(CheckpointError, match=r"--normalize first_frame conflicts .*'view'"):
         resolve_encoder_config(args, ckpt, "x.pt")
+
+
+def test_finetune_shear_reaches_the_model():
+    """--shear: the model sees each clip times its drawn shear (seeded by seed, epoch, step)."""
+    import argparse
+
+    from feeders.augment import random_shear
+
+    seen = []
+
+    class Probe(torch.nn.Module):
+        def forward(self, x):
+            seen.append(x)
+            return torch.zeros(x.shape[0], 3, requires_grad=True)
+
+    info = engine.DistInfo(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
+    clips = torch.randn(4, 3, 8, 25, 2, generator=torch.Generator().manual_seed(1))
+    batch = (clips, torch.arange(4))
+    cfg = {"stream": "j", "spatial_channels": 3}
+    labels = torch.tensor([0, 1, 2, 0])
+    for shear in (0.0, 0.5):
+        args = argparse.Namespace(shear=shear, seed=7, label_smoothing=0.0)
+        ar.finetune_step(Probe(), labels, args, cfg, None, info, None, batch, 2, 5)
+    assert torch.equal(seen[0], clips)
+    expected = random_shear(clips, 0.5, engine.step_generator(7, 2, 5, 0), 3)
+    assert torch.allclose(seen[1], expected) and not torch.allclose(seen[1], clips)
+    with pytest.raises(ValueError, match="--shear must be in"):
+        ar.main(["--data", "x", "--output", "y", "--shear", "2"])
