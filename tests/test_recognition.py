@@ -205,9 +205,11 @@ def test_recog_and_finetune_scripts(data, pretrained, tmp_path):
     # the small-dataset defaults of recog.sh: lr 1.0 at batch 64
     assert (saved["lr"], saved["batch_size"], saved["epochs"], saved["stream"]) == (1.0, 64, 1, "b")
     script("scripts/finetune.sh", "cpu", "demo_xs_b_dste", "scratch", "--preset", "tiny",
-           "--clip-len", "8", "--epochs", "1", "--batch-size", "24", "--workers", "0")
+           "--clip-len", "8", "--epochs", "1", "--batch-size", "12", "--workers", "0")
     saved = json.loads((run_dir / "finetune.json").read_text())
     assert (saved["checkpoint"], saved["preset"], saved["clip_len"]) == ("scratch", "tiny", 8)
+    # the small-set fine-tune defaults (finetune_defaults): lr 1e-3, 10 % held out for "best"
+    assert saved["lr"] == 1e-3 and saved["num_val"] == 12 and "best" in saved
 
 
 def test_unset_spatial_channels_come_from_the_layout(tmp_path):
