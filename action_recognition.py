@@ -56,7 +56,7 @@ from evaluation.features import (CheckpointError, build_eval_encoder, cached_ext
 from evaluation.fusion import save_scores
 from evaluation.linear import accuracy, make_head, predict, train_linear
 from evaluation.subset import stratified_split, stratified_subset
-from feeders.augment import random_shear
+from feeders.augment import random_rotation, random_shear
 from feeders.dataset import EvalDataset, PretrainDataset, make_loader
 
 MODE_DEFAULTS = {
@@ -111,6 +111,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--shear", type=float, default=0.0,
                    help="fine-tune: multiply each clip's coordinates by I + A, A's off-diagonal "
                         "entries ~ U(-shear, shear) (0: off; AimCLR uses 0.5)")
+    g.add_argument("--rotate", type=float, default=0.0,
+                   help="fine-tune: turn each clip about x, y and z by angles ~ U(-rotate, "
+                        "rotate) degrees (2D: in the image plane), after --shear (0: off)")
     return parser
 
 
@@ -127,6 +130,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         raise ValueError(f"--layer-decay must be in (0, 1], got {args.layer_decay}")
     if not 0.0 <= args.shear <= 1.0:
         raise ValueError(f"--shear must be in [0, 1], got {args.shear}")
+    if not 0.0 <= args.rotate <= 180.0:
+        raise ValueError(f"--rotate must be in [0, 180] degrees, got {args.rotate}")
     return args
 
 
@@ -233,9 +238,11 @@ def finetune_step(model, split_labels, args, cfg, parents, info, dtype, batch, e
         x = x[:, 0]
     labels = split_labels[batch[-1]].to(info.device)
     x = x.to(info.device, non_blocking=True)
+    gen = engine.step_generator(args.seed, epoch, step, info.rank)
     if args.shear:
-        gen = engine.step_generator(args.seed, epoch, step, info.rank)
         x = random_shear(x, args.shear, gen, cfg["spatial_channels"])
+    if args.rotate:
+        x = random_rotation(x, args.rotate, gen, cfg["spatial_channels"])
     x = stream_transform(cfg["stream"], parents, cfg["spatial_channels"])(x)
     with engine.precision_context(dtype, info.device):
         logits = model(x)

@@ -166,6 +166,47 @@ def random_shear(x: torch.Tensor, amplitude: float, generator: torch.Generator,
     return apply_view_transforms(x, shear[:, None].expand(b, v, s, s), s)
 
 
+def rotation_matrices(angles: torch.Tensor) -> torch.Tensor:
+    """``angles (B, 3)`` in radians about x, y, z -> ``Rz @ Ry @ Rx`` of shape ``(B, 3, 3)``.
+
+    Right-handed rotations of column vectors: ``Rx`` turns y towards z, ``Ry`` z towards x,
+    ``Rz`` x towards y.
+    """
+    c, s = torch.cos(angles), torch.sin(angles)
+    one, zero = torch.ones_like(c[:, 0]), torch.zeros_like(c[:, 0])
+
+    def stack(rows):
+        return torch.stack([torch.stack(r, dim=-1) for r in rows], dim=-2)
+
+    rx = stack([(one, zero, zero), (zero, c[:, 0], -s[:, 0]), (zero, s[:, 0], c[:, 0])])
+    ry = stack([(c[:, 1], zero, s[:, 1]), (zero, one, zero), (-s[:, 1], zero, c[:, 1])])
+    rz = stack([(c[:, 2], -s[:, 2], zero), (s[:, 2], c[:, 2], zero), (zero, zero, one)])
+    return rz @ ry @ rx
+
+
+def random_rotation(x: torch.Tensor, max_degrees: float, generator: torch.Generator,
+                    spatial_channels: int | None = None) -> torch.Tensor:
+    """Fine-tuning augmentation: each sample's coordinates turned by its own random rotation.
+
+    3D: angles about x, y and z each ~ U(-max_degrees, max_degrees), the matrix
+    ``Rz @ Ry @ Rx`` (``rotation_matrices``), as pyskl's ``RandomRot``; 2D: one in-plane angle.
+    ``x``: ``(B, C, L, V, M)``; same shape, dtype and device. Draws: ``B x 3`` angles on the CPU
+    from ``generator`` (also for 2D, so the generator advances alike). Channels past
+    ``spatial_channels`` (a score) are left alone.
+    """
+    if x.dim() != 5:
+        raise ValueError(f"random_rotation expects x of shape (B, C, L, V, M), got shape {tuple(x.shape)}")
+    b, c, _, v, _ = x.shape
+    s = resolve_spatial_channels(c, spatial_channels)
+    angles = (torch.rand(b, 3, generator=generator, dtype=torch.float64) * 2 - 1) \
+        * (max_degrees * torch.pi / 180.0)
+    if s == 3:
+        mats = rotation_matrices(angles)
+    else:  # 2D: rotate the image plane by the z angle
+        mats = rotation_matrices(angles * torch.tensor([0.0, 0.0, 1.0], dtype=torch.float64))[:, :2, :2]
+    return apply_view_transforms(x, mats[:, None].expand(b, v, s, s), s)
+
+
 def augment_views(
     x: torch.Tensor, generator: torch.Generator, spatial_channels: int | None = None
 ) -> torch.Tensor:

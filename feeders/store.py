@@ -296,6 +296,58 @@ class StoreWriter:
         shutil.rmtree(old, ignore_errors=True)
 
 
+def add_splits(src, out, splits: Mapping[str, Sequence[int]]) -> Path:
+    """Write the dataset ``src`` again at ``out`` with extra splits; returns ``out``.
+
+    ``splits``: split name -> sequence indices of ``src``. The frames (and per-frame arrays)
+    are hard links to ``src``'s files where the filesystem allows, copies otherwise; index and
+    manifest are new. Written into ``<out>.tmp-<pid>`` and renamed into place. For selection
+    experiments on a part of a training split (e.g. view 1 -> view 2 of NW-UCLA xview_train).
+    """
+    src, out = Path(src), Path(out)
+    manifest = _read_manifest(src)
+    with np.load(src / INDEX_FILE, allow_pickle=False) as z:
+        arrays = {k: z[k] for k in z.files}
+    n = manifest["num_sequences"]
+    for name, members in splits.items():
+        if name in manifest["splits"]:
+            raise ValueError(f"{src}: split {name!r} exists already")
+        idx = np.asarray(members, dtype=np.int64).reshape(-1)
+        if idx.size == 0 or ((idx < 0) | (idx >= n)).any():
+            raise ValueError(f"split {name!r}: expected 1 or more sequence indices in [0, {n}), "
+                             f"got {idx.size} indices with min {idx.min(initial=0)} and max "
+                             f"{idx.max(initial=0)}")
+        arrays[f"split/{name}"] = idx
+    tmp = out.with_name(f"{out.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        for name in manifest["checksums"]:
+            if name == INDEX_FILE:
+                continue
+            try:
+                os.link(src / name, tmp / name)
+            except OSError:
+                shutil.copy2(src / name, tmp / name)
+        with open(tmp / INDEX_FILE, "wb") as f:
+            np.savez(f, **arrays)
+        manifest = {**manifest,
+                    "splits": {k[len("split/"):]: int(v.size) for k, v in arrays.items()
+                               if k.startswith("split/")},
+                    "checksums": {**manifest["checksums"], INDEX_FILE: _sha256(tmp / INDEX_FILE)}}
+        with open(tmp / MANIFEST_FILE, "w") as f:
+            json.dump(manifest, f, indent=1)
+        old = out.with_name(f"{out.name}.old-{os.getpid()}")
+        if out.exists():
+            os.replace(out, old)
+        os.replace(tmp, out)
+        shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
 # ----------------------------------------------------------------------------- reading
 
 _MANIFEST_TYPES = {

@@ -10,7 +10,9 @@ from feeders.augment import (
     apply_view_transforms,
     augment_views,
     draw_view_transforms,
+    random_rotation,
     random_shear,
+    rotation_matrices,
     resample_frames,
     resize_whole,
     temporal_crop_resize,
@@ -253,3 +255,53 @@ def test_random_shear_hand_example_and_draws():
     assert torch.equal(random_shear(x, 0.0, torch.Generator().manual_seed(0), 3), x)
     with pytest.raises(ValueError, match=r"\(B, C, L, V, M\)"):
         random_shear(x[0], 0.5, torch.Generator())
+
+
+# ----------------------------------------------------------------------------- fine-tune rotation
+
+
+def test_rotation_matrices_by_hand():
+    quarter = torch.pi / 2
+    rx, ry, rz = rotation_matrices(torch.tensor([[quarter, 0, 0], [0, quarter, 0], [0, 0, quarter]],
+                                                dtype=torch.float64))
+    e = torch.eye(3, dtype=torch.float64)
+    assert torch.allclose(rx @ e[1], e[2], atol=1e-12)  # x-rotation turns y into z
+    assert torch.allclose(ry @ e[2], e[0], atol=1e-12)  # y-rotation turns z into x
+    assert torch.allclose(rz @ e[0], e[1], atol=1e-12)  # z-rotation turns x into y
+    # composition order Rz @ Ry @ Rx: x-rotation first
+    both = rotation_matrices(torch.tensor([[quarter, 0, quarter]], dtype=torch.float64))[0]
+    assert torch.allclose(both @ e[1], e[2], atol=1e-12)  # y -(Rx)-> z -(Rz)-> z
+    assert torch.allclose(both @ e[0], e[1], atol=1e-12)  # x -(Rx)-> x -(Rz)-> y
+    r = rotation_matrices(torch.rand(50, 3, generator=torch.Generator().manual_seed(0),
+                                     dtype=torch.float64) * 6 - 3)
+    assert torch.allclose(r @ r.transpose(1, 2), e.expand(50, 3, 3), atol=1e-12)
+    assert torch.allclose(torch.linalg.det(r), torch.ones(50, dtype=torch.float64))
+
+
+def test_random_rotation_draws_preserve_lengths_and_scores():
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(6, 4, 5, 25, 2, generator=g)  # channel 3 is a score
+    out = random_rotation(x, 20.0, torch.Generator().manual_seed(0), spatial_channels=3)
+    angles = (torch.rand(6, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+              * 2 - 1) * (20.0 * torch.pi / 180)
+    assert (angles.abs() <= 20.0 * torch.pi / 180).all()
+    mats = rotation_matrices(angles).float()
+    assert torch.allclose(out[:, :3], torch.einsum("bij,bjlvm->bilvm", mats, x[:, :3]), atol=1e-5)
+    assert torch.equal(out[:, 3], x[:, 3])
+    assert torch.allclose(out[:, :3].norm(dim=1), x[:, :3].norm(dim=1), atol=1e-5)  # a rotation
+    assert not torch.allclose(out[:, :3], x[:, :3])
+    assert torch.equal(random_rotation(x, 0.0, torch.Generator().manual_seed(0), 3), x)
+
+
+def test_random_rotation_2d_turns_the_image_plane():
+    x = torch.zeros(2, 3, 1, 1, 1)  # (x, y, score)
+    x[:, 0], x[:, 2] = 1.0, 0.9
+    out = random_rotation(x, 90.0, torch.Generator().manual_seed(1), spatial_channels=2)
+    angles = (torch.rand(2, 3, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+              * 2 - 1) * (torch.pi / 2)
+    for b in range(2):
+        a = angles[b, 2]
+        assert torch.allclose(out[b, :2, 0, 0, 0], torch.tensor([torch.cos(a), torch.sin(a)]).float())
+    assert torch.equal(out[:, 2], x[:, 2])
+    with pytest.raises(ValueError, match=r"\(B, C, L, V, M\)"):
+        random_rotation(x[0], 10.0, torch.Generator())

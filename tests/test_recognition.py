@@ -251,10 +251,11 @@ def test_normalisation_comes_from_the_checkpoint():
 
 
 def test_finetune_shear_reaches_the_model():
-    """--shear: the model sees each clip times its drawn shear (seeded by seed, epoch, step)."""
+    """--shear / --rotate: the model sees each clip times its drawn shear, then its drawn
+    rotation (both seeded by seed, epoch, step)."""
     import argparse
 
-    from feeders.augment import random_shear
+    from feeders.augment import random_rotation, random_shear
 
     seen = []
 
@@ -268,11 +269,18 @@ def test_finetune_shear_reaches_the_model():
     batch = (clips, torch.arange(4))
     cfg = {"stream": "j", "spatial_channels": 3}
     labels = torch.tensor([0, 1, 2, 0])
-    for shear in (0.0, 0.5):
-        args = argparse.Namespace(shear=shear, seed=7, label_smoothing=0.0)
+    for shear, rotate in ((0.0, 0.0), (0.5, 0.0), (0.0, 30.0), (0.5, 30.0)):
+        args = argparse.Namespace(shear=shear, rotate=rotate, seed=7, label_smoothing=0.0)
         ar.finetune_step(Probe(), labels, args, cfg, None, info, None, batch, 2, 5)
     assert torch.equal(seen[0], clips)
     expected = random_shear(clips, 0.5, engine.step_generator(7, 2, 5, 0), 3)
     assert torch.allclose(seen[1], expected) and not torch.allclose(seen[1], clips)
+    turned = random_rotation(clips, 30.0, engine.step_generator(7, 2, 5, 0), 3)
+    assert torch.allclose(seen[2], turned) and not torch.allclose(seen[2], clips)
+    gen = engine.step_generator(7, 2, 5, 0)  # one generator: the shear's draws, then the angles
+    both = random_rotation(random_shear(clips, 0.5, gen, 3), 30.0, gen, 3)
+    assert torch.allclose(seen[3], both, atol=1e-6)
     with pytest.raises(ValueError, match="--shear must be in"):
         ar.main(["--data", "x", "--output", "y", "--shear", "2"])
+    with pytest.raises(ValueError, match="--rotate must be in"):
+        ar.main(["--data", "x", "--output", "y", "--rotate", "-5"])

@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from feeders.store import Record, Store, StoreError, StoreWriter, open_store
+from feeders.store import Record, Store, StoreError, StoreWriter, add_splits, open_store
 
 CLASSES = ["a", "b", "c"]
 
@@ -216,3 +216,31 @@ def test_checksum_mismatch_with_verify(dataset):
 def test_missing_directory(tmp_path):
     with pytest.raises(StoreError, match="does not exist"):
         open_store(tmp_path / "nothing")
+
+
+def test_add_splits_shares_frames_and_keeps_everything_else(dataset, tmp_path):
+    path, records = dataset
+    out = add_splits(path, tmp_path / "more", {"view0": [0, 3], "view1": [1, 4]})
+    store = open_store(out, verify=True)
+    assert store.split_indices("view0").tolist() == [0, 3]
+    assert store.split_indices("view1").tolist() == [1, 4]
+    assert store.split_indices("train").tolist() == [0, 2, 4]  # the old splits stay
+    assert store.manifest["splits"] == {"train": 3, "val": 2, "view0": 2, "view1": 2}
+    assert (out / "frames.npy").stat().st_ino == (path / "frames.npy").stat().st_ino  # a link
+    for i, rec in enumerate(records):
+        np.testing.assert_array_equal(store.sequence(i), rec.data)
+    assert store.views.tolist() == open_store(path).views.tolist()
+    assert open_store(path).manifest["splits"] == {"train": 3, "val": 2}  # src untouched
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ds", "more"]  # no temporary left
+
+
+@pytest.mark.parametrize("splits, message", [
+    ({"train": [0]}, "split 'train' exists already"),
+    ({"new": [0, 6]}, r"split 'new': expected 1 or more sequence indices in \[0, 6\)"),
+    ({"new": []}, "got 0 indices"),
+])
+def test_add_splits_rejects_bad_splits(dataset, tmp_path, splits, message):
+    path, _ = dataset
+    with pytest.raises(ValueError, match=message):
+        add_splits(path, tmp_path / "more", splits)
+    assert not (tmp_path / "more").exists()

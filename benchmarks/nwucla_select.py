@@ -1,0 +1,132 @@
+"""Fine-tuning choices for NW-UCLA made without its test view (prints a table, asserts nothing).
+
+NW-UCLA's cross-view protocol trains on views 1-2 (xview_train) and tests on view 3 (xview_val).
+To choose fine-tuning settings without ever looking at view 3, this splits xview_train by
+camera: fine-tune on view 1 (516 clips), evaluate the last epoch on view 2 (504 clips), one row
+per candidate. A validation set of 504 clips from another camera says more than the 102 clips of
+a random 10 % hold-out (one clip there is 1 %), and it measures what the benchmark measures:
+generalising to a view not trained on.
+
+Every candidate starts from the fine-tuning schedule the scripts give a small set
+(`finetune_defaults ucla full` in scripts/_common.sh, read from there, without its
+--val-fraction) and sets the compared flags explicitly, so a row means the same thing whatever
+the defaults become. The split store is written next to the data (feeders.store.add_splits:
+hard links, nothing copied); each candidate's outputs go to <out>/<name>/ and a finished
+candidate is read back instead of re-run.
+
+    python benchmarks/nwucla_select.py --checkpoint runs/nwucla/checkpoint/ucla_xv_j_dste/last.pt
+        [--data runs/nwucla/data/ucla] [--out runs/nwucla/select] [--only NAME ...]
+        [--epochs N] [--threads N] [--workers N]
+
+The checkpoint is a pretraining run on xview_train (views 1-2, labels unused), e.g. the one
+benchmarks/nwucla.sh writes.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from feeders.store import add_splits, open_store  # noqa: E402
+
+TRAIN_VIEW, VAL_VIEW = 1, 2
+# name -> the flags compared (every candidate sets all of them)
+CANDIDATES = {
+    "no augmentation": ["--shear", "0", "--rotate", "0"],
+    "shear 1.0": ["--shear", "1.0", "--rotate", "0"],
+    "rotate 15": ["--shear", "0", "--rotate", "15"],
+    "rotate 30": ["--shear", "0", "--rotate", "30"],
+    "shear 1.0 + rotate 15": ["--shear", "1.0", "--rotate", "15"],
+    "shear 1.0 + rotate 30": ["--shear", "1.0", "--rotate", "30"],
+    "shear 1.0 + rotate 60": ["--shear", "1.0", "--rotate", "60"],
+}
+
+
+def scripts_schedule() -> list[str]:
+    """The fine-tuning flags of `finetune_defaults ucla full`, without --val-fraction."""
+    cmd = ('source scripts/_common.sh >/dev/null && finetune_defaults ucla full && '
+           'printf "%s\\n" "${FINETUNE_DEFAULTS[@]}"')
+    out = subprocess.run(["bash", "-c", cmd], cwd=ROOT, capture_output=True, text=True,
+                         check=True, env={"SKEL_PYTHON": sys.executable, "PATH": "/usr/bin:/bin"})
+    flags = out.stdout.split()
+    if "--val-fraction" in flags:
+        i = flags.index("--val-fraction")
+        del flags[i:i + 2]
+    if not flags:
+        raise SystemExit("scripts/_common.sh: finetune_defaults ucla full gave no flags")
+    return flags
+
+
+def view_split_store(data: Path) -> Path:
+    """``<data>_views``: the store at ``data`` plus splits view1_train and view2_val."""
+    out = data.with_name(f"{data.name}_views")
+    train_name, val_name = f"view{TRAIN_VIEW}_train", f"view{VAL_VIEW}_val"
+    if out.is_dir() and {train_name, val_name} <= set(open_store(out).splits):
+        return out
+    store = open_store(data)
+    train = store.split_indices("xview_train")
+    views = store.views[train]
+    if not {TRAIN_VIEW, VAL_VIEW} <= set(views.tolist()):
+        raise SystemExit(f"{data}: xview_train should hold views {TRAIN_VIEW} and {VAL_VIEW}, "
+                         f"has {sorted(set(views.tolist()))}")
+    return add_splits(data, out, {train_name: train[views == TRAIN_VIEW],
+                                  val_name: train[views == VAL_VIEW]})
+
+
+def run_candidate(name: str, flags: list[str], schedule: list[str], store: Path, args) -> dict:
+    out = args.out / re.sub(r"[^a-z0-9]+", "_", name).strip("_")  # shear_1_0_rotate_30
+    result_file = out / "finetune.json"
+    if result_file.is_file():
+        return {**json.loads(result_file.read_text()), "minutes": float("nan")}
+    cmd = [sys.executable, "action_recognition.py", "--mode", "finetune", "--data", str(store),
+           "--split", f"view{TRAIN_VIEW}_train", "--eval-split", f"view{VAL_VIEW}_val",
+           "--pretrained", str(args.checkpoint), "--output", str(out), *schedule, *flags,
+           "--workers", str(args.workers), "--threads", str(args.threads)]
+    print(f"== {name}: {' '.join(cmd[1:])}", flush=True)
+    start = time.time()
+    subprocess.run(cmd, cwd=ROOT, check=True)
+    return {**json.loads(result_file.read_text()), "minutes": (time.time() - start) / 60}
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--checkpoint", type=Path, required=True,
+                   help="pretrain.py checkpoint of a run on NW-UCLA xview_train")
+    p.add_argument("--data", type=Path, default=ROOT / "runs/nwucla/data/ucla",
+                   help="the converted NW-UCLA store (feeders.prepare --format nwucla)")
+    p.add_argument("--out", type=Path, default=ROOT / "runs/nwucla/select")
+    p.add_argument("--only", nargs="+", choices=sorted(CANDIDATES), metavar="NAME",
+                   help=f"run these candidates only (default: all): {', '.join(CANDIDATES)}")
+    p.add_argument("--epochs", type=int, default=None,
+                   help="override the schedule's epochs (a quick smoke run)")
+    p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--workers", type=int, default=1)
+    args = p.parse_args(argv)
+    if not args.checkpoint.is_file():
+        raise SystemExit(f"--checkpoint {args.checkpoint}: no such file (run "
+                         f"benchmarks/nwucla.sh or scripts/pretrain.sh cpu ucla_xv_j_dste first)")
+    schedule = scripts_schedule()
+    if args.epochs is not None:
+        schedule += ["--epochs", str(args.epochs)]
+    store = view_split_store(args.data)
+    rows = []
+    for name in args.only or CANDIDATES:
+        r = run_candidate(name, CANDIDATES[name], schedule, store, args)
+        rows.append((name, " ".join(CANDIDATES[name]), r["top1"], r["top5"], r["minutes"]))
+    print(f"\nNW-UCLA fine-tune, view {TRAIN_VIEW} -> view {VAL_VIEW} of xview_train (last epoch); "
+          f"schedule: {' '.join(schedule)}; checkpoint {args.checkpoint}")
+    print("| candidate | flags | view-2 top-1 % | top-5 % | minutes |")
+    print("|---|---|---:|---:|---:|")
+    for name, flags, top1, top5, minutes in rows:
+        print(f"| {name} | `{flags}` | {top1:.1f} | {top5:.1f} | {minutes:.1f} |")
+
+
+if __name__ == "__main__":
+    main()
