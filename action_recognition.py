@@ -401,7 +401,7 @@ def write_outputs(args, store, cfg, tag, logits, best, history, train_pos, val_p
         "num_test": int(len(labels)), "selection": "last epoch",
         "top1": accuracy(logits, labels_t, 1), "top5": accuracy(logits, labels_t, 5),
         "scores_file": f"{tag}_scores.npz", "confusion_file": f"{tag}_confusion.csv",
-        "history": history,
+        "history": history, "flags": engine.flags_of(args),
     }
     if args.label_fraction < 1.0 or len(val_pos):
         write_names(out / f"{tag}_labelled.txt", train_names[train_pos])

@@ -373,10 +373,15 @@ def git_commit() -> str:
         return "unknown"
 
 
+def flags_of(args: argparse.Namespace) -> dict:
+    """The parsed flags as a JSON-ready dict (paths as strings)."""
+    return {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
+
+
 def run_metadata(args: argparse.Namespace, info: DistInfo) -> dict:
     """Everything needed to reproduce a run: flags, seed, commit, versions, command line."""
     return {
-        "config": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+        "config": flags_of(args),
         "seed": args.seed,
         "git_commit": git_commit(),
         "versions": {"python": platform.python_version(), "torch": str(torch.__version__),

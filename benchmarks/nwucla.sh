@@ -6,7 +6,8 @@
 # ucla_xv_j_dste with the ucla defaults of scripts/_common.sh, linear probe (recog.sh), KNN-1
 # (knn.sh), fine-tune (finetune.sh), 10 % semi-supervised fine-tune (semi.sh), then one table
 # (evaluation.report) beside two reference numbers. Every hyperparameter was chosen without the
-# test split (xview_val); the fine-tune selects its best epoch on 10 % of xview_train only.
+# test split (xview_val): the fine-tuning ones by benchmarks/nwucla_select.py (view 1 -> view 2
+# of xview_train), and every reported number is of the last epoch.
 # The ucla defaults pretrain with bf16 autocast and --normalize view (scripts/_common.sh).
 # Environment: SKEL_DATA (default runs/nwucla/data), SKEL_CHECKPOINTS (default
 # runs/nwucla/checkpoint), GPUS (default cpu; e.g. 0 or 0,1), WORKERS (DataLoader workers,

@@ -46,6 +46,12 @@ CANDIDATES = {
     "shear 1.0 + rotate 15": ["--shear", "1.0", "--rotate", "15"],
     "shear 1.0 + rotate 30": ["--shear", "1.0", "--rotate", "30"],
     "shear 1.0 + rotate 60": ["--shear", "1.0", "--rotate", "60"],
+    "shear 1.0 + rotate 15, seed 1": ["--shear", "1.0", "--rotate", "15", "--seed", "1"],
+    "shear 1.0 + rotate 60, seed 1": ["--shear", "1.0", "--rotate", "60", "--seed", "1"],
+    "shear 1.0 + rotate 15, 100 epochs": ["--shear", "1.0", "--rotate", "15", "--epochs", "100"],
+    "shear 1.0 + rotate 15, lr 3e-4": ["--shear", "1.0", "--rotate", "15", "--lr", "3e-4"],
+    "shear 1.0 + rotate 15, 10 % held out": ["--shear", "1.0", "--rotate", "15",
+                                             "--val-fraction", "0.1"],
 }
 
 

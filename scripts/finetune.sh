@@ -6,8 +6,9 @@
 #   bash scripts/finetune.sh 0 ntu60_xs_j_dste last --layer-decay 0.8 --val-fraction 0.05
 # Defaults (action_recognition.py --help): AdamW lr 3e-4, wd 0.05, batch 64, 100 epochs,
 # 5 warmup epochs then cosine, label smoothing 0.1; small sets (demo, ucla, penn): lr 1e-3,
-# 50 epochs, 2 warmup, shear 1.0, best epoch also chosen on 10 % of the training split (finetune_defaults in
-# _common.sh; never the test split). Writes checkpoint/<RUN_NAME>/finetune.json;
+# 50 epochs, 2 warmup, --shear 1.0 --rotate 60 (finetune_defaults in _common.sh, chosen without
+# the test split). --val-fraction F also reports a "best" epoch chosen on F of the training
+# split (never the test split). Writes checkpoint/<RUN_NAME>/finetune.json;
 # training state in checkpoint/<RUN_NAME>/finetune/ (re-running resumes).
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/_common.sh"

@@ -208,8 +208,10 @@ def test_recog_and_finetune_scripts(data, pretrained, tmp_path):
            "--clip-len", "8", "--epochs", "1", "--batch-size", "12", "--workers", "0")
     saved = json.loads((run_dir / "finetune.json").read_text())
     assert (saved["checkpoint"], saved["preset"], saved["clip_len"]) == ("scratch", "tiny", 8)
-    # the small-set fine-tune defaults (finetune_defaults): lr 1e-3, 10 % held out for "best"
-    assert saved["lr"] == 1e-3 and saved["num_val"] == 12 and "best" in saved
+    # the small-set fine-tune defaults (finetune_defaults): lr 1e-3, shear 1.0, rotate 60, the
+    # whole training split (no hold-out)
+    assert saved["lr"] == 1e-3 and saved["num_val"] == 0 and "best" not in saved
+    assert (saved["flags"]["shear"], saved["flags"]["rotate"]) == (1.0, 60.0)
 
 
 def test_unset_spatial_channels_come_from_the_layout(tmp_path):
