@@ -12,7 +12,8 @@ Every candidate starts from the fine-tuning schedule the scripts give a small se
 --val-fraction) and sets the compared flags explicitly, so a row means the same thing whatever
 the defaults become. The split store is written next to the data (feeders.store.add_splits:
 hard links, nothing copied); each candidate's outputs go to <out>/<name>/ and a finished
-candidate is read back instead of re-run.
+candidate is read back instead of re-run (use a new --out after changing the defaults or the
+checkpoint).
 
     python benchmarks/nwucla_select.py --checkpoint runs/nwucla/checkpoint/ucla_xv_j_dste/last.pt
         [--data runs/nwucla/data/ucla] [--out runs/nwucla/select] [--only NAME ...]

@@ -135,3 +135,25 @@ def test_view_normalisation_golden_cross_view_floor(ucla):
         top1[normalize] = knn_evaluate(clips[q], labels[q], clips[g], labels[g], k=1)["top1"]
     assert top1["first_frame"] == pytest.approx(51.8, abs=0.1)
     assert top1["view"] == pytest.approx(61.7, abs=0.1)
+
+
+def test_selection_view_split_and_schedule(ucla, tmp_path):
+    """benchmarks/nwucla_select.py: view 1 (516 clips) -> view 2 (504 clips) of xview_train,
+    never view 3, and the fine-tuning flags the scripts give ucla (without a hold-out)."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "nwucla_select.py"
+    spec = importlib.util.spec_from_file_location("nwucla_select", path)
+    select = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(select)
+    import shutil
+    shutil.copytree(ucla.root, tmp_path / "ucla")
+    views = open_store(select.view_split_store(tmp_path / "ucla"), verify=True)
+    train, val = views.split_indices("view1_train"), views.split_indices("view2_val")
+    assert (len(train), len(val)) == (516, 504)
+    assert set(views.views[train]) == {1} and set(views.views[val]) == {2}
+    assert set(train) | set(val) == set(ucla.split_indices("xview_train"))
+    flags = select.scripts_schedule()
+    assert "--val-fraction" not in flags
+    assert flags[flags.index("--shear") + 1] == "1.0" and flags[flags.index("--rotate") + 1] == "60"
