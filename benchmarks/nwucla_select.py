@@ -53,6 +53,13 @@ CANDIDATES = {
     "shear 1.0 + rotate 15, lr 3e-4": ["--shear", "1.0", "--rotate", "15", "--lr", "3e-4"],
     "shear 1.0 + rotate 15, 10 % held out": ["--shear", "1.0", "--rotate", "15",
                                              "--val-fraction", "0.1"],
+    "shear 1.0 + rotate 90": ["--shear", "1.0", "--rotate", "90"],
+    "shear 1.0 + rotate 60, drop path 0.2": ["--shear", "1.0", "--rotate", "60",
+                                             "--drop-path", "0.2"],
+    "shear 1.0 + rotate 60, layer decay 0.8": ["--shear", "1.0", "--rotate", "60",
+                                               "--layer-decay", "0.8"],
+    "shear 1.0 + rotate 60, no label smoothing": ["--shear", "1.0", "--rotate", "60",
+                                                  "--label-smoothing", "0"],
 }
 
 
