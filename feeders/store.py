@@ -289,11 +289,16 @@ class StoreWriter:
             json.dump(manifest, f, indent=1)
 
     def _move_into_place(self) -> None:
-        old = self.out_dir.with_name(f"{self.out_dir.name}.old-{os.getpid()}")
-        if self.out_dir.exists():
-            os.replace(self.out_dir, old)
-        os.replace(self.tmp_dir, self.out_dir)
-        shutil.rmtree(old, ignore_errors=True)
+        _replace_dir(self.tmp_dir, self.out_dir)
+
+
+def _replace_dir(tmp: Path, out: Path) -> None:
+    """Rename the complete directory ``tmp`` to ``out``, replacing an existing ``out``."""
+    old = out.with_name(f"{out.name}.old-{os.getpid()}")
+    if out.exists():
+        os.replace(out, old)
+    os.replace(tmp, out)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def add_splits(src, out, splits: Mapping[str, Sequence[int]]) -> Path:
@@ -337,11 +342,7 @@ def add_splits(src, out, splits: Mapping[str, Sequence[int]]) -> Path:
                     "checksums": {**manifest["checksums"], INDEX_FILE: _sha256(tmp / INDEX_FILE)}}
         with open(tmp / MANIFEST_FILE, "w") as f:
             json.dump(manifest, f, indent=1)
-        old = out.with_name(f"{out.name}.old-{os.getpid()}")
-        if out.exists():
-            os.replace(out, old)
-        os.replace(tmp, out)
-        shutil.rmtree(old, ignore_errors=True)
+        _replace_dir(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
