@@ -238,11 +238,12 @@ def finetune_step(model, split_labels, args, cfg, parents, info, dtype, batch, e
         x = x[:, 0]
     labels = split_labels[batch[-1]].to(info.device)
     x = x.to(info.device, non_blocking=True)
-    gen = engine.step_generator(args.seed, epoch, step, info.rank)
-    if args.shear:
-        x = random_shear(x, args.shear, gen, cfg["spatial_channels"])
-    if args.rotate:
-        x = random_rotation(x, args.rotate, gen, cfg["spatial_channels"])
+    if args.shear or args.rotate:  # one generator: the shear's draws, then the angles
+        gen = engine.step_generator(args.seed, epoch, step, info.rank)
+        if args.shear:
+            x = random_shear(x, args.shear, gen, cfg["spatial_channels"])
+        if args.rotate:
+            x = random_rotation(x, args.rotate, gen, cfg["spatial_channels"])
     x = stream_transform(cfg["stream"], parents, cfg["spatial_channels"])(x)
     with engine.precision_context(dtype, info.device):
         logits = model(x)

@@ -12,7 +12,7 @@
 # Environment: SKEL_DATA (default runs/nwucla/data), SKEL_CHECKPOINTS (default
 # runs/nwucla/checkpoint), GPUS (default cpu; e.g. 0 or 0,1), WORKERS (DataLoader workers,
 # default 1). Re-running resumes every stage that has a checkpoint.
-# Budget: about 50 minutes on 2 CPU cores (no GPU) for the defaults.
+# Budget: about 55 minutes on 2 CPU cores (no GPU) for the defaults (52 min measured, 2026-11-30).
 set -euo pipefail
 SRC="${1:-$(dirname "${BASH_SOURCE[0]}")/../../shared/data/nw_ucla}"
 [ -d "$SRC" ] || { echo "error: NW-UCLA folder '$SRC' not found (expected all_sqe/*.json)" >&2; exit 2; }

@@ -89,7 +89,7 @@ parse_run_name() {
 # dataset_defaults DATASET: sets the array DATASET_DEFAULTS (pretraining schedule per dataset).
 # NTU/PKU-I/Kinetics: the paper (batch 356, Adam 5e-4, 451 epochs, x0.1 at 351); PKU-II: batch
 # 512, 1201 epochs, step at 801. Small sets (NW-UCLA 1020 training clips, median 31 frames;
-# Penn Action): sized to pretrain in ~40 minutes on 2 CPU cores (benchmarks/nwucla.sh): the
+# Penn Action): sized to pretrain in 40-45 minutes on 2 CPU cores (benchmarks/nwucla.sh): the
 # small DSTE with bf16 autocast (about 50 clips/s of 4 views there, 2.4x fp32), 32-frame clips
 # (about the median length), batch 64, Adam 1e-3 for 120 epochs (1800 steps), x0.1 at epoch 100.
 # NW-UCLA is a cross-view benchmark of 3D skeletons: its clips are also turned to face the camera

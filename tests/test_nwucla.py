@@ -141,13 +141,13 @@ def test_selection_view_split_and_schedule(ucla, tmp_path):
     """benchmarks/nwucla_select.py: view 1 (516 clips) -> view 2 (504 clips) of xview_train,
     never view 3, and the fine-tuning flags the scripts give ucla (without a hold-out)."""
     import importlib.util
+    import shutil
     from pathlib import Path
 
     path = Path(__file__).resolve().parents[1] / "benchmarks" / "nwucla_select.py"
     spec = importlib.util.spec_from_file_location("nwucla_select", path)
     select = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(select)
-    import shutil
     shutil.copytree(ucla.root, tmp_path / "ucla")
     views = open_store(select.view_split_store(tmp_path / "ucla"), verify=True)
     train, val = views.split_indices("view1_train"), views.split_indices("view2_val")
