@@ -6,7 +6,10 @@
     (or scripts/recog.sh, finetune.sh, semi.sh)
 
 Encoder flags (--backbone --preset --stream --clip-len --spatial-channels) default to the
-values stored in the --pretrained checkpoint; a flag that contradicts them is an error.
+values stored in the --pretrained checkpoint; a flag that contradicts them is an error, except
+--stream when fine-tuning: the checkpoint is then only the starting point, so an encoder
+pretrained on joints can be fine-tuned on bones (the results JSON records both, as `stream`
+and `pretrained_stream`) and the two fine-tunes fused (evaluation.fusion).
 Without --pretrained the encoder is randomly initialised (from --seed): a from-scratch
 baseline.
 
@@ -51,8 +54,8 @@ import torch.nn.functional as F
 from torch import nn
 
 import engine
-from evaluation.features import (CheckpointError, build_eval_encoder, cached_extract, extract,
-                                 setup_eval_run, stream_transform)
+from evaluation.features import (CheckpointError, build_eval_encoder, cached_extract,
+                                 checkpoint_config, extract, setup_eval_run, stream_transform)
 from evaluation.fusion import save_scores
 from evaluation.linear import accuracy, make_head, predict, train_linear
 from evaluation.subset import stratified_split, stratified_subset
@@ -74,7 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description="Linear probe or fine-tuning of an encoder for action recognition.",
         epilog=f"Mode-dependent defaults (when the flag is not given): {defaults}. "
-               "Encoder flags default to the --pretrained checkpoint's config.",
+               "Encoder flags default to the --pretrained checkpoint's config; only "
+               "--stream may differ from it, and only with --mode finetune.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     engine.add_common_args(parser)
     parser.set_defaults(epochs=None, batch_size=None, lr=None, backbone=None, preset=None,
@@ -381,7 +385,8 @@ def write_names(path: Path, names) -> None:
     engine.atomic_write_bytes_via(path, lambda tmp: tmp.write_text("\n".join(names) + "\n"))
 
 
-def write_outputs(args, store, cfg, tag, logits, best, history, train_pos, val_pos, writer):
+def write_outputs(args, store, cfg, tag, logits, best, history, train_pos, val_pos, writer,
+                  pretrained_stream=None):
     """Results JSON, scores, confusion matrix (CSV + TensorBoard image), chosen names."""
     out = Path(args.output)
     test_seq = store.split_indices(args.eval_split)
@@ -397,7 +402,7 @@ def write_outputs(args, store, cfg, tag, logits, best, history, train_pos, val_p
         "mode": args.mode, "label_fraction": args.label_fraction,
         "checkpoint": str(args.pretrained) if args.pretrained else "scratch",
         "data": str(args.data), "split": args.split, "eval_split": args.eval_split,
-        **cfg, "epochs": args.epochs, "lr": args.lr, "batch_size": args.batch_size,
+        **cfg, "pretrained_stream": pretrained_stream, "epochs": args.epochs, "lr": args.lr, "batch_size": args.batch_size,
         "seed": args.seed, "num_train": int(len(train_pos)), "num_val": int(len(val_pos)),
         "num_test": int(len(labels)), "selection": "last epoch",
         "top1": accuracy(logits, labels_t, 1), "top5": accuracy(logits, labels_t, 5),
@@ -426,7 +431,8 @@ def write_outputs(args, store, cfg, tag, logits, best, history, train_pos, val_p
 def main(argv=None) -> dict | None:
     args = parse_args(argv)
     info = engine.init_distributed()
-    store, ckpt, cfg = setup_eval_run(args)
+    store, ckpt, cfg = setup_eval_run(args, ("stream",) if args.mode == "finetune" else ())
+    pretrained_stream = checkpoint_config(ckpt).get("stream") if ckpt is not None else None
     dtype = engine.autocast_dtype(args.precision, info.device)
     tag = result_tag(args.mode, args.label_fraction)
     run_dir = Path(args.output) / tag
@@ -436,7 +442,9 @@ def main(argv=None) -> dict | None:
     engine.log(info, f"{args.mode} of {cfg['backbone']}/{cfg['preset']} "
                f"({args.pretrained or 'from scratch'}) on {args.data} {args.split}: "
                f"{len(train_pos)} training, {len(val_pos)} validation samples; test "
-               f"{args.eval_split}; stream {cfg['stream']}, clip {cfg['clip_len']}")
+               f"{args.eval_split}; stream {cfg['stream']}, clip {cfg['clip_len']}"
+               + (f" (the encoder was pretrained on stream {pretrained_stream})"
+                  if pretrained_stream not in (None, cfg["stream"]) else ""))
     writer = None
     if info.is_main:
         from torch.utils.tensorboard import SummaryWriter
@@ -446,7 +454,8 @@ def main(argv=None) -> dict | None:
         outcome = run(args, store, cfg, ckpt, info, dtype, train_pos, val_pos, run_dir, writer)
         if not info.is_main:
             return None
-        result = write_outputs(args, store, cfg, tag, *outcome, train_pos, val_pos, writer)
+        result = write_outputs(args, store, cfg, tag, *outcome, train_pos, val_pos, writer,
+                               pretrained_stream)
     finally:
         if writer is not None:
             writer.close()

@@ -13,7 +13,8 @@ Every candidate starts from the fine-tuning schedule the scripts give a small se
 the defaults become. The split store is written next to the data (feeders.store.add_splits:
 hard links, nothing copied); each candidate's outputs go to <out>/<name>/ and a finished
 candidate is read back instead of re-run (use a new --out after changing the defaults or the
-checkpoint).
+checkpoint). A second table fuses the view-2 scores of candidates (FUSIONS, evaluation.fusion):
+the joint-pretrained encoder fine-tuned on joint, bone and motion input, against two joint seeds.
 
     python benchmarks/nwucla_select.py --checkpoint runs/nwucla/checkpoint/ucla_xv_j_dste/last.pt
         [--data runs/nwucla/data/ucla] [--out runs/nwucla/select] [--only NAME ...]
@@ -35,6 +36,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from evaluation.fusion import fuse, load_scores, top1  # noqa: E402
 from feeders.store import add_splits, open_store  # noqa: E402
 
 TRAIN_VIEW, VAL_VIEW = 1, 2
@@ -60,6 +62,23 @@ CANDIDATES = {
                                                "--layer-decay", "0.8"],
     "shear 1.0 + rotate 60, no label smoothing": ["--shear", "1.0", "--rotate", "60",
                                                   "--label-smoothing", "0"],
+    # the joint-pretrained encoder fine-tuned on other input streams, for the fusions below
+    "shear 1.0 + rotate 60, bone input": ["--shear", "1.0", "--rotate", "60", "--stream", "b"],
+    "shear 1.0 + rotate 60, joint motion input": ["--shear", "1.0", "--rotate", "60",
+                                                  "--stream", "jm"],
+    "shear 1.0 + rotate 60, bone motion input": ["--shear", "1.0", "--rotate", "60",
+                                                 "--stream", "bm"],
+}
+# name -> (candidates whose view-2 scores are fused, weights; None: equal), evaluation.fusion
+_J, _B = "shear 1.0 + rotate 60", "shear 1.0 + rotate 60, bone input"
+_JM, _BM = "shear 1.0 + rotate 60, joint motion input", "shear 1.0 + rotate 60, bone motion input"
+FUSIONS = {
+    "joint, seeds 0 + 1 (two fine-tunes of one stream)": ([_J, _J + ", seed 1"], None),
+    "joint + bone": ([_J, _B], None),
+    "joint + joint motion": ([_J, _JM], None),
+    "joint + bone + joint motion": ([_J, _B, _JM], None),
+    "joint + bone + joint motion + bone motion": ([_J, _B, _JM, _BM], None),
+    "joint + bone + joint motion + bone motion, 2:2:1:1": ([_J, _B, _JM, _BM], [2, 2, 1, 1]),
 }
 
 
@@ -94,8 +113,12 @@ def view_split_store(data: Path) -> Path:
                                   val_name: train[views == VAL_VIEW]})
 
 
+def candidate_dir(name: str, args) -> Path:
+    return args.out / re.sub(r"[^a-z0-9]+", "_", name).strip("_")  # shear_1_0_rotate_30
+
+
 def run_candidate(name: str, flags: list[str], schedule: list[str], store: Path, args) -> dict:
-    out = args.out / re.sub(r"[^a-z0-9]+", "_", name).strip("_")  # shear_1_0_rotate_30
+    out = candidate_dir(name, args)
     result_file = out / "finetune.json"
     if result_file.is_file():
         return {**json.loads(result_file.read_text()), "minutes": float("nan")}
@@ -138,8 +161,21 @@ def main(argv=None) -> None:
           f"schedule: {' '.join(schedule)}; checkpoint {args.checkpoint}")
     print("| candidate | flags | view-2 top-1 % | top-5 % | minutes |")
     print("|---|---|---:|---:|---:|")
-    for name, flags, top1, top5, minutes in rows:
-        print(f"| {name} | `{flags}` | {top1:.1f} | {top5:.1f} | {minutes:.1f} |")
+    for name, flags, acc1, acc5, minutes in rows:
+        print(f"| {name} | `{flags}` | {acc1:.1f} | {acc5:.1f} | {minutes:.1f} |")
+    done = set(args.only or CANDIDATES)
+    fusions = [(name, members, weights) for name, (members, weights) in FUSIONS.items()
+               if set(members) <= done]
+    if fusions:
+        print("\nScore fusion of the candidates above (evaluation.fusion: weighted sum of softmax "
+              "scores), view-2 top-1 %")
+        print("| fusion | weights | view-2 top-1 % |")
+        print("|---|---|---:|")
+    for name, members, weights in fusions:
+        files = [load_scores(candidate_dir(m, args) / "finetune.json") for m in members]
+        fused = top1(fuse(files, weights), files[0].labels)
+        print(f"| {name} | {':'.join(f'{w:g}' for w in weights or [1] * len(members))} "
+              f"| {fused:.1f} |")
 
 
 if __name__ == "__main__":

@@ -71,16 +71,20 @@ def read_checkpoint(path: str | Path) -> dict:
     return ckpt
 
 
-def resolve_encoder_config(args, ckpt: dict | None, path=None, store=None) -> dict:
+def resolve_encoder_config(args, ckpt: dict | None, path=None, store=None,
+                           free_fields: tuple[str, ...] = ()) -> dict:
     """Encoder flags for an evaluation run: the checkpoint's values, a flag left unset (None)
-    takes them; a flag set to another value raises CheckpointError. Without a checkpoint the
-    flag or ``FALLBACK``. An unset ``spatial_channels`` is resolved from the store's layout
-    (2 coordinate channels for 2D pose layouts, whose third channel is a score)."""
+    takes them; a flag set to another value raises CheckpointError, except for the fields in
+    ``free_fields`` (fine-tuning: ``stream``, the checkpoint is only the starting point). Without
+    a checkpoint the flag or ``FALLBACK``. An unset ``spatial_channels`` is resolved from the
+    store's layout (2 coordinate channels for 2D pose layouts, whose third channel is a score)."""
     config = checkpoint_config(ckpt) if ckpt is not None else {}
     out = {}
     for field in ENCODER_FIELDS:
         flag = getattr(args, field)
-        if field in config and config[field] is not None:
+        if field in free_fields and flag is not None:
+            out[field] = flag
+        elif field in config and config[field] is not None:
             if flag is not None and flag != config[field]:
                 raise CheckpointError(
                     f"--{field.replace('_', '-')} {flag} conflicts with checkpoint {path}, "
@@ -93,14 +97,15 @@ def resolve_encoder_config(args, ckpt: dict | None, path=None, store=None) -> di
     return out
 
 
-def setup_eval_run(args):
+def setup_eval_run(args, free_fields: tuple[str, ...] = ()):
     """Shared start of the evaluation entry points: open --data, resolve --pretrained and read
-    it, take the encoder flags from the checkpoint (set on ``args``), finish the common flags.
+    it, take the encoder flags from the checkpoint (set on ``args``; ``free_fields`` may differ
+    from it, see ``resolve_encoder_config``), finish the common flags.
     Returns ``(store, ckpt or None, cfg)``."""
     store = open_store(args.data)
     args.pretrained = resolve_pretrained(args.pretrained, args.output)
     ckpt = read_checkpoint(args.pretrained) if args.pretrained else None
-    cfg = resolve_encoder_config(args, ckpt, args.pretrained, store)
+    cfg = resolve_encoder_config(args, ckpt, args.pretrained, store, free_fields)
     for key, value in cfg.items():
         setattr(args, key, value)
     engine.finish_common_args(args)

@@ -4,13 +4,16 @@ Per-sample test scores are stored by ``action_recognition.py`` in a sidecar ``.n
 its results JSON (the JSON's ``scores_file`` field names it): arrays ``names`` (N,) str,
 ``labels`` (N,) int64 and ``scores`` (N, classes) float32 logits.
 
-    python -m evaluation.fusion A.json B.json C.json D.json --weights 2,2,1,1
+    python -m evaluation.fusion A.json B.json C.json D.json --weights 2,2,1,1 \
+        [--output RUN_DIR/fusion_finetune.json]
 
 accepts results JSONs or ``.npz`` score files, refuses files whose sample names (or their
 order), labels or class counts differ, and prints every stream's top-1 and the fused top-1.
 Fusion adds ``weight * softmax(logits)`` per stream (``--logits``: adds raw logits instead).
 Default weights are equal (1:1:1 for three streams); pyskl's 4-stream convention is
-joint:bone:joint-motion:bone-motion = 2:2:1:1.
+joint:bone:joint-motion:bone-motion = 2:2:1:1. ``--output`` writes the summary (every
+stream's top-1, their ``stream`` fields when read from results JSONs, the fused top-1 and top-5);
+named ``fusion_<tag>.json`` inside a run directory, ``evaluation.report`` shows it as a row.
 """
 from __future__ import annotations
 
@@ -29,6 +32,7 @@ class ScoreFile(NamedTuple):
     names: np.ndarray    # (N,) str
     labels: np.ndarray   # (N,) int64
     scores: np.ndarray   # (N, classes) float32 logits
+    stream: str | None = None  # the results JSON's `stream` field (None for a bare .npz)
 
 
 def save_scores(path: str | Path, names, labels, scores) -> None:
@@ -55,7 +59,7 @@ def load_scores(path: str | Path) -> ScoreFile:
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"{path}: no such score file")
-    npz_path = path
+    npz_path, stream = path, None
     if path.suffix == ".json":
         try:
             meta = json.loads(path.read_text())
@@ -65,6 +69,7 @@ def load_scores(path: str | Path) -> ScoreFile:
             raise ValueError(f"{path}: results JSON has no 'scores_file' field "
                              "(per-sample scores are needed for fusion)")
         npz_path = path.parent / meta["scores_file"]
+        stream = meta.get("stream")
     try:
         with np.load(npz_path, allow_pickle=False) as z:
             arrays = {key: z[key] for key in z.files}
@@ -74,7 +79,7 @@ def load_scores(path: str | Path) -> ScoreFile:
     if missing:
         raise ValueError(f"{npz_path}: missing arrays {sorted(missing)}")
     out = ScoreFile(str(path), arrays["names"].astype(str), arrays["labels"].astype(np.int64),
-                    arrays["scores"].astype(np.float32))
+                    arrays["scores"].astype(np.float32), stream)
     if out.scores.ndim != 2 or not len(out.names) == len(out.labels) == out.scores.shape[0]:
         raise ValueError(f"{npz_path}: inconsistent shapes names {out.names.shape}, "
                          f"labels {out.labels.shape}, scores {out.scores.shape}")
@@ -129,6 +134,13 @@ def top1(scores: np.ndarray, labels: np.ndarray) -> float:
     return 100.0 * float((scores.argmax(axis=1) == labels).mean())
 
 
+def topk(scores: np.ndarray, labels: np.ndarray, k: int) -> float:
+    """Top-k accuracy in % (the label among the k highest scores); k is capped at C."""
+    k = min(k, scores.shape[1])
+    best = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+    return 100.0 * float((best == labels[:, None]).any(axis=1).mean())
+
+
 def parse_weights(text: str | None) -> list[float] | None:
     if text is None:
         return None
@@ -148,7 +160,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--weights", default=None, help="comma-separated, e.g. 2,2,1,1")
     parser.add_argument("--logits", action="store_true",
                         help="add raw logits instead of softmax probabilities")
-    parser.add_argument("--output", default=None, help="write the summary as JSON here")
+    parser.add_argument("--output", default=None, help="write the summary as JSON here; name it <run dir>/fusion_<tag>.json "
+                             "(e.g. fusion_finetune.json) for evaluation.report to show it")
     args = parser.parse_args(argv)
     try:
         files = [load_scores(p) for p in args.files]
@@ -158,9 +171,11 @@ def main(argv: list[str] | None = None) -> dict:
         parser.error(str(err))
     labels = files[0].labels
     summary = {"streams": {f.path: top1(f.scores, labels) for f in files},
+               "stream_names": [f.stream for f in files],
                "weights": weights or [1.0] * len(files),
                "mode": "logits" if args.logits else "softmax",
-               "fused_top1": top1(fused, labels)}
+               "num_samples": int(len(labels)),
+               "fused_top1": top1(fused, labels), "fused_top5": topk(fused, labels, 5)}
     for path, acc in summary["streams"].items():
         print(f"{acc:6.2f}  {path}")
     print(f"{summary['fused_top1']:6.2f}  fused (weights {summary['weights']}, {summary['mode']})")

@@ -5,9 +5,11 @@
 
 Reads the result JSONs that action_recognition.py and action_retrieval.py write into the run
 directory: linear.json / linear_<F>.json (linear probe), knn.json / knn_k<K>.json (KNN),
-finetune.json / finetune_<F>.json (fine-tuning, F = label fraction). Each row shows the test
-top-1 of the last epoch and, when a validation split was carved from the training split, the
-test top-1 of the epoch selected on it. --baseline NAME=TOP1 adds reference rows (numbers
+finetune.json / finetune_<F>.json (fine-tuning, F = label fraction), and the score fusions
+that ``evaluation.fusion --output <run dir>/fusion_<tag>.json`` writes (a row below the
+protocol <tag>, e.g. "fine-tune, streams j+b fused"). Each row shows the test top-1 of the last
+epoch and, when a validation split was carved from the training split, the test top-1 of the
+epoch selected on it. --baseline NAME=TOP1 adds reference rows (numbers
 computed or published elsewhere) below the run's rows. Missing result files are skipped;
 a directory without any is an error.
 """
@@ -36,8 +38,11 @@ class ReportError(ValueError):
     """A result file or a --baseline value that cannot be read."""
 
 
-def _protocol(stem: str) -> tuple[tuple[int, float], str] | None:
+def _protocol(stem: str) -> tuple[tuple, str] | None:
     """(sort key, protocol name) of a result file stem, None when it is not a result file."""
+    if stem.startswith("fusion_"):
+        parsed = _protocol(stem[len("fusion_"):])
+        return None if parsed is None else ((*parsed[0][:2], 1), parsed[1])
     for pattern, order in _PATTERNS:
         match = pattern.match(stem)
         if match is None:
@@ -45,10 +50,10 @@ def _protocol(stem: str) -> tuple[tuple[int, float], str] | None:
         groups = match.groupdict()
         if "fraction" in groups:
             fraction = float(groups["fraction"])
-            return (order, -fraction), f"{_NAMES[order]}, {100 * fraction:g} % labels"
+            return (order, -fraction, 0), f"{_NAMES[order]}, {100 * fraction:g} % labels"
         if "k" in groups:
-            return (order, int(groups["k"])), f"KNN-{int(groups['k'])}"
-        return (order, 0.0), _NAMES[order]
+            return (order, int(groups["k"]), 0), f"KNN-{int(groups['k'])}"
+        return (order, 0.0, 0), _NAMES[order]
     return None
 
 
@@ -79,6 +84,9 @@ def read_rows(run_dir: Path) -> list[dict]:
         if not isinstance(result, dict):
             raise ReportError(f"{path}: expected a JSON object, got {type(result).__name__}")
         key, protocol = parsed
+        if path.stem.startswith("fusion_"):
+            found.append((key, _fusion_row(result, protocol, path)))
+            continue
         best = result.get("best")
         found.append((key, {
             "protocol": protocol, "file": path.name,
@@ -89,6 +97,21 @@ def read_rows(run_dir: Path) -> list[dict]:
     if not found:
         raise ReportError(f"{run_dir}: no result files (linear*.json, knn*.json, finetune*.json)")
     return [row for _, row in sorted(found, key=lambda item: item[0])]
+
+
+def _fusion_row(summary: dict, protocol: str, path: Path) -> dict:
+    """The row of an ``evaluation.fusion --output`` summary."""
+    names = summary.get("stream_names")
+    if isinstance(names, list) and names and all(isinstance(n, str) for n in names):
+        streams = f"streams {'+'.join(names)} fused"
+    elif isinstance(summary.get("streams"), dict):
+        streams = f"{len(summary['streams'])} streams fused"
+    else:
+        raise ReportError(f"{path}: not an evaluation.fusion summary (no 'streams' field)")
+    return {"protocol": f"{protocol}, {streams}", "file": path.name,
+            "top1": _number(summary, "fused_top1", path),
+            "top5": _number(summary, "fused_top5", path) if "fused_top5" in summary else None,
+            "selected": None}
 
 
 def parse_baseline(text: str) -> tuple[str, float]:

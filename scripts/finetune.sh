@@ -4,6 +4,9 @@
 #   bash scripts/finetune.sh 0,1 ntu60_xs_j_dste                # from checkpoint/<RUN>/last.pt
 #   bash scripts/finetune.sh 0 ntu60_xs_j_dste scratch          # random init, the dataset's preset
 #   bash scripts/finetune.sh 0 ntu60_xs_j_dste last --layer-decay 0.8 --val-fraction 0.05
+#   bash scripts/finetune.sh 0 ntu60_xs_b_dste checkpoint/ntu60_xs_j_dste/last.pt
+#       # the joint pretraining fine-tuned on bone input (only fine-tuning may change the
+#       # stream), then: bash scripts/fusion.sh finetune ntu60_xs_j_dste ntu60_xs_b_dste
 # Defaults (action_recognition.py --help): AdamW lr 3e-4, wd 0.05, batch 64, 100 epochs,
 # 5 warmup epochs then cosine, label smoothing 0.1; small sets (demo, ucla, penn): lr 1e-3,
 # 50 epochs, 2 warmup, --shear 1.0 --rotate 60 (finetune_defaults in _common.sh, chosen without

@@ -1,19 +1,17 @@
 #!/usr/bin/env bash
 # Multi-stream score fusion of evaluated runs.
-# Usage: bash scripts/fusion.sh [TAG] RUN_NAME RUN_NAME ... [--weights W] [--logits]
-#        bash scripts/fusion.sh DATASET_PROTOCOL [TAG] [--weights W] [--logits]
+# Usage: bash scripts/fusion.sh [TAG] RUN_NAME RUN_NAME ... [--weights W] [--logits] [--output F]
+#        bash scripts/fusion.sh DATASET_PROTOCOL [TAG] [--weights W] [--logits] [--output F]
 #   bash scripts/fusion.sh ntu60_xs_j_dste ntu60_xs_b_dste ntu60_xs_m_dste   # linear, 1:1:1
 #   bash scripts/fusion.sh finetune ntu60_xs_j_stgcn ntu60_xs_b_stgcn ntu60_xs_jm_stgcn \
 #       ntu60_xs_bm_stgcn --weights 2,2,1,1                  # pyskl's 4-stream j:b:jm:bm
 #   bash scripts/fusion.sh ntu60_xs linear_0.1               # every checkpoint/ntu60_xs_*_*/linear_0.1.json
 # TAG is the results name of action_recognition.py (linear, finetune, finetune_0.01, ...;
 # default linear). A DATASET_PROTOCOL prefix takes all its runs, ordered by stream j b m jm bm.
+# --output checkpoint/<RUN>/fusion_<TAG>.json saves the summary; evaluation.report shows it.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/_common.sh"
-if [ $# -lt 1 ]; then
-    sed -n '2,11p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
-    exit 2
-fi
+usage_unless 1 "$@"
 TAG=linear
 RUNS=()
 PREFIX=""

@@ -36,9 +36,30 @@ def test_softmax_fusion_hand_checked(tmp_path):
     assert fused.argmax(1).tolist() == [0, 2, 2, 1]
     # weights 2:1 : s1 [.45,1.45,1.1]->1 ok; s2 [1.3,.7,1.0]->0 wrong => 75 %, different errors
     assert fuse(files, [2, 1]).argmax(1).tolist() == [0, 1, 0, 1]
-    summary = main([str(a), str(b)])
+    summary = main([str(a), str(b), "--output", str(tmp_path / "fusion_linear.json")])
     assert summary["streams"] == {str(a): 50.0, str(b): 50.0}
     assert summary["fused_top1"] == 75.0
+    # top-2 of the fused [.25, .75, 1.0] on s1 holds its label 1: all four
+    assert summary["fused_top5"] == 100.0   # k capped at the 3 classes
+    assert summary["stream_names"] == [None, None] and summary["num_samples"] == 4
+    assert json.loads((tmp_path / "fusion_linear.json").read_text()) == summary
+
+
+def test_topk_and_stream_names(tmp_path):
+    from evaluation.fusion import topk
+    scores = np.array([[0.1, 0.5, 0.4], [0.6, 0.3, 0.1], [0.2, 0.2, 0.6]])
+    labels = np.array([2, 1, 0])
+    # ranks: s0 [1, 2, 0] -> label 2 second; s1 [0, 1, 2] -> 1 second; s2 [2, 0, 1] -> 0 second
+    assert topk(scores, labels, 1) == 0.0
+    assert topk(scores, labels, 2) == 100.0
+    save_scores(tmp_path / "j.npz", NAMES, LABELS, A)
+    save_scores(tmp_path / "b.npz", NAMES, LABELS, B)
+    for stream in "jb":
+        (tmp_path / f"{stream}.json").write_text(json.dumps(
+            {"top1": 50.0, "stream": stream, "scores_file": f"{stream}.npz"}))
+    summary = main([str(tmp_path / "j.json"), str(tmp_path / "b.json")])
+    assert summary["stream_names"] == ["j", "b"]
+    assert load_scores(tmp_path / "b.json").stream == "b"
 
 
 def test_logits_mode_differs_from_softmax(tmp_path):
@@ -87,7 +108,8 @@ def test_fusion_script_by_run_names_and_by_prefix(tmp_path):
         run = tmp_path / f"demo_xs_{stream}_dste"
         run.mkdir()
         save_scores(run / "linear_scores.npz", NAMES, LABELS, logits)
-        (run / "linear.json").write_text(json.dumps({"scores_file": "linear_scores.npz"}))
+        (run / "linear.json").write_text(json.dumps({"scores_file": "linear_scores.npz",
+                                                     "stream": stream, "top1": 50.0}))
     env = {**os.environ, "SKEL_CHECKPOINTS": str(tmp_path)}
 
     def fusion(*argv):
@@ -103,3 +125,11 @@ def test_fusion_script_by_run_names_and_by_prefix(tmp_path):
     assert res.returncode == 0 and "75.00  fused (weights [2.0, 1.0]" in res.stdout
     res = fusion("finetune", "demo_xs_j_dste", "demo_xs_b_dste")
     assert res.returncode != 0 and "demo_xs_j_dste/finetune.json not found" in res.stderr
+    # the saved summary is a row of the joint run's report
+    from evaluation.report import format_table, read_rows
+    res = fusion("demo_xs", "--output", str(tmp_path / "demo_xs_j_dste" / "fusion_linear.json"))
+    assert res.returncode == 0, res.stderr
+    rows = format_table(read_rows(tmp_path / "demo_xs_j_dste")).splitlines()
+    assert rows[2:] == ["| linear probe | 50.0 | - | - | linear.json |",
+                        "| linear probe, streams j+b fused | 75.0 | 100.0 | - | fusion_linear.json |"]
+    assert fusion().returncode == 2 and "Usage: bash scripts/fusion.sh" in fusion().stderr

@@ -140,6 +140,7 @@ def test_view_normalisation_golden_cross_view_floor(ucla):
 def test_selection_view_split_and_schedule(ucla, tmp_path):
     """benchmarks/nwucla_select.py: view 1 (516 clips) -> view 2 (504 clips) of xview_train,
     never view 3, and the fine-tuning flags the scripts give ucla (without a hold-out)."""
+    import argparse
     import importlib.util
     import shutil
     from pathlib import Path
@@ -157,3 +158,9 @@ def test_selection_view_split_and_schedule(ucla, tmp_path):
     flags = select.scripts_schedule()
     assert "--val-fraction" not in flags
     assert flags[flags.index("--shear") + 1] == "1.0" and flags[flags.index("--rotate") + 1] == "60"
+    # every fusion row fuses candidates that exist, with one weight per member when given
+    for name, (members, weights) in select.FUSIONS.items():
+        assert set(members) <= set(select.CANDIDATES), name
+        assert weights is None or len(weights) == len(members), name
+    assert select.candidate_dir("shear 1.0 + rotate 60, bone input", argparse.Namespace(
+        out=tmp_path)) == tmp_path / "shear_1_0_rotate_60_bone_input"

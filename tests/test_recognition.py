@@ -155,6 +155,47 @@ def test_checkpoint_errors(data, pretrained, tmp_path):
         run(data, tmp_path, "--pretrained", str(foreign), "--preset", "tiny")
 
 
+def test_finetune_may_change_the_stream(data, pretrained, tmp_path, capsys):
+    """Fine-tuning starts from the checkpoint's encoder, so --stream may differ from the
+    pretraining stream (a bone-pretrained encoder fine-tuned on joints here); the linear probe,
+    which keeps the encoder frozen, still refuses (test_checkpoint_errors)."""
+    path, enc = pretrained
+    res = run(data, tmp_path, "--mode", "finetune", "--pretrained", str(path), "--stream", "j",
+              "--epochs", "1", "--batch-size", "12")
+    assert (res["stream"], res["pretrained_stream"]) == ("j", "b")
+    saved = json.loads((tmp_path / "finetune.json").read_text())
+    assert (saved["stream"], saved["pretrained_stream"], saved["preset"]) == ("j", "b", "tiny")
+    assert "stream j, clip 16 (the encoder was pretrained on stream b)" in capsys.readouterr().out
+    # the other encoder flags still may not differ
+    with pytest.raises(CheckpointError, match=r"--clip-len 8 conflicts .*clip_len=16"):
+        run(data, tmp_path, "--mode", "finetune", "--pretrained", str(path), "--stream", "j",
+            "--clip-len", "8")
+    # no stream flag: the checkpoint's, recorded as such
+    res = run(data, tmp_path / "same", "--mode", "finetune", "--pretrained", str(path),
+              "--epochs", "1", "--batch-size", "12")
+    assert (res["stream"], res["pretrained_stream"]) == ("b", "b")
+    scratch = run(data, tmp_path / "scratch", "--mode", "finetune", "--backbone", "dste",
+                  "--preset", "tiny", "--epochs", "1", "--batch-size", "12")
+    assert scratch["pretrained_stream"] is None
+
+
+def test_free_fields_of_the_encoder_config():
+    import argparse
+
+    from evaluation.features import resolve_encoder_config
+
+    ckpt = {"config": {"backbone": "dste", "preset": "tiny", "stream": "j", "clip_len": 16,
+                       "spatial_channels": 3, "normalize": "view"}}
+    args = argparse.Namespace(backbone=None, preset=None, stream="bm", clip_len=None,
+                              spatial_channels=None, normalize=None)
+    with pytest.raises(CheckpointError, match=r"--stream bm conflicts"):
+        resolve_encoder_config(args, ckpt, "x.pt")
+    cfg = resolve_encoder_config(args, ckpt, "x.pt", free_fields=("stream",))
+    assert cfg == {**ckpt["config"], "stream": "bm"}
+    args.stream = None  # unset: the checkpoint's
+    assert resolve_encoder_config(args, ckpt, "x.pt", free_fields=("stream",))["stream"] == "j"
+
+
 def test_finetune_validation_and_class_count_mismatch_on_resume(data, tmp_path):
     flags = ["--mode", "finetune", "--backbone", "stgcn", "--preset", "tiny", "--batch-size",
              "6", "--val-fraction", "0.5", "--epochs", "1"]
@@ -282,6 +323,13 @@ def test_finetune_shear_reaches_the_model():
     gen = engine.step_generator(7, 2, 5, 0)  # one generator: the shear's draws, then the angles
     both = random_rotation(random_shear(clips, 0.5, gen, 3), 30.0, gen, 3)
     assert torch.allclose(seen[3], both, atol=1e-6)
+    # the stream conversion comes after the augmentation: bones of the rotated clip
+    from feeders.layouts import NTU25
+    from feeders.streams import bones
+    args = argparse.Namespace(shear=0.0, rotate=30.0, seed=7, label_smoothing=0.0)
+    ar.finetune_step(Probe(), labels, args, {"stream": "b", "spatial_channels": 3},
+                     NTU25.parents, info, None, batch, 2, 5)
+    assert torch.allclose(seen[4], bones(turned, NTU25.parents, 3), atol=1e-6)
     with pytest.raises(ValueError, match="--shear must be in"):
         ar.main(["--data", "x", "--output", "y", "--shear", "2"])
     with pytest.raises(ValueError, match="--rotate must be in"):

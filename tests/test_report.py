@@ -48,6 +48,28 @@ def test_cli_prints_table(run_dir, capsys):
     assert "| floor (a=b) | 58.6 | - | - | reference |" in out
 
 
+def test_fusion_rows_follow_their_protocol(run_dir):
+    _write(run_dir / "fusion_finetune.json", {"streams": {"a": 90.0, "b": 88.0},
+                                              "stream_names": ["j", "b"],
+                                              "fused_top1": 93.1, "fused_top5": 99.5})
+    _write(run_dir / "fusion_linear.json", {"streams": {"a": 1, "b": 2, "c": 3},
+                                            "stream_names": [None, None, None],
+                                            "fused_top1": 81.0})
+    rows = read_rows(run_dir)
+    assert [r["protocol"] for r in rows] == [
+        "linear probe", "linear probe, 3 streams fused", "KNN-1", "KNN-5", "fine-tune",
+        "fine-tune, streams j+b fused", "fine-tune, 10 % labels"]
+    table = format_table(rows).splitlines()
+    assert table[7] == "| fine-tune, streams j+b fused | 93.1 | 99.5 | - | fusion_finetune.json |"
+    assert table[3] == "| linear probe, 3 streams fused | 81.0 | - | - | fusion_linear.json |"
+    _write(run_dir / "fusion_finetune.json", {"top1": 93.1})
+    with pytest.raises(ReportError, match=r"fusion_finetune\.json: not an evaluation.fusion"):
+        read_rows(run_dir)
+    _write(run_dir / "fusion_finetune.json", {"streams": {}, "fused_top1": "x"})
+    with pytest.raises(ReportError, match=r"fusion_finetune\.json: field 'fused_top1'"):
+        read_rows(run_dir)
+
+
 def test_baseline_parsing():
     assert parse_baseline(" 1-NN floor = 58.6") == ("1-NN floor", 58.6)
     for bad in ("58.6", "=58.6", "name=abc"):
