@@ -253,6 +253,11 @@ def test_recog_and_finetune_scripts(data, pretrained, tmp_path):
     # whole training split (no hold-out)
     assert saved["lr"] == 1e-3 and saved["num_val"] == 0 and "best" not in saved
     assert (saved["flags"]["shear"], saved["flags"]["rotate"]) == (1.0, 60.0)
+    # another run name's stream from this run's (bone) pretraining, as benchmarks/nwucla.sh does
+    script("scripts/finetune.sh", "cpu", "demo_xs_j_dste", str(run_dir / "epoch_0003.pt"),
+           "--epochs", "1", "--batch-size", "12", "--workers", "0")
+    saved = json.loads((tmp_path / "ckpt" / "demo_xs_j_dste" / "finetune.json").read_text())
+    assert (saved["stream"], saved["pretrained_stream"], saved["preset"]) == ("j", "b", "tiny")
 
 
 def test_unset_spatial_channels_come_from_the_layout(tmp_path):
