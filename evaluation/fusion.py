@@ -4,7 +4,7 @@ Per-sample test scores are stored by ``action_recognition.py`` in a sidecar ``.n
 its results JSON (the JSON's ``scores_file`` field names it): arrays ``names`` (N,) str,
 ``labels`` (N,) int64 and ``scores`` (N, classes) float32 logits.
 
-    python -m evaluation.fusion A.json B.json C.json D.json --weights 2,2,1,1 \
+    python -m evaluation.fusion A.json B.json C.json D.json --weights 2,2,1,1 \\
         [--output RUN_DIR/fusion_finetune.json]
 
 accepts results JSONs or ``.npz`` score files, refuses files whose sample names (or their
@@ -129,16 +129,16 @@ def fuse(files: list[ScoreFile], weights: list[float] | None = None,
     return total
 
 
-def top1(scores: np.ndarray, labels: np.ndarray) -> float:
-    """Top-1 accuracy in % of scores (N, C) against labels (N,)."""
-    return 100.0 * float((scores.argmax(axis=1) == labels).mean())
-
-
 def topk(scores: np.ndarray, labels: np.ndarray, k: int) -> float:
-    """Top-k accuracy in % (the label among the k highest scores); k is capped at C."""
+    """Top-k accuracy in % of scores (N, C) against labels (N,): the label among the k highest
+    scores (ties: the lower class first); k is capped at C."""
     k = min(k, scores.shape[1])
     best = np.argsort(-scores, axis=1, kind="stable")[:, :k]
     return 100.0 * float((best == labels[:, None]).any(axis=1).mean())
+
+
+def top1(scores: np.ndarray, labels: np.ndarray) -> float:
+    return topk(scores, labels, 1)
 
 
 def parse_weights(text: str | None) -> list[float] | None:
@@ -160,8 +160,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--weights", default=None, help="comma-separated, e.g. 2,2,1,1")
     parser.add_argument("--logits", action="store_true",
                         help="add raw logits instead of softmax probabilities")
-    parser.add_argument("--output", default=None, help="write the summary as JSON here; name it <run dir>/fusion_<tag>.json "
-                             "(e.g. fusion_finetune.json) for evaluation.report to show it")
+    parser.add_argument("--output", default=None,
+                        help="write the summary as JSON here; name it <run dir>/fusion_<tag>"
+                             ".json (e.g. fusion_finetune.json) for evaluation.report to show it")
     args = parser.parse_args(argv)
     try:
         files = [load_scores(p) for p in args.files]

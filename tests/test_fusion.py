@@ -130,6 +130,7 @@ def test_fusion_script_by_run_names_and_by_prefix(tmp_path):
     res = fusion("demo_xs", "--output", str(tmp_path / "demo_xs_j_dste" / "fusion_linear.json"))
     assert res.returncode == 0, res.stderr
     rows = format_table(read_rows(tmp_path / "demo_xs_j_dste")).splitlines()
-    assert rows[2:] == ["| linear probe | 50.0 | - | - | linear.json |",
-                        "| linear probe, streams j+b fused | 75.0 | 100.0 | - | fusion_linear.json |"]
+    assert rows[2:] == [
+        "| linear probe | 50.0 | - | - | linear.json |",
+        "| linear probe, streams j+b fused | 75.0 | 100.0 | - | fusion_linear.json |"]
     assert fusion().returncode == 2 and "Usage: bash scripts/fusion.sh" in fusion().stderr
