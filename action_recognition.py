@@ -59,7 +59,7 @@ from evaluation.features import (CheckpointError, build_eval_encoder, cached_ext
 from evaluation.fusion import save_scores
 from evaluation.linear import accuracy, make_head, predict, train_linear
 from evaluation.subset import stratified_split, stratified_subset
-from feeders.augment import random_rotation, random_shear
+from feeders.augment import random_flip, random_rotation, random_shear
 from feeders.dataset import EvalDataset, PretrainDataset, make_loader
 
 MODE_DEFAULTS = {
@@ -118,6 +118,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--rotate", type=float, default=0.0,
                    help="fine-tune: turn each clip about x, y and z by angles ~ U(-rotate, "
                         "rotate) degrees (2D: in the image plane), after --shear (0: off)")
+    g.add_argument("--flip", type=float, default=0.0,
+                   help="fine-tune: mirror each clip left-right (x negated, left and right "
+                        "joints swapped) with this probability, after --rotate (0: off)")
     return parser
 
 
@@ -136,6 +139,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         raise ValueError(f"--shear must be in [0, 1], got {args.shear}")
     if not 0.0 <= args.rotate <= 180.0:
         raise ValueError(f"--rotate must be in [0, 180] degrees, got {args.rotate}")
+    if not 0.0 <= args.flip <= 1.0:
+        raise ValueError(f"--flip must be a probability in [0, 1], got {args.flip}")
     return args
 
 
@@ -235,20 +240,23 @@ def check_head(ckpt: dict, path, num_classes: int, data) -> None:
                               f"classes but dataset {data} has {num_classes}")
 
 
-def finetune_step(model, split_labels, args, cfg, parents, info, dtype, batch, epoch, step):
-    """batch = (views (B, 1, C, L, V, M) or clips (B, C, L, V, M), [labels,] positions)."""
+def finetune_step(model, split_labels, args, cfg, layout, info, dtype, batch, epoch, step):
+    """batch = (views (B, 1, C, L, V, M) or clips (B, C, L, V, M), [labels,] positions);
+    layout: the store's (its parents make bones, its mirror map serves --flip)."""
     x = batch[0]
     if x.dim() == 6:
         x = x[:, 0]
     labels = split_labels[batch[-1]].to(info.device)
     x = x.to(info.device, non_blocking=True)
-    if args.shear or args.rotate:  # one generator: the shear's draws, then the angles
+    if args.shear or args.rotate or args.flip:  # one generator: shear, angles, flips
         gen = engine.step_generator(args.seed, epoch, step, info.rank)
         if args.shear:
             x = random_shear(x, args.shear, gen, cfg["spatial_channels"])
         if args.rotate:
             x = random_rotation(x, args.rotate, gen, cfg["spatial_channels"])
-    x = stream_transform(cfg["stream"], parents, cfg["spatial_channels"])(x)
+        if args.flip:
+            x = random_flip(x, args.flip, gen, layout.mirror)
+    x = stream_transform(cfg["stream"], layout.parents, cfg["spatial_channels"])(x)
     with engine.precision_context(dtype, info.device):
         logits = model(x)
     loss = F.cross_entropy(logits.float(), labels, label_smoothing=args.label_smoothing)
@@ -312,7 +320,7 @@ def run_finetune(args, store, cfg, ckpt, info, dtype, train_pos, val_pos, run_di
 
     split_labels = torch.as_tensor(store.labels[store.split_indices(args.split)], dtype=torch.long)
     ddp_model = engine.wrap_ddp(model, info)
-    step_fn = partial(finetune_step, ddp_model, split_labels, args, cfg, store.layout.parents,
+    step_fn = partial(finetune_step, ddp_model, split_labels, args, cfg, store.layout,
                       info, dtype)
     feat_kw = dict(stream=cfg["stream"], clip_len=cfg["clip_len"], normalize=cfg["normalize"],
                    spatial_channels=cfg["spatial_channels"], info=info, dtype=dtype,

@@ -68,6 +68,16 @@ CANDIDATES = {
                                                   "--stream", "jm"],
     "shear 1.0 + rotate 60, bone motion input": ["--shear", "1.0", "--rotate", "60",
                                                  "--stream", "bm"],
+    "shear 1.0 + rotate 60, flip 0.5": ["--shear", "1.0", "--rotate", "60", "--flip", "0.5"],
+    "shear 1.0 + rotate 60, flip 0.5, bone input": ["--shear", "1.0", "--rotate", "60",
+                                                    "--flip", "0.5", "--stream", "b"],
+    "shear 1.0 + rotate 60, bone input, seed 1": ["--shear", "1.0", "--rotate", "60",
+                                                  "--stream", "b", "--seed", "1"],
+    "shear 1.0 + rotate 60, flip 0.5, seed 1": ["--shear", "1.0", "--rotate", "60",
+                                                "--flip", "0.5", "--seed", "1"],
+    "shear 1.0 + rotate 60, flip 0.5, bone input, seed 1": ["--shear", "1.0", "--rotate", "60",
+                                                            "--flip", "0.5", "--stream", "b",
+                                                            "--seed", "1"],
 }
 # name -> (candidates whose view-2 scores are fused, weights; None: equal), evaluation.fusion
 _J, _B = "shear 1.0 + rotate 60", "shear 1.0 + rotate 60, bone input"
@@ -79,6 +89,10 @@ FUSIONS = {
     "joint + bone + joint motion": ([_J, _B, _JM], None),
     "joint + bone + joint motion + bone motion": ([_J, _B, _JM, _BM], None),
     "joint + bone + joint motion + bone motion, 2:2:1:1": ([_J, _B, _JM, _BM], [2, 2, 1, 1]),
+    "joint + bone, flip 0.5": ([_J + ", flip 0.5", _J + ", flip 0.5, bone input"], None),
+    "joint + bone, seed 1": ([_J + ", seed 1", _B + ", seed 1"], None),
+    "joint + bone, flip 0.5, seed 1": ([_J + ", flip 0.5, seed 1",
+                                        _J + ", flip 0.5, bone input, seed 1"], None),
 }
 
 

@@ -30,7 +30,7 @@ Every view gets exactly one of the three transforms. Coordinates are treated as 
 score) are never changed.
 """
 
-from typing import NamedTuple
+from typing import NamedTuple, Sequence
 
 import numpy as np
 import torch
@@ -205,6 +205,25 @@ def random_rotation(x: torch.Tensor, max_degrees: float, generator: torch.Genera
     else:  # 2D: rotate the image plane by the z angle
         mats = rotation_matrices(angles * torch.tensor([0.0, 0.0, 1.0], dtype=torch.float64))[:, :2, :2]
     return apply_view_transforms(x, mats[:, None].expand(b, v, s, s), s)
+
+
+def random_flip(x: torch.Tensor, probability: float, generator: torch.Generator,
+                mirror: Sequence[int]) -> torch.Tensor:
+    """Fine-tuning augmentation: with ``probability`` per sample, mirror the clip left-right:
+    x coordinates negated and each joint swapped with its ``mirror`` counterpart (the layout's
+    left/right pairs), so a right-handed action becomes a left-handed one.
+
+    ``x``: ``(B, C, L, V, M)``; same shape, dtype and device. Draws: ``B`` uniforms on the CPU
+    from ``generator``. Only channel 0 (x) changes sign; y, z and a score channel keep theirs.
+    """
+    if x.dim() != 5 or x.shape[3] != len(mirror):
+        raise ValueError(f"random_flip expects x of shape (B, C, L, V, M) with V = "
+                         f"{len(mirror)} (the mirror map), got shape {tuple(x.shape)}")
+    flip = (torch.rand(x.shape[0], generator=generator, dtype=torch.float64) < probability)
+    flip = flip.to(x.device)
+    mirrored = x[:, :, :, list(mirror)].clone()
+    mirrored[:, 0] = -mirrored[:, 0]
+    return torch.where(flip[:, None, None, None, None], mirrored, x)
 
 
 def augment_views(

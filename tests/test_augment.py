@@ -10,6 +10,7 @@ from feeders.augment import (
     apply_view_transforms,
     augment_views,
     draw_view_transforms,
+    random_flip,
     random_rotation,
     random_shear,
     rotation_matrices,
@@ -305,3 +306,30 @@ def test_random_rotation_2d_turns_the_image_plane():
     assert torch.equal(out[:, 2], x[:, 2])
     with pytest.raises(ValueError, match=r"\(B, C, L, V, M\)"):
         random_rotation(x[0], 10.0, torch.Generator())
+
+
+def test_random_flip_by_hand():
+    """Mirror of a 3-joint body (0 midline, 1 <-> 2): x negated, joints 1 and 2 swapped."""
+    mirror = (0, 2, 1)
+    x = torch.arange(2 * 3 * 1 * 3 * 1, dtype=torch.float32).reshape(2, 3, 1, 3, 1) + 1
+    out = random_flip(x, 1.0, torch.Generator().manual_seed(0), mirror)
+    # sample 0, channel 0 (x) of joints 0, 1, 2 was [1, 2, 3]: becomes [-1, -3, -2]
+    assert out[0, 0, 0, :, 0].tolist() == [-1.0, -3.0, -2.0]
+    # y, z (and a score channel) keep their sign, only the joints swap: [4, 5, 6] -> [4, 6, 5]
+    assert out[0, 1, 0, :, 0].tolist() == [4.0, 6.0, 5.0]
+    assert out[1, 2, 0, :, 0].tolist() == [16.0, 18.0, 17.0]
+    # flipping twice gives the clip back; probability 0 leaves it alone
+    assert torch.equal(random_flip(out, 1.0, torch.Generator(), mirror), x)
+    assert torch.equal(random_flip(x, 0.0, torch.Generator(), mirror), x)
+
+
+def test_random_flip_draws_per_sample():
+    from feeders.layouts import NTU25
+    x = torch.randn(1000, 3, 2, 25, 1, generator=torch.Generator().manual_seed(3))
+    out = random_flip(x, 0.3, torch.Generator().manual_seed(5), NTU25.mirror)
+    draws = torch.rand(1000, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    flipped = ~torch.isclose(out, x).flatten(1).all(1)
+    assert torch.equal(flipped, draws < 0.3)
+    assert 250 < int(flipped.sum()) < 350
+    with pytest.raises(ValueError, match=r"V = 25 \(the mirror map\), got shape \(1, 3, 2, 17, 1\)"):
+        random_flip(torch.zeros(1, 3, 2, 17, 1), 0.5, torch.Generator(), NTU25.mirror)

@@ -317,9 +317,13 @@ def test_finetune_shear_reaches_the_model():
     batch = (clips, torch.arange(4))
     cfg = {"stream": "j", "spatial_channels": 3}
     labels = torch.tensor([0, 1, 2, 0])
+    from feeders.augment import random_flip
+    from feeders.layouts import NTU25
+    from feeders.streams import bones
     for shear, rotate in ((0.0, 0.0), (0.5, 0.0), (0.0, 30.0), (0.5, 30.0)):
-        args = argparse.Namespace(shear=shear, rotate=rotate, seed=7, label_smoothing=0.0)
-        ar.finetune_step(Probe(), labels, args, cfg, None, info, None, batch, 2, 5)
+        args = argparse.Namespace(shear=shear, rotate=rotate, flip=0.0, seed=7,
+                                  label_smoothing=0.0)
+        ar.finetune_step(Probe(), labels, args, cfg, NTU25, info, None, batch, 2, 5)
     assert torch.equal(seen[0], clips)
     expected = random_shear(clips, 0.5, engine.step_generator(7, 2, 5, 0), 3)
     assert torch.allclose(seen[1], expected) and not torch.allclose(seen[1], clips)
@@ -329,12 +333,19 @@ def test_finetune_shear_reaches_the_model():
     both = random_rotation(random_shear(clips, 0.5, gen, 3), 30.0, gen, 3)
     assert torch.allclose(seen[3], both, atol=1e-6)
     # the stream conversion comes after the augmentation: bones of the rotated clip
-    from feeders.layouts import NTU25
-    from feeders.streams import bones
-    args = argparse.Namespace(shear=0.0, rotate=30.0, seed=7, label_smoothing=0.0)
+    args = argparse.Namespace(shear=0.0, rotate=30.0, flip=0.0, seed=7, label_smoothing=0.0)
     ar.finetune_step(Probe(), labels, args, {"stream": "b", "spatial_channels": 3},
-                     NTU25.parents, info, None, batch, 2, 5)
+                     NTU25, info, None, batch, 2, 5)
     assert torch.allclose(seen[4], bones(turned, NTU25.parents, 3), atol=1e-6)
+    # --flip draws after the angles, from the same generator
+    args = argparse.Namespace(shear=0.0, rotate=30.0, flip=0.5, seed=7, label_smoothing=0.0)
+    ar.finetune_step(Probe(), labels, args, cfg, NTU25, info, None, batch, 2, 5)
+    gen = engine.step_generator(7, 2, 5, 0)
+    flipped = random_flip(random_rotation(clips, 30.0, gen, 3), 0.5, gen, NTU25.mirror)
+    assert torch.allclose(seen[5], flipped, atol=1e-6)
+    assert not torch.allclose(seen[5], turned)    # some clip of the four was mirrored
+    with pytest.raises(ValueError, match="--flip must be a probability"):
+        ar.main(["--data", "x", "--output", "y", "--flip", "1.5"])
     with pytest.raises(ValueError, match="--shear must be in"):
         ar.main(["--data", "x", "--output", "y", "--shear", "2"])
     with pytest.raises(ValueError, match="--rotate must be in"):
