@@ -128,7 +128,9 @@ dataset_defaults() {
 # 76.8 / 76.8 (seed 1), + rotate 90 75.6; with rotate 15: lr 3e-4 76.0, 100 epochs 75.4, 10 %
 # held out 75.0 (so no hold-out: add --val-fraction 0.1 for a "best" epoch chosen on the training
 # split); with rotate 60: drop path 0.2 76.6, layer decay 0.8 77.2, no label smoothing 75.2 (within
-# a clip or two of 76.8: left at the defaults).
+# a clip or two of 76.8: left at the defaults); --flip 0.5 (seeds 0 / 1): joint 78.0 / 76.6
+# against 76.8 / 76.8, bone input 75.8 / 76.8 against 74.2 / 75.6, joint + bone fused 80.2 / 81.3
+# against 81.2 / 80.2 (the fused number benchmarks/nwucla.sh reports does not move: left off).
 # action_recognition.py's own defaults (AdamW 3e-4, batch 64, 100 epochs, 5 warmup, no shear or
 # rotation) are for NTU-sized sets. Flags given on the command line come later and win.
 finetune_defaults() {
