@@ -221,7 +221,7 @@ def random_flip(x: torch.Tensor, probability: float, generator: torch.Generator,
                          f"{len(mirror)} (the mirror map), got shape {tuple(x.shape)}")
     flip = (torch.rand(x.shape[0], generator=generator, dtype=torch.float64) < probability)
     flip = flip.to(x.device)
-    mirrored = x[:, :, :, list(mirror)].clone()
+    mirrored = x[:, :, :, list(mirror)]  # advanced indexing: a copy
     mirrored[:, 0] = -mirrored[:, 0]
     return torch.where(flip[:, None, None, None, None], mirrored, x)
 
