@@ -13,8 +13,8 @@
 # Environment: SKEL_DATA (default runs/nwucla/data), SKEL_CHECKPOINTS (default
 # runs/nwucla/checkpoint), GPUS (default cpu; e.g. 0 or 0,1), WORKERS (DataLoader workers,
 # default 1). Re-running resumes every stage that has a checkpoint.
-# Budget: about 58 minutes on 2 CPU cores (no GPU) for the defaults (52 min measured before the
-# bone fine-tune and fusion were added, which take 5 min more; 2026-11-30).
+# Budget: about an hour on 2 CPU cores (no GPU) for the defaults (54 min 52 s measured from scratch,
+# 2026-11-30).
 set -euo pipefail
 SRC="${1:-$(dirname "${BASH_SOURCE[0]}")/../../shared/data/nw_ucla}"
 [ -d "$SRC" ] || { echo "error: NW-UCLA folder '$SRC' not found (expected all_sqe/*.json)" >&2; exit 2; }
