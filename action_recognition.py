@@ -20,8 +20,9 @@ length) and a Linear(feature_dim -> classes) is trained on them in memory (METHO
 finetune: encoder + linear head trained end to end by engine.train: AdamW (no weight decay on
 biases, norms and positional tables), linear warmup then cosine decay per step, optional
 layer-wise lr decay, label smoothing, drop path (transformers). Augmentation: the random
-temporal crop-and-resize of the pretraining feeder with one view per sample (no spatial
-augmentation); --no-augment uses whole sequences. Layer-wise decay: the lr of a parameter at
+temporal crop-and-resize of the pretraining feeder with one view per sample (--no-augment:
+whole sequences), then optional per-clip --shear, --rotate and --flip (one seeded generator
+per step). Layer-wise decay: the lr of a parameter at
 depth d of D is lr * decay ** (D + 1 - d); depth 0 = token embeddings / positional tables /
 input norm, d = i + 1 for DSTE/STTR layer i (the temporal and spatial layer i share a depth),
 for ST-GCN block i and for MS-G3D stage i; the head is at depth D + 1 (full lr).
