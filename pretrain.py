@@ -5,7 +5,8 @@
     torchrun --nproc_per_node=8 pretrain.py ...   (or scripts/pretrain.sh GPUS RUN_NAME)
 
 One step: views (B, 4, C, L, V, M) from PretrainDataset -> spatial augmentation on the device
-(generator seeded from seed, epoch, step, rank) -> stream conversion -> encoder under autocast
+(generator seeded from seed, epoch, step, rank; --rotate adds a random rotation per view) ->
+stream conversion -> encoder under autocast
 on all 4B clips -> three projectors -> embeddings gathered over processes -> fp32 loss.
 Writes <output>/config.json, <output>/last.pt every epoch, <output>/epoch_NNNN.pt every
 --save-every epochs and TensorBoard logs in <output>/tb. Re-running the same command resumes
@@ -22,7 +23,7 @@ from torch.utils.data import DataLoader
 
 import engine
 from evaluation.knn import knn_evaluate
-from feeders.augment import augment_views
+from feeders.augment import augment_views, random_rotation
 from feeders.dataset import EvalDataset, PretrainDataset, make_sampler, worker_init_fn
 from feeders.store import open_store
 from feeders.streams import to_stream
@@ -57,6 +58,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--linear-scaling", action="store_true", help="lr *= global batch / 256")
     g.add_argument("--augment", action=argparse.BooleanOptionalAction, default=True,
                    help="spatial augmentations of METHOD.md section 1 (--no-augment skips them; temporal crops stay)")
+    g.add_argument("--rotate", type=float, default=0.0,
+                   help="also turn each view by its own random rotation, angles about x, y and z "
+                        "each up to this many degrees, after the augmentations above (0: off, "
+                        "the paper)")
     g = parser.add_argument_group("monitoring")
     g.add_argument("--save-every", type=int, default=50, help="keep epoch_NNNN.pt every K epochs")
     g.add_argument("--knn-every", type=int, default=0,
@@ -83,11 +88,13 @@ def pretrain_step(model, weights: LossWeights, args, info: engine.DistInfo, pare
                   dtype, batch, epoch: int, step: int):
     """One forward pass: batch = (views (B, 4, C, L, V, M), index (B,)) -> (loss, scalars)."""
     views = batch[0].to(info.device, non_blocking=True)
+    gen = engine.step_generator(args.seed, epoch, step, info.rank)
     if args.augment:
-        gen = engine.step_generator(args.seed, epoch, step, info.rank)
         views = augment_views(views, gen, args.spatial_channels)
     b, k = views.shape[:2]
     x = views.transpose(0, 1).reshape(k * b, *views.shape[2:])  # view-major (4B, C, L, V, M)
+    if args.rotate:
+        x = random_rotation(x, args.rotate, gen, args.spatial_channels)
     x = to_stream(x, args.stream, parents, args.spatial_channels)
     with engine.precision_context(dtype, info.device):
         z = model(x, num_views=k)
@@ -117,6 +124,8 @@ def knn_monitor(encoder, store, args, info: engine.DistInfo, parents, dtype) -> 
 
 def main(argv: list[str] | None = None) -> engine.TrainState:
     args = engine.finish_common_args(build_parser().parse_args(argv))
+    if not 0.0 <= args.rotate <= 180.0:
+        raise ValueError(f"--rotate must be in [0, 180] degrees, got {args.rotate}")
     info = engine.init_distributed()
     torch.manual_seed(args.seed)  # projector initialisation (the encoder takes the seed itself)
     dtype = engine.autocast_dtype(args.precision, info.device)

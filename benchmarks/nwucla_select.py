@@ -78,6 +78,12 @@ CANDIDATES = {
     "shear 1.0 + rotate 60, flip 0.5, bone input, seed 1": ["--shear", "1.0", "--rotate", "60",
                                                             "--flip", "0.5", "--stream", "b",
                                                             "--seed", "1"],
+    "shear 1.0 + rotate 60, batch 32": ["--shear", "1.0", "--rotate", "60", "--batch-size", "32"],
+    "shear 1.0 + rotate 60, batch 16": ["--shear", "1.0", "--rotate", "60", "--batch-size", "16"],
+    "shear 1.0 + rotate 60, batch 32, bone input": ["--shear", "1.0", "--rotate", "60",
+                                                    "--batch-size", "32", "--stream", "b"],
+    "shear 1.0 + rotate 60, batch 16, bone input": ["--shear", "1.0", "--rotate", "60",
+                                                    "--batch-size", "16", "--stream", "b"],
 }
 # name -> (candidates whose view-2 scores are fused, weights; None: equal), evaluation.fusion
 _J, _B = "shear 1.0 + rotate 60", "shear 1.0 + rotate 60, bone input"

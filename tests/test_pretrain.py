@@ -112,6 +112,54 @@ def test_bad_flags_give_clear_errors(data, tmp_path):
         pretrain.main(flags(data, tmp_path, "--batch-size", "4000"))
     with pytest.raises(FileNotFoundError, match="no such checkpoint"):
         pretrain.main(flags(data, tmp_path, "--resume", str(tmp_path / "nope.pt")))
+    with pytest.raises(ValueError, match=r"--rotate must be in \[0, 180\] degrees, got -5"):
+        pretrain.main(flags(data, tmp_path, "--rotate", "-5"))
+
+
+def test_rotate_turns_each_view_after_the_augmentations():
+    """--rotate: every view (B x 4 clips) turned by its own rotation drawn after the method's
+    augmentations from the step generator, before the stream conversion; --rotate 0 draws
+    nothing, so runs without it are unchanged."""
+    import argparse
+
+    from feeders.augment import augment_views, random_rotation
+    from feeders.layouts import NTU25
+    from feeders.streams import bones
+    seen = []
+
+    def probe(x, num_views):
+        seen.append(x)
+        z = torch.randn(num_views, x.shape[0] // num_views, 8, generator=torch.Generator().manual_seed(0))
+        return {d: z.clone().requires_grad_() for d in ("t", "s", "i")}
+
+    info = engine.DistInfo(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
+    views = torch.randn(3, 4, 3, 8, 25, 2, generator=torch.Generator().manual_seed(1))
+    batch = (views, torch.arange(3))
+
+    def step(stream, rotate, augment=True):
+        args = argparse.Namespace(augment=augment, rotate=rotate, seed=7, spatial_channels=3,
+                                  stream=stream)
+        pretrain.pretrain_step(probe, pretrain.LossWeights(), args, info, NTU25.parents, None,
+                               batch, 2, 5)
+        return seen[-1]
+
+    def view_major(v):
+        return v.transpose(0, 1).reshape(12, 3, 8, 25, 2)
+
+    gen = engine.step_generator(7, 2, 5, 0)
+    augmented = view_major(augment_views(views, gen, 3))
+    turned = random_rotation(augmented, 30.0, gen, 3)
+    assert torch.equal(step("j", 0.0), augmented)
+    got = step("j", 30.0)
+    torch.testing.assert_close(got, turned)
+    assert not torch.allclose(got, augmented)
+    # one rotation per clip: distances between joints are kept, clip by clip
+    dist = lambda x: torch.linalg.vector_norm(x[:, :, :, :1] - x[:, :, :, 1:2], dim=1)  # noqa: E731
+    torch.testing.assert_close(dist(got), dist(augmented), rtol=1e-4, atol=1e-5)
+    # bones of the turned clip; without the method's augmentations, the raw views are turned
+    torch.testing.assert_close(step("b", 30.0), bones(turned, NTU25.parents, 3))
+    raw = random_rotation(view_major(views), 30.0, engine.step_generator(7, 2, 5, 0), 3)
+    torch.testing.assert_close(step("j", 30.0, augment=False), raw)
 
 
 def test_schedules():
