@@ -113,6 +113,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="DropPath rate of DSTE/STTR; None: the preset's (0.1)")
     g.add_argument("--augment", action=argparse.BooleanOptionalAction, default=True,
                    help="fine-tune on random temporal crops (--no-augment: whole sequences)")
+    g.add_argument("--min-crop", type=int, default=None, metavar="FRAMES",
+                   help="fine-tune: shortest temporal crop in frames (None: the clip length, "
+                        "so sequences no longer than a clip are never cropped)")
     g.add_argument("--shear", type=float, default=0.0,
                    help="fine-tune: multiply each clip's coordinates by I + A, A's off-diagonal "
                         "entries ~ U(-shear, shear) (0: off; AimCLR uses 0.5)")
@@ -142,6 +145,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         raise ValueError(f"--rotate must be in [0, 180] degrees, got {args.rotate}")
     if not 0.0 <= args.flip <= 1.0:
         raise ValueError(f"--flip must be a probability in [0, 1], got {args.flip}")
+    if args.min_crop is not None and args.min_crop < 1:
+        raise ValueError(f"--min-crop must be >= 1 frame, got {args.min_crop}")
     return args
 
 
@@ -270,7 +275,7 @@ def finetune_loader(args, store, cfg, info, train_pos):
     dataset_kw = dict(indices=train_pos, spatial_channels=cfg["spatial_channels"],
                       normalize=cfg["normalize"])
     dataset = (PretrainDataset(store, args.split, cfg["clip_len"], args.seed, num_views=1,
-                               **dataset_kw) if args.augment
+                               min_crop=args.min_crop, **dataset_kw) if args.augment
                else EvalDataset(store, args.split, cfg["clip_len"], **dataset_kw))
     if args.batch_size % info.world_size:
         raise ValueError(f"--batch-size {args.batch_size} is not divisible by the "

@@ -58,6 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--linear-scaling", action="store_true", help="lr *= global batch / 256")
     g.add_argument("--augment", action=argparse.BooleanOptionalAction, default=True,
                    help="spatial augmentations of METHOD.md section 1 (--no-augment skips them; temporal crops stay)")
+    g.add_argument("--min-crop", type=int, default=None, metavar="FRAMES",
+                   help="shortest temporal crop in frames (None: --clip-len, METHOD.md section 1, "
+                        "so sequences no longer than a clip are never cropped)")
     g.add_argument("--rotate", type=float, default=0.0,
                    help="also turn each view by its own random rotation, angles about x, y and z "
                         "each up to this many degrees, after the augmentations above (0: off, "
@@ -126,6 +129,8 @@ def main(argv: list[str] | None = None) -> engine.TrainState:
     args = engine.finish_common_args(build_parser().parse_args(argv))
     if not 0.0 <= args.rotate <= 180.0:
         raise ValueError(f"--rotate must be in [0, 180] degrees, got {args.rotate}")
+    if args.min_crop is not None and args.min_crop < 1:
+        raise ValueError(f"--min-crop must be >= 1 frame, got {args.min_crop}")
     info = engine.init_distributed()
     torch.manual_seed(args.seed)  # projector initialisation (the encoder takes the seed itself)
     dtype = engine.autocast_dtype(args.precision, info.device)
@@ -135,7 +140,8 @@ def main(argv: list[str] | None = None) -> engine.TrainState:
     if args.knn_every:
         store.split_indices(args.eval_split)  # fail now, not after the first epoch
     dataset = PretrainDataset(store, args.split, args.clip_len, args.seed, num_views=NUM_VIEWS,
-                              normalize=args.normalize, spatial_channels=args.spatial_channels)
+                              normalize=args.normalize, spatial_channels=args.spatial_channels,
+                              min_crop=args.min_crop)
     args.spatial_channels = dataset.spatial_channels  # resolved from the layout's dims
     loader = make_train_loader(dataset, args, info)
     if len(loader) == 0:

@@ -68,19 +68,25 @@ def resample_frames(seq: np.ndarray, clip_len: int) -> np.ndarray:
 
 
 def temporal_crop_resize(
-    seq: np.ndarray, clip_len: int, rng: np.random.Generator, min_ratio: float = 0.1
+    seq: np.ndarray, clip_len: int, rng: np.random.Generator, min_ratio: float = 0.1,
+    min_crop: int | None = None,
 ) -> np.ndarray:
     """Random crop-and-resize of ``seq (T, M, V, C)`` -> ``(C, L, V, M)`` float32.
 
-    ``s ~ U(min_ratio, 1)``; crop length ``min(max(floor(T * s), L), T)``; start uniform over
-    the valid positions; the crop is resampled to ``L = clip_len`` frames.
+    ``s ~ U(min_ratio, 1)``; crop length ``min(max(floor(T * s), min_crop), T)`` with
+    ``min_crop`` = ``L`` by default (METHOD.md: a crop is never shorter than the clip, so a
+    sequence of at most ``L`` frames is never cropped); start uniform over the valid positions;
+    the crop is resampled to ``L = clip_len`` frames.
     """
     _check_sequence(seq, clip_len)
     if not 0.0 < min_ratio <= 1.0:
         raise ValueError(f"min_ratio must be in (0, 1], got {min_ratio}")
+    min_crop = clip_len if min_crop is None else min_crop
+    if min_crop < 1:
+        raise ValueError(f"min_crop must be >= 1 frame, got {min_crop}")
     n = seq.shape[0]
     ratio = rng.uniform(min_ratio, 1.0)
-    crop = min(max(int(np.floor(n * ratio)), clip_len), n)
+    crop = min(max(int(np.floor(n * ratio)), min_crop), n)
     start = int(rng.integers(0, n - crop + 1))
     return resample_frames(seq[start:start + crop], clip_len)
 

@@ -194,18 +194,22 @@ class PretrainDataset(_SequenceDataset):
 
     ``store``: a ``Store`` or a dataset directory; ``split``: a split name (None: all
     sequences); ``clip_len``: L; ``seed``: the run seed (>= 0); ``num_views``: K;
-    ``indices``: optional positions within the split (a subset). Call ``set_epoch`` before
+    ``indices``: optional positions within the split (a subset); ``min_crop``: the shortest
+    temporal crop in frames (None: L, see ``temporal_crop_resize``). Call ``set_epoch`` before
     building each epoch's loader (``make_loader`` does).
     """
 
     def __init__(self, store, split: str | None, clip_len: int, seed: int, num_views: int = 4,
                  normalize: str = "first_frame", indices=None,
-                 spatial_channels: int | None = None):
+                 spatial_channels: int | None = None, min_crop: int | None = None):
         super().__init__(store, split, clip_len, normalize, indices, spatial_channels)
         if seed < 0:
             raise ValueError(f"seed must be >= 0 (it seeds numpy SeedSequence), got {seed}")
         if num_views < 1:
             raise ValueError(f"num_views must be >= 1, got {num_views}")
+        if min_crop is not None and min_crop < 1:
+            raise ValueError(f"min_crop must be >= 1 frame, got {min_crop}")
+        self.min_crop = None if min_crop is None else int(min_crop)
         self.seed = int(seed)
         self.num_views = int(num_views)
         self.epoch = 0
@@ -219,7 +223,8 @@ class PretrainDataset(_SequenceDataset):
         seq_index = int(self.sequence_indices[i])
         seq = self.read_sequence(seq_index)
         views = [temporal_crop_resize(seq, self.clip_len,
-                                      np.random.default_rng([self.seed, self.epoch, seq_index, k]))
+                                      np.random.default_rng([self.seed, self.epoch, seq_index, k]),
+                                      min_crop=self.min_crop)
                  for k in range(self.num_views)]
         return torch.from_numpy(np.stack(views)), int(self.positions[i])
 

@@ -101,6 +101,32 @@ def test_crop_never_shorter_than_clip_unless_sequence_is():
     assert np.array_equal(temporal_crop_resize(short, 20, rng), resize_whole(short, 20))
 
 
+def test_min_crop_lets_short_sequences_be_cropped():
+    """min_crop below L: crop lengths reach down to min_crop (never below it), so a sequence
+    of at most L frames gets temporal crops too; min_crop=L is the default rule."""
+    seq = ramp_sequence(30, m=1, v=1, c=1)
+    lengths = []
+    for i in range(200):
+        out = temporal_crop_resize(seq, 32, np.random.default_rng(i), min_crop=10)[0, :, 0, 0]
+        span = (out[-1] - out[0]) * 32 / 31  # the resampled ramp spans (crop length - 1) * L/(L-1)
+        lengths.append(span + 30 / 32)       # ... plus the half-frame margins: about the crop
+        assert out[0] >= 0 and out[-1] <= 29
+    assert min(lengths) == pytest.approx(10, abs=0.5) and max(lengths) > 28
+    # the draws are the default rule's: crop = min(max(floor(30 s), 10), 30), s ~ U(0.1, 1)
+    rng = np.random.default_rng(3)
+    s = rng.uniform(0.1, 1.0)
+    crop = min(max(int(np.floor(30 * s)), 10), 30)
+    start = int(rng.integers(0, 30 - crop + 1))
+    expected = resize_whole(seq[start:start + crop], 32)
+    assert np.array_equal(temporal_crop_resize(seq, 32, np.random.default_rng(3), min_crop=10),
+                          expected)
+    for i in range(5):  # the default is min_crop = L
+        a = temporal_crop_resize(seq, 20, np.random.default_rng(i))
+        assert np.array_equal(a, temporal_crop_resize(seq, 20, np.random.default_rng(i), min_crop=20))
+    with pytest.raises(ValueError, match="min_crop must be >= 1 frame, got 0"):
+        temporal_crop_resize(seq, 20, np.random.default_rng(0), min_crop=0)
+
+
 def test_crop_is_deterministic_for_a_seed():
     seq = np.random.default_rng(1).normal(size=(90, 2, 4, 3)).astype(np.float32)
     a = temporal_crop_resize(seq, 16, np.random.default_rng([7, 1, 2]))

@@ -166,6 +166,22 @@ def test_pretrain_epochs_and_determinism(store):
     assert not torch.equal(a, other_seed[4][0])
 
 
+def test_pretrain_min_crop_reaches_the_crops(store):
+    """Sequence 1 has 5 frames: never cropped by default (crop >= L = 16), cropped to 4 frames
+    with min_crop=4 (floor(5 s) <= 4 for s < 1)."""
+    ds = PretrainDataset(store, "train", CLIP, seed=7, num_views=2, min_crop=4)
+    views, _ = ds[1]
+    for k in range(2):
+        expected = temporal_crop_resize(normalized(1), CLIP, np.random.default_rng([7, 0, 1, k]),
+                                        min_crop=4)
+        assert np.allclose(views[k].numpy(), expected, atol=1e-6)
+        assert not np.allclose(expected, resize_whole(normalized(1), CLIP))
+    default = PretrainDataset(store, "train", CLIP, seed=7, num_views=2)[1][0]
+    assert np.allclose(default[0].numpy(), resize_whole(normalized(1), CLIP), atol=1e-6)
+    with pytest.raises(ValueError, match="min_crop must be >= 1 frame"):
+        PretrainDataset(store, "train", CLIP, seed=7, min_crop=0)
+
+
 def test_eval_items_have_no_randomness(store):
     ds = EvalDataset(store, "val", CLIP)
     assert len(ds) == 4 and ds.labels.tolist() == [7 % 3, 8 % 3, 9 % 3, 1 % 3]

@@ -114,6 +114,23 @@ def test_bad_flags_give_clear_errors(data, tmp_path):
         pretrain.main(flags(data, tmp_path, "--resume", str(tmp_path / "nope.pt")))
     with pytest.raises(ValueError, match=r"--rotate must be in \[0, 180\] degrees, got -5"):
         pretrain.main(flags(data, tmp_path, "--rotate", "-5"))
+    with pytest.raises(ValueError, match="--min-crop must be >= 1 frame, got 0"):
+        pretrain.main(flags(data, tmp_path, "--min-crop", "0"))
+
+
+def test_min_crop_reaches_the_dataset(monkeypatch, data, tmp_path):
+    made = []
+
+    class Recording(pretrain.PretrainDataset):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            made.append(self)
+
+    monkeypatch.setattr(pretrain, "PretrainDataset", Recording)
+    pretrain.main(flags(data, tmp_path / "a", "--epochs", "1", "--min-crop", "4"))
+    pretrain.main(flags(data, tmp_path / "b", "--epochs", "1"))
+    assert [d.min_crop for d in made] == [4, None]
+    assert json.loads((tmp_path / "a" / "config.json").read_text())["config"]["min_crop"] == 4
 
 
 def test_rotate_turns_each_view_after_the_augmentations():

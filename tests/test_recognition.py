@@ -108,6 +108,17 @@ def test_semi_supervised_finetune(data, tmp_path):
     assert train_names[rerun[0]].tolist() == labelled
 
 
+def test_finetune_min_crop_reaches_the_training_crops(data):
+    store = open_store(data)
+    info = engine.DistInfo(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
+    cfg = {"clip_len": 16, "spatial_channels": 3, "normalize": "first_frame"}
+    for flag, expected in (([], None), (["--min-crop", "4"], 4)):
+        args = ar.parse_args(["--data", str(data), "--output", "y", "--mode", "finetune",
+                              "--batch-size", "4", "--workers", "0", *flag])
+        loader = ar.finetune_loader(args, store, cfg, info, np.arange(8))
+        assert loader.dataset.min_crop == expected and loader.dataset.num_views == 1
+
+
 def test_layer_decay_groups():
     enc = build_encoder("dste", "tiny", layout="ntu25", clip_len=8, channels=3, bodies=2, seed=0)
     model = ar.Classifier(enc, 5, seed=0)
@@ -214,6 +225,8 @@ def test_finetune_validation_and_class_count_mismatch_on_resume(data, tmp_path):
 def test_bad_flags(data, tmp_path):
     with pytest.raises(ValueError, match="--label-fraction"):
         run(data, tmp_path, "--label-fraction", "0")
+    with pytest.raises(ValueError, match="--min-crop must be >= 1 frame, got 0"):
+        run(data, tmp_path, "--min-crop", "0")
     with pytest.raises(ValueError, match="--drop-path applies to dste/sttr"):
         run(data, tmp_path, "--mode", "finetune", "--backbone", "stgcn", "--preset", "tiny",
             "--drop-path", "0.2", "--batch-size", "8", "--epochs", "1")
