@@ -130,7 +130,9 @@ dataset_defaults() {
 # split); with rotate 60: drop path 0.2 76.6, layer decay 0.8 77.2, no label smoothing 75.2 (within
 # a clip or two of 76.8: left at the defaults); --flip 0.5 (seeds 0 / 1): joint 78.0 / 76.6
 # against 76.8 / 76.8, bone input 75.8 / 76.8 against 74.2 / 75.6, joint + bone fused 80.2 / 81.3
-# against 81.2 / 80.2 (the fused number benchmarks/nwucla.sh reports does not move: left off).
+# against 81.2 / 80.2 (the fused number benchmarks/nwucla.sh reports does not move: left off);
+# batch 32 / 16 (2x / 4x the steps): joint 74.6 / 77.0, bone input 76.2 / 74.2, fused 80.4 / 79.8
+# against 81.2 at batch 64 (kept).
 # action_recognition.py's own defaults (AdamW 3e-4, batch 64, 100 epochs, 5 warmup, no shear or
 # rotation) are for NTU-sized sets. Flags given on the command line come later and win.
 finetune_defaults() {
