@@ -84,6 +84,9 @@ CANDIDATES = {
                                                     "--batch-size", "32", "--stream", "b"],
     "shear 1.0 + rotate 60, batch 16, bone input": ["--shear", "1.0", "--rotate", "60",
                                                     "--batch-size", "16", "--stream", "b"],
+    "shear 1.0 + rotate 60, min crop 16": ["--shear", "1.0", "--rotate", "60", "--min-crop", "16"],
+    "shear 1.0 + rotate 60, min crop 16, bone input": ["--shear", "1.0", "--rotate", "60",
+                                                       "--min-crop", "16", "--stream", "b"],
 }
 # name -> (candidates whose view-2 scores are fused, weights; None: equal), evaluation.fusion
 _J, _B = "shear 1.0 + rotate 60", "shear 1.0 + rotate 60, bone input"
