@@ -47,6 +47,19 @@ def test_dataset_defaults_follow_the_paper():
     assert args[args.index("--batch-size") + 1] == "512"
     assert args[args.index("--milestones") + 1] == "801"
     assert parse("demo_xs_j_dste").stdout.split().count("small") == 1
+    args = parse("ucla_xv_j_dste").stdout.split()  # the cross-view small set (benchmarks/nwucla.sh)
+    assert args[args.index("--normalize") + 1] == "view"
+    assert args[args.index("--rotate") + 1] == "60"
+
+
+@pytest.mark.parametrize("name", ["ntu60_xs_j_dste", "ntu120_xe_b_dste", "pku1_xs_j_dste",
+                                  "pku2_xs_j_dste", "ucla_xv_j_dste", "demo_xs_j_dste",
+                                  "kinetics_tv_j_stgcn", "penn_tv_j_dste"])
+def test_every_dataset_default_is_a_pretrain_flag(name):
+    import pretrain
+    lines = parse(name, SKEL_DATA="/datasets").stdout.split("\n")
+    args = pretrain.build_parser().parse_args([a for a in lines[2:] if a])
+    assert args.data.name == name.split("_")[0] and args.stream == name.split("_")[2]
 
 
 @pytest.mark.parametrize("name,problem", [
