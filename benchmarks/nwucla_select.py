@@ -87,6 +87,8 @@ CANDIDATES = {
     "shear 1.0 + rotate 60, min crop 16": ["--shear", "1.0", "--rotate", "60", "--min-crop", "16"],
     "shear 1.0 + rotate 60, min crop 16, bone input": ["--shear", "1.0", "--rotate", "60",
                                                        "--min-crop", "16", "--stream", "b"],
+    "shear 1.0 + rotate 60, layer decay 0.8, bone input": ["--shear", "1.0", "--rotate", "60",
+                                                           "--layer-decay", "0.8", "--stream", "b"],
 }
 # name -> (candidates whose view-2 scores are fused, weights; None: equal), evaluation.fusion
 _J, _B = "shear 1.0 + rotate 60", "shear 1.0 + rotate 60, bone input"
@@ -98,6 +100,8 @@ FUSIONS = {
     "joint + bone + joint motion": ([_J, _B, _JM], None),
     "joint + bone + joint motion + bone motion": ([_J, _B, _JM, _BM], None),
     "joint + bone + joint motion + bone motion, 2:2:1:1": ([_J, _B, _JM, _BM], [2, 2, 1, 1]),
+    "joint + bone, layer decay 0.8": ([_J + ", layer decay 0.8",
+                                       _J + ", layer decay 0.8, bone input"], None),
     "joint + bone, flip 0.5": ([_J + ", flip 0.5", _J + ", flip 0.5, bone input"], None),
     "joint + bone, seed 1": ([_J + ", seed 1", _B + ", seed 1"], None),
     "joint + bone, flip 0.5, seed 1": ([_J + ", flip 0.5, seed 1",
