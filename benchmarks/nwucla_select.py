@@ -14,7 +14,8 @@ the defaults become. The split store is written next to the data (feeders.store.
 hard links, nothing copied); each candidate's outputs go to <out>/<name>/ and a finished
 candidate is read back instead of re-run (use a new --out after changing the defaults or the
 checkpoint). A second table fuses the view-2 scores of candidates (FUSIONS, evaluation.fusion):
-the joint-pretrained encoder fine-tuned on joint, bone and motion input, against two joint seeds.
+the joint-pretrained encoder fine-tuned on joint, bone and motion input, against two joint seeds,
+and joint + bone pairs of the other variants (flip, seed, batch size, layer decay).
 
     python benchmarks/nwucla_select.py --checkpoint runs/nwucla/checkpoint/ucla_xv_j_dste/last.pt
         [--data runs/nwucla/data/ucla] [--out runs/nwucla/select] [--only NAME ...]
@@ -100,6 +101,8 @@ FUSIONS = {
     "joint + bone + joint motion": ([_J, _B, _JM], None),
     "joint + bone + joint motion + bone motion": ([_J, _B, _JM, _BM], None),
     "joint + bone + joint motion + bone motion, 2:2:1:1": ([_J, _B, _JM, _BM], [2, 2, 1, 1]),
+    "joint + bone, batch 32": ([_J + ", batch 32", _J + ", batch 32, bone input"], None),
+    "joint + bone, batch 16": ([_J + ", batch 16", _J + ", batch 16, bone input"], None),
     "joint + bone, layer decay 0.8": ([_J + ", layer decay 0.8",
                                        _J + ", layer decay 0.8, bone input"], None),
     "joint + bone, flip 0.5": ([_J + ", flip 0.5", _J + ", flip 0.5, bone input"], None),
