@@ -15,14 +15,18 @@ hard links, nothing copied); each candidate's outputs go to <out>/<name>/ and a 
 candidate is read back instead of re-run (use a new --out after changing the defaults or the
 checkpoint). A second table fuses the view-2 scores of candidates (FUSIONS, evaluation.fusion):
 the joint-pretrained encoder fine-tuned on joint, bone and motion input, against two joint seeds,
-and joint + bone pairs of the other variants (flip, seed, batch size, layer decay).
+joint + bone pairs of the other variants (flip, seed, batch size, layer decay), and the
+"bone pretraining, ..." candidates: a second encoder pretrained on bone input (--bone-checkpoint),
+fine-tuned on bone and on joint input.
 
     python benchmarks/nwucla_select.py --checkpoint runs/nwucla/checkpoint/ucla_xv_j_dste/last.pt
+        [--bone-checkpoint runs/nwucla/checkpoint/ucla_xv_b_dste/last.pt]
         [--data runs/nwucla/data/ucla] [--out runs/nwucla/select] [--only NAME ...]
         [--epochs N] [--threads N] [--workers N]
 
-The checkpoint is a pretraining run on xview_train (views 1-2, labels unused), e.g. the one
-benchmarks/nwucla.sh writes.
+The checkpoints are pretraining runs on xview_train (views 1-2, labels unused), e.g. the one
+benchmarks/nwucla.sh writes (`scripts/pretrain.sh cpu ucla_xv_b_dste` for the bone one). Without
+--bone-checkpoint the "bone pretraining, ..." candidates are left out.
 """
 from __future__ import annotations
 
@@ -90,10 +94,19 @@ CANDIDATES = {
                                                        "--min-crop", "16", "--stream", "b"],
     "shear 1.0 + rotate 60, layer decay 0.8, bone input": ["--shear", "1.0", "--rotate", "60",
                                                            "--layer-decay", "0.8", "--stream", "b"],
+    # a second pretraining, on bone input (pretrain.py --stream b): run from --bone-checkpoint
+    "bone pretraining, shear 1.0 + rotate 60, bone input": ["--shear", "1.0", "--rotate", "60",
+                                                            "--stream", "b"],
+    "bone pretraining, shear 1.0 + rotate 60, joint input": ["--shear", "1.0", "--rotate", "60",
+                                                             "--stream", "j"],
 }
+# candidates fine-tuned from --bone-checkpoint instead of --checkpoint
+BONE_PRETRAINED = {name for name in CANDIDATES if name.startswith("bone pretraining,")}
 # name -> (candidates whose view-2 scores are fused, weights; None: equal), evaluation.fusion
 _J, _B = "shear 1.0 + rotate 60", "shear 1.0 + rotate 60, bone input"
 _JM, _BM = "shear 1.0 + rotate 60, joint motion input", "shear 1.0 + rotate 60, bone motion input"
+_BB = "bone pretraining, shear 1.0 + rotate 60, bone input"
+_BJ = "bone pretraining, shear 1.0 + rotate 60, joint input"
 FUSIONS = {
     "joint, seeds 0 + 1 (two fine-tunes of one stream)": ([_J, _J + ", seed 1"], None),
     "joint + bone": ([_J, _B], None),
@@ -109,6 +122,9 @@ FUSIONS = {
     "joint + bone, seed 1": ([_J + ", seed 1", _B + ", seed 1"], None),
     "joint + bone, flip 0.5, seed 1": ([_J + ", flip 0.5, seed 1",
                                         _J + ", flip 0.5, bone input, seed 1"], None),
+    "joint + bone, each stream its own pretraining": ([_J, _BB], None),
+    "joint + bone (joint pretraining) + bone (bone pretraining)": ([_J, _B, _BB], None),
+    "joint + bone, both pretrainings (4 fine-tunes)": ([_J, _B, _BB, _BJ], None),
 }
 
 
@@ -149,12 +165,13 @@ def candidate_dir(name: str, args) -> Path:
 
 def run_candidate(name: str, flags: list[str], schedule: list[str], store: Path, args) -> dict:
     out = candidate_dir(name, args)
+    checkpoint = args.bone_checkpoint if name in BONE_PRETRAINED else args.checkpoint
     result_file = out / "finetune.json"
     if result_file.is_file():
         return {**json.loads(result_file.read_text()), "minutes": float("nan")}
     cmd = [sys.executable, "action_recognition.py", "--mode", "finetune", "--data", str(store),
            "--split", f"view{TRAIN_VIEW}_train", "--eval-split", f"view{VAL_VIEW}_val",
-           "--pretrained", str(args.checkpoint), "--output", str(out), *schedule, *flags,
+           "--pretrained", str(checkpoint), "--output", str(out), *schedule, *flags,
            "--workers", str(args.workers), "--threads", str(args.threads)]
     print(f"== {name}: {' '.join(cmd[1:])}", flush=True)
     start = time.time()
@@ -166,11 +183,15 @@ def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--checkpoint", type=Path, required=True,
                    help="pretrain.py checkpoint of a run on NW-UCLA xview_train")
+    p.add_argument("--bone-checkpoint", type=Path, default=None,
+                   help="pretrain.py checkpoint of a run on bone input (--stream b), for the "
+                        "'bone pretraining, ...' candidates")
     p.add_argument("--data", type=Path, default=ROOT / "runs/nwucla/data/ucla",
                    help="the converted NW-UCLA store (feeders.prepare --format nwucla)")
     p.add_argument("--out", type=Path, default=ROOT / "runs/nwucla/select")
     p.add_argument("--only", nargs="+", choices=sorted(CANDIDATES), metavar="NAME",
-                   help=f"run these candidates only (default: all): {', '.join(CANDIDATES)}")
+                   help="run these candidates only (default: all): "
+                        + ", ".join(CANDIDATES).replace("%", "%%"))  # argparse %-formats help
     p.add_argument("--epochs", type=int, default=None,
                    help="override the schedule's epochs (a quick smoke run)")
     p.add_argument("--threads", type=int, default=0)
@@ -179,12 +200,21 @@ def main(argv=None) -> None:
     if not args.checkpoint.is_file():
         raise SystemExit(f"--checkpoint {args.checkpoint}: no such file (run "
                          f"benchmarks/nwucla.sh or scripts/pretrain.sh cpu ucla_xv_j_dste first)")
+    wanted = args.only or list(CANDIDATES)
+    if BONE_PRETRAINED & set(wanted):
+        if args.bone_checkpoint is None:
+            if args.only:
+                raise SystemExit("the 'bone pretraining, ...' candidates need --bone-checkpoint "
+                                 "(scripts/pretrain.sh cpu ucla_xv_b_dste)")
+            wanted = [n for n in wanted if n not in BONE_PRETRAINED]
+        elif not args.bone_checkpoint.is_file():
+            raise SystemExit(f"--bone-checkpoint {args.bone_checkpoint}: no such file")
     schedule = scripts_schedule()
     if args.epochs is not None:
         schedule += ["--epochs", str(args.epochs)]
     store = view_split_store(args.data)
     rows = []
-    for name in args.only or CANDIDATES:
+    for name in wanted:
         r = run_candidate(name, CANDIDATES[name], schedule, store, args)
         rows.append((name, " ".join(CANDIDATES[name]), r["top1"], r["top5"], r["minutes"]))
     print(f"\nNW-UCLA fine-tune, view {TRAIN_VIEW} -> view {VAL_VIEW} of xview_train (last epoch); "
@@ -193,7 +223,7 @@ def main(argv=None) -> None:
     print("|---|---|---:|---:|---:|")
     for name, flags, acc1, acc5, minutes in rows:
         print(f"| {name} | `{flags}` | {acc1:.1f} | {acc5:.1f} | {minutes:.1f} |")
-    done = set(args.only or CANDIDATES)
+    done = set(wanted)
     fusions = [(name, members, weights) for name, (members, weights) in FUSIONS.items()
                if set(members) <= done]
     if fusions:

@@ -164,3 +164,14 @@ def test_selection_view_split_and_schedule(ucla, tmp_path):
         assert weights is None or len(weights) == len(members), name
     assert select.candidate_dir("shear 1.0 + rotate 60, bone input", argparse.Namespace(
         out=tmp_path)) == tmp_path / "shear_1_0_rotate_60_bone_input"
+    # the "bone pretraining, ..." candidates run from --bone-checkpoint, which they require
+    assert select.BONE_PRETRAINED == {"bone pretraining, shear 1.0 + rotate 60, bone input",
+                                      "bone pretraining, shear 1.0 + rotate 60, joint input"}
+    ckpt = tmp_path / "last.pt"
+    ckpt.write_bytes(b"")
+    bone_only = ["--checkpoint", str(ckpt), "--data", str(tmp_path / "ucla"),
+                 "--only", "bone pretraining, shear 1.0 + rotate 60, bone input"]
+    with pytest.raises(SystemExit, match="need --bone-checkpoint"):
+        select.main(bone_only)
+    with pytest.raises(SystemExit, match="--bone-checkpoint .*missing.pt: no such file"):
+        select.main([*bone_only, "--bone-checkpoint", str(tmp_path / "missing.pt")])
