@@ -122,6 +122,10 @@ FUSIONS = {
     "joint + bone, seed 1": ([_J + ", seed 1", _B + ", seed 1"], None),
     "joint + bone, flip 0.5, seed 1": ([_J + ", flip 0.5, seed 1",
                                         _J + ", flip 0.5, bone input, seed 1"], None),
+    "joint + bone, seeds 0 + 1 (4 fine-tunes)": ([_J, _B, _J + ", seed 1", _B + ", seed 1"], None),
+    "joint + bone, seeds 0 + 1, with and without flip 0.5 (8 fine-tunes)": (
+        [_J, _B, _J + ", seed 1", _B + ", seed 1", _J + ", flip 0.5", _J + ", flip 0.5, bone input",
+         _J + ", flip 0.5, seed 1", _J + ", flip 0.5, bone input, seed 1"], None),
     "joint + bone, each stream its own pretraining": ([_J, _BB], None),
     "joint + bone (joint pretraining) + bone (bone pretraining)": ([_J, _B, _BB], None),
     "joint + bone, both pretrainings (4 fine-tunes)": ([_J, _B, _BB, _BJ], None),

@@ -141,7 +141,10 @@ dataset_defaults() {
 # batch 32 / 16 (2x / 4x the steps): joint 74.6 / 77.0, bone input 76.2 / 74.2, fused 80.4 / 79.8
 # against 81.2 at batch 64 (kept). From the --rotate 60 pretraining: --min-crop 16 (temporal
 # crops down to half the clip) joint 76.2 against 77.4, layer decay 0.8 joint / bone input /
-# fused 76.8 / 74.4 / 80.6 against 77.4 / 74.8 / 81.0 (both left off).
+# fused 76.8 / 74.4 / 80.6 against 77.4 / 74.8 / 81.0 (both left off). More fine-tunes fused,
+# joint + bone with seeds 0 and 1: 81.5; seeds 0-1 with and without --flip 0.5 (8 fine-tunes):
+# 81.7, against 81.0 for the pair (16 more minutes in benchmarks/nwucla.sh for under a point:
+# left off).
 # action_recognition.py's own defaults (AdamW 3e-4, batch 64, 100 epochs, 5 warmup, no shear or
 # rotation) are for NTU-sized sets. Flags given on the command line come later and win.
 finetune_defaults() {
