@@ -105,7 +105,9 @@ parse_run_name() {
 # 71.6 / 72.8 / 76.8 / 74.2 / 81.2, with 74.0 / 75.0 / 77.4 / 74.8 / 81.0; adding shorter
 # temporal crops (--min-crop 16, half the clip) lost a little (fine-tune 75.8 / 75.0 / 80.8).
 # On the test view (benchmarks/nwucla.sh, reported after the choice): linear 85.1 -> 87.5, KNN-1
-# 83.6 -> 86.9, fine-tune fused 90.5 -> 91.4.
+# 83.6 -> 86.9, fine-tune fused 90.5 -> 91.4. A larger encoder for the same pretraining time
+# (--preset base, hidden 512, 2.9x the step time: 45 epochs, x0.1 at 38, 44 min) fine-tuned
+# worse on view 2: joint / bone input / fused 75.0 / 73.0 / 79.0 against 77.4 / 74.8 / 81.0.
 dataset_defaults() {
     case "$1" in
         ntu60|ntu120|pku1|kinetics)
