@@ -222,7 +222,8 @@ def main(argv=None) -> None:
         r = run_candidate(name, CANDIDATES[name], schedule, store, args)
         rows.append((name, " ".join(CANDIDATES[name]), r["top1"], r["top5"], r["minutes"]))
     print(f"\nNW-UCLA fine-tune, view {TRAIN_VIEW} -> view {VAL_VIEW} of xview_train (last epoch); "
-          f"schedule: {' '.join(schedule)}; checkpoint {args.checkpoint}")
+          f"schedule: {' '.join(schedule)}; checkpoint {args.checkpoint}"
+          + (f", bone checkpoint {args.bone_checkpoint}" if BONE_PRETRAINED & set(wanted) else ""))
     print("| candidate | flags | view-2 top-1 % | top-5 % | minutes |")
     print("|---|---|---:|---:|---:|")
     for name, flags, acc1, acc5, minutes in rows:
