@@ -55,6 +55,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import engine
+import recipes
 from evaluation.features import (CheckpointError, build_eval_encoder, cached_extract,
                                  checkpoint_config, extract, setup_eval_run, stream_transform)
 from evaluation.fusion import save_scores
@@ -106,6 +107,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="epochs where the lr is multiplied by 0.1")
     g = parser.add_argument_group("fine-tuning")
     g.add_argument("--warmup-epochs", type=float, default=5.0)
+    g.add_argument("--lp-epochs", type=int, default=0,
+                   help="linear probe then fine-tune (LP-FT): first train the head alone on "
+                        "frozen features of the training samples for this many epochs (SGD, "
+                        "--lp-lr, --batch-size, x0.1 at 3/4 and 7/8, as --mode linear), then "
+                        "fine-tune from it (0: off, a random head; small-set recipes: 160)")
+    g.add_argument("--lp-lr", type=float, default=MODE_DEFAULTS["linear"]["lr"],
+                   help="learning rate of the --lp-epochs linear probe (small-set recipes: 1.0)")
     g.add_argument("--layer-decay", type=float, default=1.0,
                    help="layer-wise lr decay factor (1: off; e.g. 0.8)")
     g.add_argument("--label-smoothing", type=float, default=0.1)
@@ -128,8 +136,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def recipe_purpose(args) -> str:
+    """The recipes.py purpose of a run: linear, finetune or semi (a label fraction)."""
+    if args.mode == "linear":
+        return "linear"
+    return "semi" if args.label_fraction < 1.0 else "finetune"
+
+
 def parse_args(argv=None) -> argparse.Namespace:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    scratch = args.pretrained is None or args.pretrained.lower() in ("none", "scratch")
+    recipes.apply_defaults(parser, args, argv, recipe_purpose(args), scratch=scratch)
     for key, value in MODE_DEFAULTS[args.mode].items():
         if getattr(args, key) is None:
             setattr(args, key, value)
@@ -147,6 +165,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         raise ValueError(f"--flip must be a probability in [0, 1], got {args.flip}")
     if args.min_crop is not None and args.min_crop < 1:
         raise ValueError(f"--min-crop must be >= 1 frame, got {args.min_crop}")
+    if args.lp_epochs < 0:
+        raise ValueError(f"--lp-epochs must be >= 0, got {args.lp_epochs}")
     return args
 
 
@@ -299,6 +319,25 @@ def finetune_state(model, args, steps_per_epoch: int, dtype, device) -> engine.T
     return engine.TrainState(optimizer, scheduler, engine.make_scaler(dtype, device))
 
 
+def probe_head(model: Classifier, store, args, train_pos, feat_kw: dict, device) -> float:
+    """LP-FT's first stage: train ``model.head`` as a linear probe on frozen features of the
+    training positions (whole sequences, no augmentation), the procedure of --mode linear with
+    --lp-epochs, --lp-lr and --batch-size; the head starts from the same seeded initialisation.
+    So the fine-tune starts from the linear probe's classifier (and scores its top-1 before the
+    first step) instead of a random head whose first gradients disturb the pretrained encoder.
+    Returns the probe's top-1 % on those training samples."""
+    feats, labels = extract(model.encoder, store, args.split, indices=train_pos, **feat_kw)
+    feats, labels = feats.to(device), labels.to(device)
+    epochs = args.lp_epochs
+    out = train_linear(lambda idx: feats[idx], labels, model.encoder.feature_dim,
+                       store.num_classes, epochs=epochs, lr=args.lp_lr,
+                       batch_size=args.batch_size,
+                       milestones=(int(epochs * 0.75), int(epochs * 0.875)),
+                       momentum=args.momentum, weight_decay=0.0, seed=args.seed)
+    model.head.load_state_dict(out["head"].state_dict())
+    return accuracy(predict(model.head, feats), labels)
+
+
 def run_finetune(args, store, cfg, ckpt, info, dtype, train_pos, val_pos, run_dir, writer):
     """Returns (last-epoch test logits, best dict or None, history) on rank 0, None elsewhere."""
     overrides = {} if args.drop_path is None else {"drop_path": args.drop_path}
@@ -315,6 +354,9 @@ def run_finetune(args, store, cfg, ckpt, info, dtype, train_pos, val_pos, run_di
     loader = finetune_loader(args, store, cfg, info, train_pos)
     state = finetune_state(model, args, len(loader), dtype, info.device)
     meta = engine.run_metadata(args, info)
+    feat_kw = dict(stream=cfg["stream"], clip_len=cfg["clip_len"], normalize=cfg["normalize"],
+                   spatial_channels=cfg["spatial_channels"], info=info, dtype=dtype,
+                   batch_size=args.eval_batch_size, workers=args.workers)
     resume = engine.resume_path(args.resume, run_dir)
     if resume is not None:
         last = engine.load_checkpoint(resume)
@@ -323,14 +365,15 @@ def run_finetune(args, store, cfg, ckpt, info, dtype, train_pos, val_pos, run_di
         changed = engine.changed_flags(last.get("meta", {}).get("config", {}), meta["config"])
         engine.log(info, f"resumed fine-tuning from {resume} at epoch {state.epoch}"
                    + (f" (changed flags: {', '.join(changed)})" if changed else ""))
+    elif args.lp_epochs:
+        top1 = probe_head(model, store, args, train_pos, feat_kw, info.device)
+        engine.log(info, f"LP-FT: head trained as a linear probe for {args.lp_epochs} epochs "
+                   f"(training top-1 {top1:.2f} %), fine-tuning from it")
 
     split_labels = torch.as_tensor(store.labels[store.split_indices(args.split)], dtype=torch.long)
     ddp_model = engine.wrap_ddp(model, info)
     step_fn = partial(finetune_step, ddp_model, split_labels, args, cfg, store.layout,
                       info, dtype)
-    feat_kw = dict(stream=cfg["stream"], clip_len=cfg["clip_len"], normalize=cfg["normalize"],
-                   spatial_channels=cfg["spatial_channels"], info=info, dtype=dtype,
-                   batch_size=args.eval_batch_size, workers=args.workers)
     best_path = run_dir / "best.pt"
     if state.epoch == 0 and info.is_main:
         best_path.unlink(missing_ok=True)  # a stale file of an earlier run
@@ -444,6 +487,8 @@ def write_outputs(args, store, cfg, tag, logits, best, history, train_pos, val_p
 
 def main(argv=None) -> dict | None:
     args = parse_args(argv)
+    if args.print_config:
+        return recipes.print_config(args)
     info = engine.init_distributed()
     store, ckpt, cfg = setup_eval_run(args, ("stream",) if args.mode == "finetune" else ())
     pretrained_stream = checkpoint_config(ckpt).get("stream") if ckpt is not None else None

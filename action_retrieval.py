@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 import engine
+import recipes
 from evaluation.features import build_eval_encoder, cached_extract, setup_eval_run
 from evaluation.knn import BACKENDS, knn_evaluate, l2_normalize
 
@@ -66,7 +67,12 @@ def export_embeddings(out_dir: Path, split: str, feats, labels, names) -> None:
 
 
 def main(argv=None) -> dict | None:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    scratch = args.pretrained is None or args.pretrained.lower() in ("none", "scratch")
+    recipes.apply_defaults(parser, args, argv, "knn", scratch=scratch)
+    if args.print_config:
+        return recipes.print_config(args)
     info = engine.init_distributed()
     store, ckpt, cfg = setup_eval_run(args)
     if args.k < 1:
@@ -88,7 +94,7 @@ def main(argv=None) -> dict | None:
               "checkpoint": str(args.pretrained) if args.pretrained else "scratch",
               "data": str(args.data), "gallery_split": args.split,
               "query_split": args.eval_split, "num_gallery": len(gallery),
-              "num_queries": len(queries), **cfg}
+              "num_queries": len(queries), **cfg, "defaults": args.defaults}
     name = "knn.json" if args.k == 1 else f"knn_k{args.k}.json"
     engine.write_json(Path(args.output) / name, result)
     if args.export_embeddings is not None:

@@ -34,6 +34,7 @@ import torch.distributed.nn.functional as dist_fn
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+import recipes
 from feeders.dataset import NORMALIZATIONS
 
 ROOT = Path(__file__).resolve().parent
@@ -90,6 +91,7 @@ def add_common_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     g.add_argument("--output", type=Path, required=True, help="run directory (checkpoints, tb)")
     g.add_argument("--resume", default="auto",
                    help="auto (resume from <output>/last.pt when it exists) | never | PATH")
+    recipes.add_defaults_arg(g)
     return parser
 
 

@@ -22,6 +22,7 @@ import torch
 from torch.utils.data import DataLoader
 
 import engine
+import recipes
 from evaluation.knn import knn_evaluate
 from feeders.augment import augment_views, random_rotation
 from feeders.dataset import EvalDataset, PretrainDataset, make_sampler, worker_init_fn
@@ -125,8 +126,18 @@ def knn_monitor(encoder, store, args, info: engine.DistInfo, parents, dtype) -> 
     return {"knn1_top1": knn_evaluate(queries, query_labels, gallery, gallery_labels, k=1)["top1"]}
 
 
-def main(argv: list[str] | None = None) -> engine.TrainState:
-    args = engine.finish_common_args(build_parser().parse_args(argv))
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line with the --defaults recipe filled in (recipes.apply_defaults)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    recipes.apply_defaults(parser, args, argv, "pretrain")
+    return engine.finish_common_args(args)
+
+
+def main(argv: list[str] | None = None) -> engine.TrainState | None:
+    args = parse_args(argv)
+    if args.print_config:
+        return recipes.print_config(args)
     if not 0.0 <= args.rotate <= 180.0:
         raise ValueError(f"--rotate must be in [0, 180] degrees, got {args.rotate}")
     if args.min_crop is not None and args.min_crop < 1:

@@ -104,6 +104,7 @@ def test_semi_supervised_finetune(data, tmp_path):
     # the same seed draws the same labelled subset
     rerun = ar.training_positions(store.labels[store.split_indices("xsub_train")],
                                   ar.parse_args(["--data", "x", "--output", "y",
+                                                 "--defaults", "none",
                                                  "--label-fraction", "0.5"]))
     assert train_names[rerun[0]].tolist() == labelled
 
@@ -256,8 +257,11 @@ def test_recog_and_finetune_scripts(data, pretrained, tmp_path):
     script("scripts/recog.sh", "cpu", "demo_xs_b_dste", "3", "--epochs", "1", "--workers", "0")
     saved = json.loads((run_dir / "linear.json").read_text())
     assert saved["checkpoint"] == str(run_dir / "epoch_0003.pt")
-    # the small-dataset defaults of recog.sh: lr 1.0 at batch 64
-    assert (saved["lr"], saved["batch_size"], saved["epochs"], saved["stream"]) == (1.0, 64, 1, "b")
+    # the small-set linear recipe (recipes.py): lr 1.0 at batch 64, cut to the tiny set's size
+    import recipes
+    batch = recipes.small_batch(saved["num_train"])
+    assert batch < 64 and saved["flags"]["defaults"]["name"] == "demo"
+    assert (saved["lr"], saved["batch_size"], saved["epochs"], saved["stream"]) == (1.0, batch, 1, "b")
     script("scripts/finetune.sh", "cpu", "demo_xs_b_dste", "scratch", "--preset", "tiny",
            "--clip-len", "8", "--epochs", "1", "--batch-size", "12", "--workers", "0")
     saved = json.loads((run_dir / "finetune.json").read_text())
@@ -358,8 +362,8 @@ def test_finetune_shear_reaches_the_model():
     assert torch.allclose(seen[5], flipped, atol=1e-6)
     assert not torch.allclose(seen[5], turned)    # some clip of the four was mirrored
     with pytest.raises(ValueError, match="--flip must be a probability"):
-        ar.main(["--data", "x", "--output", "y", "--flip", "1.5"])
+        ar.main(["--data", "x", "--output", "y", "--defaults", "none", "--flip", "1.5"])
     with pytest.raises(ValueError, match="--shear must be in"):
-        ar.main(["--data", "x", "--output", "y", "--shear", "2"])
+        ar.main(["--data", "x", "--output", "y", "--defaults", "none", "--shear", "2"])
     with pytest.raises(ValueError, match="--rotate must be in"):
-        ar.main(["--data", "x", "--output", "y", "--rotate", "-5"])
+        ar.main(["--data", "x", "--output", "y", "--defaults", "none", "--rotate", "-5"])
