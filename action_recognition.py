@@ -114,6 +114,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "fine-tune from it (0: off, a random head; small-set recipes: 160)")
     g.add_argument("--lp-lr", type=float, default=MODE_DEFAULTS["linear"]["lr"],
                    help="learning rate of the --lp-epochs linear probe (small-set recipes: 1.0)")
+    g.add_argument("--lp-guard", action=argparse.BooleanOptionalAction, default=True,
+                   help="with --lp-epochs: a fine-tune whose top-1 on the training samples (whole "
+                        "sequences, no augmentation) ends below the linear probe it started "
+                        "from is replaced by that linear probe (the result records it)")
     g.add_argument("--layer-decay", type=float, default=1.0,
                    help="layer-wise lr decay factor (1: off; e.g. 0.8)")
     g.add_argument("--label-smoothing", type=float, default=0.1)
@@ -338,6 +342,28 @@ def probe_head(model: Classifier, store, args, train_pos, feat_kw: dict, device)
     return accuracy(predict(model.head, feats), labels)
 
 
+@torch.no_grad()
+def train_top1(model: Classifier, store, args, train_pos, feat_kw: dict, device) -> float:
+    """Top-1 % of ``model`` on the training positions, whole sequences, no augmentation."""
+    feats, labels = extract(model.encoder, store, args.split, indices=train_pos, **feat_kw)
+    return accuracy(predict(model.head, feats.to(device)).cpu(), labels)
+
+
+def lp_guard(model: Classifier, probe: Classifier, store, args, train_pos, feat_kw: dict,
+             device) -> dict:
+    """LP-FT's guard: ``probe`` (the encoder the fine-tune started from, its head trained by
+    ``probe_head``) against the fine-tuned ``model`` on the training samples; when the
+    fine-tune scores lower there, ``model`` takes the probe's weights, so a fine-tune that went
+    wrong (too short, too high a learning rate) ends where it started, never below it.
+    Returns {"finetune_train_top1", "probe_train_top1", "kept": "finetune" | "linear probe"}."""
+    tuned = train_top1(model, store, args, train_pos, feat_kw, device)
+    probed = probe_head(probe, store, args, train_pos, feat_kw, device)
+    kept = "finetune" if tuned >= probed else "linear probe"
+    if kept == "linear probe":
+        model.load_state_dict(probe.state_dict())
+    return {"finetune_train_top1": tuned, "probe_train_top1": probed, "kept": kept}
+
+
 def run_finetune(args, store, cfg, ckpt, info, dtype, train_pos, val_pos, run_dir, writer):
     """Returns (last-epoch test logits, best dict or None, history) on rank 0, None elsewhere."""
     overrides = {} if args.drop_path is None else {"drop_path": args.drop_path}
@@ -401,6 +427,14 @@ def run_finetune(args, store, cfg, ckpt, info, dtype, train_pos, val_pos, run_di
     engine.train(ddp_model, step_fn, loader, state, epochs=args.epochs, info=info,
                  seed=args.seed, output=run_dir, extra_state={"meta": meta},
                  on_epoch_end=on_epoch_end)
+    if args.lp_epochs and args.lp_guard:  # the starting point rebuilt: resume-proof
+        start = Classifier(build_eval_encoder(cfg, store, args.seed, ckpt, args.pretrained,
+                                              **overrides), store.num_classes, args.seed)
+        guard = lp_guard(model, start.to(info.device), store, args, train_pos, feat_kw,
+                         info.device)
+        history.append({"epoch": args.epochs, "lp_guard": guard})
+        engine.log(info, f"LP-FT guard: training top-1 fine-tune {guard['finetune_train_top1']:.2f} "
+                   f"%, linear probe {guard['probe_train_top1']:.2f} %: kept the {guard['kept']}")
     last_logits, _ = logits_of(args.eval_split)
     best = None
     if len(val_pos):

@@ -367,3 +367,33 @@ def test_finetune_shear_reaches_the_model():
         ar.main(["--data", "x", "--output", "y", "--defaults", "none", "--shear", "2"])
     with pytest.raises(ValueError, match="--rotate must be in"):
         ar.main(["--data", "x", "--output", "y", "--defaults", "none", "--rotate", "-5"])
+
+
+@pytest.fixture(scope="module")
+def usdrl_checkpoint(data, tmp_path_factory):
+    """One epoch of tiny USDRL pretraining on the synthetic set (an encoder with features)."""
+    import pretrain
+    out = tmp_path_factory.mktemp("usdrl")
+    pretrain.main(["--data", str(data), "--output", str(out), "--preset", "tiny", "--clip-len",
+                   "16", "--epochs", "1", "--batch-size", "8", "--workers", "0", "--save-every",
+                   "0", "--precision", "fp32"])
+    return out / "last.pt"
+
+
+def test_default_finetune_not_below_the_linear_probe(data, usdrl_checkpoint, tmp_path):
+    """The small-set recipe's fine-tune (LP-FT and its guard) ends at or above the linear probe
+    of the same encoder; without LP (--lp-epochs 0) or without the guard (--no-lp-guard) the
+    same short fine-tunes end below it, so each mechanism is what holds the line here."""
+    def top1(name, *flags):
+        return ar.main(["--data", str(data), "--output", str(tmp_path / name), "--pretrained",
+                        str(usdrl_checkpoint), "--workers", "0", "--precision", "fp32",
+                        *flags])
+    linear = top1("linear", "--mode", "linear")["top1"]
+    assert linear > 100 / 12 + 10   # the probe is well above chance (12 classes)
+    one = top1("ft1", "--mode", "finetune", "--epochs", "1")
+    assert one["flags"]["lp_epochs"] == 160 and one["top1"] >= linear
+    assert top1("ft1_no_lp", "--mode", "finetune", "--epochs", "1", "--lp-epochs", "0")["top1"] < linear
+    two = top1("ft2", "--mode", "finetune", "--epochs", "2")
+    assert two["top1"] >= linear and two["history"][-1]["lp_guard"]["kept"] == "linear probe"
+    assert top1("ft2_no_guard", "--mode", "finetune", "--epochs", "2",
+                "--no-lp-guard")["top1"] < linear

@@ -142,3 +142,39 @@ def test_pretrain_two_cpu_processes(demo_env):
     assert "2 process(es) on cpu" in res.stdout
     ckpt = Path(demo_env["SKEL_CHECKPOINTS"]) / "demo_xs_j_stgcn" / "last.pt"
     assert ckpt.is_file()
+
+
+def test_a_dataset_with_a_name_of_its_own_through_every_script(tmp_path):
+    """Any prepared directory under $SKEL_DATA is a run name's dataset, its protocols from its
+    split names: pretrain, linear probe, KNN, fine-tune, semi-supervised and fusion."""
+    import json
+    import sys
+    env = {"SKEL_DATA": str(tmp_path / "data"), "SKEL_CHECKPOINTS": str(tmp_path / "ckpt"),
+           "SKEL_PYTHON": sys.executable, "OMP_NUM_THREADS": "1"}
+    res = subprocess.run([sys.executable, "-m", "feeders.synthetic", "--out",
+                          str(tmp_path / "data" / "mydata"), "--num-sequences", "24",
+                          "--workers", "1"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    res = bash("bash scripts/pretrain.sh cpu mydata_xv_j_dste", env)
+    assert res.returncode == 2 and "dataset mydata has no protocol 'xv'; its protocols: xs" in res.stderr
+    run = "mydata_xs_j_dste"
+    fast = "--workers 0 --epochs 1"
+    steps = [f"bash scripts/pretrain.sh cpu {run} {fast} --preset tiny --clip-len 16 --save-every 0",
+             f"bash scripts/recog.sh cpu {run} last {fast}",
+             f"bash scripts/knn.sh cpu {run} last --workers 0",
+             f"bash scripts/finetune.sh cpu {run} last {fast} --lp-epochs 2",
+             f"bash scripts/semi.sh cpu {run} 0.5 last {fast} --lp-epochs 2 --batch-size 4",
+             f"bash scripts/finetune.sh cpu mydata_xs_b_dste {tmp_path}/ckpt/{run}/last.pt {fast} "
+             "--lp-epochs 2",
+             f"bash scripts/fusion.sh finetune {run} mydata_xs_b_dste --output {tmp_path}/fused.json"]
+    for step in steps:
+        res = bash(step, env)
+        assert res.returncode == 0, (step, res.stderr[-2000:])
+    out = tmp_path / "ckpt" / run
+    config = json.loads((out / "config.json").read_text())["config"]
+    assert config["defaults"]["name"] == "auto-small"            # chosen from its manifest
+    assert config["normalize"] == "view" and config["preset"] == "tiny"  # the flag won
+    for name in ("linear.json", "knn.json", "finetune.json", "finetune_0.5.json"):
+        result = json.loads((out / name).read_text())
+        assert result["data"] == f"{tmp_path}/data/mydata" and "top1" in result, name
+    assert len(json.loads((tmp_path / "fused.json").read_text())["streams"]) == 2
