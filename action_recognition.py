@@ -19,7 +19,11 @@ length) and a Linear(feature_dim -> classes) is trained on them in memory (METHO
 
 finetune: encoder + linear head trained end to end by engine.train: AdamW (no weight decay on
 biases, norms and positional tables), linear warmup then cosine decay per step, optional
-layer-wise lr decay, label smoothing, drop path (transformers). Augmentation: the random
+layer-wise lr decay, label smoothing, drop path (transformers). With --lp-epochs N (the
+small-set recipes: 160) the head is first trained as a linear probe on frozen features of the
+training samples and the fine-tune starts from it (LP-FT); its guard (--lp-guard) keeps that
+linear probe when the fine-tuned model ends below it on the training samples (whole sequences,
+no augmentation), recorded as the last `history` entry. Augmentation: the random
 temporal crop-and-resize of the pretraining feeder with one view per sample (--no-augment:
 whole sequences), then optional per-clip --shear, --rotate and --flip (one seeded generator
 per step). Layer-wise decay: the lr of a parameter at

@@ -8,6 +8,9 @@ One step: views (B, 4, C, L, V, M) from PretrainDataset -> spatial augmentation 
 (generator seeded from seed, epoch, step, rank; --rotate adds a random rotation per view) ->
 stream conversion -> encoder under autocast on all 4B clips -> three projectors -> embeddings
 gathered over processes -> fp32 loss.
+The schedule is the dataset's recipe (--defaults auto, recipes.py: the paper's for NTU-sized
+sets, the small-set recipe for small ones, printed and recorded in config.json as `defaults`);
+flags given on the command line always win.
 Writes <output>/config.json, <output>/last.pt every epoch, <output>/epoch_NNNN.pt every
 --save-every epochs and TensorBoard logs in <output>/tb. Re-running the same command resumes
 from last.pt (--resume auto).
