@@ -77,25 +77,30 @@ class Known:
     layout: str
     num_classes: int
     protocols: tuple[str, ...]
-    prepare: str              # feeders.prepare arguments; {out} is the output directory
+    prepare: str              # the `python -m` arguments that create it; {out}: its directory
     linear_lr: dict           # protocol -> linear probe lr (paper kinds; "*": any other)
 
 
 KNOWN: dict[str, Known] = {
     "ntu60": Known("paper", "ntu25", 60, ("xs", "xv"),
-                   "feeders.prepare --format ntu --benchmark ntu60 --src /path/to/nturgb+d_skeletons --out {out} --workers 8",
+                   "feeders.prepare --format ntu --benchmark ntu60 --src "
+                   "/path/to/nturgb+d_skeletons --out {out} --workers 8",
                    {"xv": 0.03, "*": 0.006}),
     "ntu120": Known("paper", "ntu25", 120, ("xs", "xe"),
-                    "feeders.prepare --format ntu --benchmark ntu120 --src /path/to/nturgb+d_skeletons_120 --out {out} --workers 8",
+                    "feeders.prepare --format ntu --benchmark ntu120 --src "
+                    "/path/to/nturgb+d_skeletons_120 --out {out} --workers 8",
                     {"*": 0.006}),
     "pku1": Known("paper", "ntu25", 51, ("xs", "xv"),
-                  "feeders.prepare --format pku --src /path/to/PKU-MMD-phase1 --out {out} --workers 8",
+                  "feeders.prepare --format pku --src /path/to/PKU-MMD-phase1 --out {out} "
+                  "--workers 8",
                   {"*": 0.006}),
     "pku2": Known("pku2", "ntu25", 51, ("xs", "xv"),
-                  "feeders.prepare --format pku --src /path/to/PKU-MMD-phase2 --out {out} --workers 8",
+                  "feeders.prepare --format pku --src /path/to/PKU-MMD-phase2 --out {out} "
+                  "--workers 8",
                   {"*": 0.01}),
     "kinetics": Known("paper", "openpose18", 400, ("tv",),
-                      "feeders.prepare --format kinetics --src /path/to/kinetics-skeleton --out {out} --workers 8",
+                      "feeders.prepare --format kinetics --src /path/to/kinetics-skeleton "
+                      "--out {out} --workers 8",
                       {"*": 0.006}),
     "ucla": Known("small", "kinect20", 10, ("xv",),
                   "feeders.prepare --format nwucla --src /path/to/NW-UCLA/all_sqe --out {out}", {}),

@@ -41,8 +41,11 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
 sys.path.insert(0, str(ROOT))
 
+import numpy as np  # noqa: E402
+
 import recipes  # noqa: E402
 from feeders.formats import FORMATS  # noqa: E402
+from feeders.store import Record, StoreWriter, open_store  # noqa: E402
 
 # name -> (prepare command after `python -m`, source folder, preferred protocol)
 DATASETS = {
@@ -50,8 +53,8 @@ DATASETS = {
              SHARED / "nw_ucla", "xv"),
     "penn": (["feeders.prepare", "--format", "penn", "--src", str(SHARED / "penn_action")],
              SHARED / "penn_action", "tv"),
-    "utkinect": (["feeders.prepare", "--format", "utkinect", "--src", str(SHARED / "utkinect")],
-                 SHARED / "utkinect", "xs"),
+    "utkinect": (["feeders.prepare", "--format", "utkinect", "--src",
+                  str(SHARED / "utkinect" / "joints")], SHARED / "utkinect", "xs"),
     "synth": (["feeders.synthetic", "--num-sequences", "1200"], None, "xs"),
 }
 QUICK = {  # tiny settings for --quick: flags after the run name win over the recipe
@@ -95,8 +98,38 @@ def prepare(name: str, data: Path, args, env: dict) -> bool:
         return False
     if name == "synth" and args.quick:
         command = ["feeders.synthetic", "--num-sequences", str(args.quick_sequences)]
+    if name == "utkinect":   # whole streams first, then their labelled segments as clips
+        streams = data.with_name("utkstreams")
+        if not (streams / "manifest.json").is_file():
+            sh([sys.executable, "-m", *command, "--out", str(streams)], env)
+        segments_as_clips(streams, data)
+        return True
     sh([sys.executable, "-m", *command, "--out", str(data)], env)
     return True
+
+
+def segments_as_clips(streams: Path, out: Path) -> Path:
+    """UTKinect's labelled segments as clips: every maximal run of one action label (1..K, 0 is
+    background) of each untrimmed stream of ``streams`` (per-frame ``frame_labels``) becomes one
+    sequence of class label - 1, in the split of its stream (cross-subject)."""
+    src = open_store(streams)
+    split_of = {int(i): name for name, idx in src.splits.items() for i in idx}
+    names = src.class_names[1:]
+    splits: dict[str, list[int]] = {name: [] for name in src.splits}
+    with StoreWriter(out, src.layout, len(names), names, channels=src.channels,
+                     bodies=src.bodies, source_format="utkinect-segments") as writer:
+        for i in range(len(src)):
+            labels = np.asarray(src.frame_array("frame_labels", i)).reshape(-1)
+            change = np.flatnonzero(np.diff(labels)) + 1
+            for start, end in zip(np.r_[0, change], np.r_[change, labels.size]):
+                if labels[start] <= 0 or i not in split_of:
+                    continue
+                splits[split_of[i]].append(len(writer))
+                writer.add(Record(f"{src.names[i]}_{start}", int(labels[start]) - 1,
+                                  np.array(src.sequence(i)[start:end]),
+                                  subject=int(src.subjects[i]), view=int(src.views[i])))
+        writer.close(splits)
+    return out
 
 
 def top1(path: Path) -> float:

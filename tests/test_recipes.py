@@ -276,3 +276,30 @@ def test_every_recipe_value_is_a_flag_of_its_entry_point(kind):
         args = action_recognition.build_parser().parse_args(
             base + ["--mode", mode] + recipes.as_flags(values))
         assert all(getattr(args, k) == v for k, v in values.items()), (kind, purpose)
+
+
+def test_benchmark_cuts_labelled_segments_into_clips(tmp_path):
+    """benchmarks/recipes_bench.py: UTKinect-style untrimmed streams -> one clip per labelled
+    run (background 0 dropped, class = label - 1), each in its stream's split."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("recipes_bench",
+                                                  ROOT / "benchmarks" / "recipes_bench.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    labels = [np.array([0, 1, 1, 0, 2, 2, 2]), np.array([2, 2, 0, 0, 1])]
+    with StoreWriter(tmp_path / "streams", "kinect20", 3, ["background", "a", "b"], channels=3,
+                     bodies=1) as writer:
+        for i, lab in enumerate(labels):
+            data = np.arange(len(lab) * 60, dtype=np.float32).reshape(len(lab), 1, 20, 3) + i
+            writer.add(Record(f"s{i}", 1, data, subject=i + 1,
+                              frame_arrays={"frame_labels": lab.astype(np.int32)}))
+        writer.close({"xsub_train": [0], "xsub_val": [1]})
+    from feeders.store import open_store
+    clips = open_store(bench.segments_as_clips(tmp_path / "streams", tmp_path / "clips"))
+    assert clips.class_names == ["a", "b"]
+    assert clips.labels.tolist() == [0, 1, 1, 0] and clips.lengths.tolist() == [2, 3, 2, 1]
+    assert clips.split_indices("xsub_train").tolist() == [0, 1]
+    assert clips.split_indices("xsub_val").tolist() == [2, 3]
+    streams = open_store(tmp_path / "streams")
+    assert np.array_equal(clips.sequence(1), streams.sequence(0)[4:7])
+    assert clips.subjects.tolist() == [1, 1, 2, 2]
