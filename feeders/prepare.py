@@ -27,7 +27,8 @@ from tqdm import tqdm
 
 from feeders.formats import FORMATS, Source, describe, get_format
 from feeders.layouts import get_layout
-from feeders.store import DTYPES, Record, StoreWriter, check_outside, check_replaceable
+from feeders.store import (DTYPES, Record, StoreWriter, check_outside, check_replaceable,
+                            error_message)
 
 FLOAT16_MAX = float(np.finfo(np.float16).max)
 
@@ -188,13 +189,6 @@ def format_summary(summary: dict) -> str:
             f"splits: {splits}\n"
             f"time: {summary['seconds']:.1f} s ({summary['sequences_per_second']:.1f} "
             f"sequences/s)")
-
-
-def error_message(e: Exception) -> str:
-    """One line for a ValueError or an OSError (which then names the path it concerns)."""
-    if isinstance(e, OSError) and e.filename is not None and e.filename2 is None:
-        return f"{e.filename}: {e.strerror or e}"
-    return str(e).replace("\n", " ")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -114,6 +114,13 @@ def _writing(path: Path):
         raise OSError(e.errno, e.strerror or str(e), str(path)) from e
 
 
+def error_message(e: Exception) -> str:
+    """One line for a ValueError or an OSError (which then names the path it concerns)."""
+    if isinstance(e, OSError) and e.filename is not None and e.filename2 is None:
+        return f"{e.filename}: {e.strerror or e}"
+    return str(e).replace("\n", " ")
+
+
 def suite_manifest(path) -> dict | None:
     """The manifest of ``path`` when it is a dataset directory written by this suite, else None.
 

@@ -75,9 +75,10 @@ def load_labels(path: Path, count: int, trusted: bool = False) -> tuple[list[str
     if len(names) != count or labels.shape != (count,):
         raise ValueError(f"{path}: {len(names)} names and {labels.shape} labels, expected "
                          f"{count} (the data file's N)")
-    if labels.dtype.kind not in "iu" or (labels < 0).any():
-        raise ValueError(f"{path}: labels must be integers >= 0, got {labels.dtype} "
-                         f"min {labels.min()}")
+    if labels.dtype.kind not in "iu":
+        raise ValueError(f"{path}: labels must be integers >= 0, got {labels.dtype} values")
+    if (labels < 0).any():
+        raise ValueError(f"{path}: labels must be integers >= 0, got min {labels.min()}")
     return names, labels.astype(np.int64)
 
 
