@@ -20,9 +20,9 @@ directory at ``<out>`` is always either the old dataset or the complete new one.
 Outputs never destroy what the suite did not write (``check_replaceable``): an existing
 ``<out>`` is replaced only when it is a dataset directory written here (its ``manifest.json``
 has ``created_by`` ``feeders.store ...``) holding nothing but the files its manifest lists, or
-an empty directory. The replace renames the old directory aside to ``<out>.old-<pid>``,
+an empty directory. The replace renames the old directory aside to ``<out>.replaced-<pid>``,
 renames the new one in, then deletes the old one. ``clean_leftovers`` removes the
-``<out>.tmp-<pid>`` / ``<out>.old-<pid>`` of writers killed on this machine (their process is
+``<out>.tmp-<pid>`` / ``<out>.replaced-<pid>`` of writers killed on this machine (their process is
 gone) and puts an ``.old`` dataset back when a writer died between the two renames.
 Conversion checks sample names and splits (``check_names_and_splits``).
 """
@@ -100,7 +100,7 @@ def _sha256(path: Path, chunk: int = 1 << 20) -> str:
 
 # ----------------------------------------------------------------------------- writing safely
 
-TMP_TAG, OLD_TAG = ".tmp-", ".old-"  # <out>.tmp-<pid>: being written; <out>.old-<pid>: replaced
+TMP_TAG, OLD_TAG = ".tmp-", ".replaced-"  # being written / replaced by process <pid>
 
 
 @contextlib.contextmanager
@@ -218,7 +218,7 @@ def clean_leftovers(out) -> list[Path]:
     """Tidy what writers of ``out`` killed on this machine left next to it; returns the paths.
 
     ``<out>.tmp-<pid>`` (a partial output) is removed when process ``pid`` is gone.
-    ``<out>.old-<pid>`` (a replaced dataset) is renamed back to ``out`` when ``out`` is missing
+    ``<out>.replaced-<pid>`` (a replaced dataset) is renamed back to ``out`` when ``out`` is missing
     (the writer died between its two renames), else removed. A live process's leftovers and
     anything that does not look like a writer's output are left alone.
     """
@@ -226,10 +226,11 @@ def clean_leftovers(out) -> list[Path]:
     if not out.parent.is_dir():
         return []
     done = []
+    siblings = sorted(out.parent.iterdir())
     for tag in (OLD_TAG, TMP_TAG):  # old first: it may restore out
-        for path in sorted(out.parent.glob(f"{out.name}{tag}*")):
+        for path in siblings:
             pid = _leftover_pid(path, out, tag)
-            if pid is None or pid_alive(pid) or not _written_by_writer(path):
+            if pid is None or not path.exists() or pid_alive(pid) or not _written_by_writer(path):
                 continue
             if tag == OLD_TAG and not out.exists() and is_dataset_dir(path):
                 os.replace(path, out)

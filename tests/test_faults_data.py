@@ -174,7 +174,7 @@ def test_every_dataset_writer_refuses_what_the_suite_did_not_write(tmp_path, mak
         assert str(out) in str(info.value), name
     for path, content in snapshot.items():
         assert path.read_bytes() == content
-    assert not [p for p in tmp_path.iterdir() if ".tmp-" in p.name or ".old-" in p.name]
+    assert not [p for p in tmp_path.iterdir() if ".tmp-" in p.name or ".replaced-" in p.name]
 
 
 def test_synthetic_out_data_keeps_the_datasets_inside(tmp_path, capsys):
@@ -229,7 +229,7 @@ def test_leftovers_of_dead_writers_are_removed_live_ones_kept(tmp_path):
     running = tmp_path / f"ds.tmp-{live}"
     running.mkdir()
     (running / "frames.npy").write_bytes(b"being written")
-    replaced = write_store(tmp_path / f"ds.old-{dead}")
+    replaced = write_store(tmp_path / f"ds.replaced-{dead}")
     strange = tmp_path / f"ds.tmp-{dead}9"
     foreign_dir(strange)  # not what a writer leaves: kept
     write_store(out, records(3), {"train": [0], "val": [1, 2]})  # the next run tidies
@@ -245,7 +245,7 @@ def test_leftovers_of_dead_writers_are_removed_live_ones_kept(tmp_path):
 def test_writer_killed_between_its_renames_gets_the_old_dataset_back(tmp_path):
     """Between 'old aside' and 'new in' there is no <out>: the next run renames the old back."""
     dead = dead_pid()
-    old = write_store(tmp_path / f"ds.old-{dead}")
+    old = write_store(tmp_path / f"ds.replaced-{dead}")
     new = write_store(tmp_path / f"ds.tmp-{dead}", records(2), {"train": [0], "val": [1]})
     out = tmp_path / "ds"
     assert sorted(p.name for p in clean_leftovers(out)) == [old.name, new.name]
@@ -267,7 +267,7 @@ def test_replace_puts_the_old_dataset_back_when_the_new_cannot_move_in(tmp_path,
     monkeypatch.setattr(store_mod.os, "replace", replace)
     with pytest.raises(OSError, match="Input/output error"):
         write_store(out, records(2), {"train": [0], "val": [1]})
-    assert calls[0][0] == "ds" and calls[0][1].startswith("ds.old-")
+    assert calls[0][0] == "ds" and calls[0][1].startswith("ds.replaced-")
     assert calls[1][0].startswith("ds.tmp-") and calls[1][1] == "ds"
     assert len(open_store(out, verify=True)) == 4
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ds"]
@@ -314,7 +314,8 @@ def test_pickle_that_runs_code_is_refused_by_every_reader(tmp_path, capsys, fmt,
 def test_no_pickle_load_outside_safe_pickle():
     """Every pickle read under feeders/ goes through feeders/safe_pickle.py."""
     calls = re.compile(r"(?<!safe_)pickle\.(load|loads|Unpickler)\(|allow_pickle=True")
-    offenders = [f"{path.relative_to(ROOT)}:{n}" for path in sorted((ROOT / "feeders").rglob("*.py"))
+    offenders = [f"{path.relative_to(ROOT)}:{n}"
+                 for path in sorted((ROOT / "feeders").rglob("*.py"))
                  if path.name != "safe_pickle.py"
                  for n, line in enumerate(path.read_text().splitlines(), start=1)
                  if calls.search(line)]
