@@ -22,8 +22,9 @@ Outputs never destroy what the suite did not write (``check_replaceable``): an e
 has ``created_by`` ``feeders.store ...``) holding nothing but the files its manifest lists, or
 an empty directory. The replace renames the old directory aside to ``<out>.replaced-<pid>``,
 renames the new one in, then deletes the old one. ``clean_leftovers`` removes the
-``<out>.tmp-<pid>`` / ``<out>.replaced-<pid>`` of writers killed on this machine (their process is
-gone) and puts an ``.old`` dataset back when a writer died between the two renames.
+``<out>.tmp-<pid>`` / ``<out>.replaced-<pid>`` of writers killed on this machine (their
+process is gone) and puts a ``.replaced`` dataset back when a writer died between the two
+renames.
 Conversion checks sample names and splits (``check_names_and_splits``).
 """
 
