@@ -19,7 +19,8 @@ def make_store(path, *, layout="kinect20", classes=3, channels=3, views=(1, 2, 3
                splits=("xview_train", "xview_val"), source_format="unknown", per_class=4,
                length=20, declared=None):
     """A tiny dataset: ``classes * per_class`` sequences of ``length`` frames, view ids cycling
-    through ``views``; the first half of the sequences in splits[0], the rest in splits[1]."""
+    through ``views``; the first half of the sequences in every training split (a name ending
+    in ``train``), the rest in the others."""
     from feeders.layouts import get_layout
     joints = get_layout(layout).num_joints
     rng = np.random.default_rng(0)
@@ -29,10 +30,8 @@ def make_store(path, *, layout="kinect20", classes=3, channels=3, views=(1, 2, 3
         for i in range(n):
             data = rng.standard_normal((length, 1, joints, channels)).astype(np.float32)
             writer.add(Record(f"s{i}", i % classes, data, view=views[i % len(views)]))
-        halves = {splits[0]: list(range(n // 2)), splits[1]: list(range(n // 2, n))}
-        for extra in splits[2:]:
-            halves[extra] = list(range(n))
-        writer.close(halves)
+        first, second = list(range(n // 2)), list(range(n // 2, n))
+        writer.close({name: first if name.endswith("train") else second for name in splits})
     if declared:
         manifest = json.loads((path / "manifest.json").read_text())
         manifest["benchmark"] = declared
