@@ -4,7 +4,7 @@
 
 Each sequence becomes one pyskl annotation: ``frame_dir`` (the sequence name), ``label``,
 ``total_frames`` and ``keypoint`` float16 ``(M, T, V, C)``. For 2D data with a confidence
-channel (layouts coco17 / openpose18 / penn13 with 3 channels) the last channel is written as
+channel (a 2D layout, ``layout.dims == 2``, with 3 channels) the last channel is written as
 ``keypoint_score`` float16 ``(M, T, V)`` and ``keypoint`` keeps ``(x, y)``. The store's named
 splits become the ``split`` dict (frame_dir lists, in the store's order).
 
@@ -23,8 +23,6 @@ from pathlib import Path
 import numpy as np
 
 from feeders.store import open_store
-
-TWO_D_LAYOUTS = ("coco17", "openpose18", "penn13")
 
 
 def trim_padding_bodies(data: np.ndarray) -> np.ndarray:
@@ -53,7 +51,7 @@ def to_pyskl(store_dir, out_path, score_channel: bool | None = None) -> Path:
     """
     store = open_store(store_dir)
     if score_channel is None:
-        score_channel = store.layout.name in TWO_D_LAYOUTS and store.channels == 3
+        score_channel = store.layout.dims == 2 and store.channels == 3
     if score_channel and store.channels < 2:
         raise ValueError(f"{store_dir}: {store.channels} channel(s), cannot split off a score")
     names = [str(n) for n in store.names]

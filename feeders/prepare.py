@@ -22,7 +22,7 @@ import numpy as np
 from tqdm import tqdm
 
 from feeders.formats import FORMATS, Source, describe, get_format
-from feeders.layouts import get_layout
+from feeders.layouts import LayoutError, get_layout
 from feeders.store import DTYPES, Record, StoreWriter
 
 FLOAT16_MAX = float(np.finfo(np.float16).max)
@@ -47,7 +47,8 @@ def check_record(rec: Record, item, source: Source, joints: int, dtype: str) -> 
     if t < 1:
         raise ValueError(f"{where}: no frames (T=0)")
     if v != joints:
-        raise ValueError(f"{where}: {v} joints, expected {joints} (layout {source.layout})")
+        raise ValueError(f"{where}: {v} joints, expected {joints} (layout "
+                         f"{get_layout(source.layout).name})")
     if c != source.channels:
         raise ValueError(f"{where}: {c} channels, expected {source.channels}")
     if not np.isfinite(data).all():
@@ -119,11 +120,12 @@ def run(opts: argparse.Namespace, progress: bool = False) -> dict:
     source = get_format(opts.format).scan(Path(opts.src), opts)
     if not source.items:
         raise ValueError(f"{opts.src}: nothing to convert (no {opts.format} items found)")
-    joints = get_layout(source.layout).num_joints
+    layout = get_layout(source.layout)
+    joints = layout.num_joints
     metas, skipped = [], 0
-    with StoreWriter(opts.out, source.layout, len(source.class_names), source.class_names,
+    with StoreWriter(opts.out, layout, len(source.class_names), source.class_names,
                      source.channels, source.bodies, dtype=opts.dtype,
-                     source_format=opts.format) as writer:
+                     source_format=opts.format, layout_source=source.layout_source) as writer:
         for item, recs in iter_read(source, opts.workers, progress):
             skipped += not recs
             for rec in recs:
@@ -179,6 +181,8 @@ def main(argv: list[str] | None = None) -> None:
     opts = build_parser(known.format).parse_args(argv)
     try:
         summary = run(opts, progress=True)
+    except LayoutError as e:  # a layout that cannot be used or chosen: a bad or missing flag
+        build_parser(known.format).error(str(e))
     except ValueError as e:
         sys.exit(f"error: {e}")
     print(format_summary(summary))
