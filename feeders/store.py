@@ -406,11 +406,15 @@ def manifest_layout(manifest: dict, path: Path) -> Layout:
     """The manifest's layout: rebuilt from ``layout_spec`` (the whole layout, written since
     custom layouts exist) or, in older manifests, looked up by the built-in name ``layout``."""
     try:
-        if "layout_spec" in manifest:
-            return layout_from_json(manifest["layout_spec"], f"{path}: field 'layout_spec'")
-        return get_layout(manifest["layout"])
+        if "layout_spec" not in manifest:
+            return get_layout(manifest["layout"])
+        layout = layout_from_json(manifest["layout_spec"], f"{path}: field 'layout_spec'")
     except LayoutError as e:
         raise (StoreError(str(e)) if "layout_spec" in manifest else _fail(path, str(e))) from None
+    if layout.name != manifest["layout"]:
+        raise _fail(path, f"field 'layout' is {manifest['layout']!r}, but 'layout_spec' "
+                          f"describes layout {layout.name!r}")
+    return layout
 
 
 def _open_npy(path: Path, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
