@@ -22,6 +22,8 @@ FORMATS: dict[str, str] = {
     "nwucla": "feeders.formats.nwucla",
     "kinetics": "feeders.formats.kinetics",
     "penn": "feeders.formats.penn",
+    "arrays": "feeders.formats.arrays",
+    "openpose": "feeders.formats.openpose",
 }
 
 
