@@ -80,3 +80,60 @@ def test_every_encoder_runs_on_the_custom_layout(custom_store, name):
         spatial = [a for a in graphs if a.shape[-1] == 7]
         assert spatial and all(torch.equal(a, disentangled_scales(adjacency, a.shape[0]))
                                for a in spatial)
+
+
+def write_pyskl(path, joints, coords, score):
+    """A two-annotation pyskl pickle with keypoint (1, 6, joints, coords)."""
+    import pickle
+    rng = np.random.default_rng(1)
+    anns = []
+    for k in range(2):
+        ann = {"frame_dir": f"clip{k}", "label": k, "total_frames": 6,
+               "keypoint": rng.normal(size=(1, 6, joints, coords)).astype(np.float16)}
+        if score:
+            ann["keypoint_score"] = rng.uniform(size=(1, 6, joints)).astype(np.float16)
+        anns.append(ann)
+    with open(path, "wb") as f:
+        pickle.dump({"split": {"train": ["clip0"], "val": ["clip1"]}, "annotations": anns}, f)
+
+
+def test_pyskl_no_silent_guess(tmp_path, capsys):
+    # 25 joints in 2D + score: OpenPose BODY_25, never NTU's 3D ntu25 with the score as z
+    write_pyskl(tmp_path / "op.pkl", 25, 2, score=True)
+    prepare("pyskl", tmp_path / "op.pkl", tmp_path / "op")
+    store = open_store(tmp_path / "op")
+    assert (store.layout.name, store.layout.dims, store.channels) == ("body25", 2, 3)
+    assert store.manifest["layout_source"] == "inferred"
+    # a 20-joint 3D file is read as kinect20 only with a warning saying how to declare another
+    write_pyskl(tmp_path / "k.pkl", 20, 3, score=False)
+    prepare("pyskl", tmp_path / "k.pkl", tmp_path / "k")
+    assert open_store(tmp_path / "k").layout.name == "kinect20"
+    err = capsys.readouterr().err
+    assert "k.pkl: no layout declared; 20 joints in 3D read as built-in layout kinect20" in err
+    assert "pass --layout mine.json" in err
+    # the same file with its own joint order declared
+    mine = {"name": "kin20", "dims": 3, "joints": [f"j{v}" for v in range(20)],
+            "parents": [0] + list(range(19)), "center": 0, "mirror": [[5, 9]]}
+    (tmp_path / "mine.json").write_text(json.dumps(mine))
+    prepare("pyskl", tmp_path / "k.pkl", tmp_path / "k2", layout=str(tmp_path / "mine.json"))
+    store = open_store(tmp_path / "k2")
+    assert store.layout.parents == tuple([0] + list(range(19)))
+    assert store.manifest["layout_source"] == "declared"
+
+
+def test_openpose_with_a_declared_layout(tmp_path):
+    """An OpenPose model the reader does not know (MPI, 15 keypoints) with --layout FILE."""
+    video = tmp_path / "src" / "v1"
+    video.mkdir(parents=True)
+    pose = np.full((15, 3), 0.5, np.float32)
+    (video / "v1_000000000000_keypoints.json").write_text(
+        json.dumps({"people": [{"pose_keypoints_2d": pose.reshape(-1).tolist()}]}))
+    (tmp_path / "labels.csv").write_text("video,label\nv1,a\n")
+    mpi = {"name": "mpi15", "dims": 2, "joints": [f"k{v}" for v in range(15)],
+           "parents": [1, 1] + [1] * 13, "center": 1}
+    (tmp_path / "mpi.json").write_text(json.dumps(mpi))
+    prepare("openpose", tmp_path / "src", tmp_path / "ds", labels=tmp_path / "labels.csv",
+            layout=str(tmp_path / "mpi.json"))
+    store = open_store(tmp_path / "ds")
+    assert store.layout.name == "mpi15" and store.manifest["layout_source"] == "declared"
+    assert store.sequence(0).shape == (1, 2, 15, 3)
