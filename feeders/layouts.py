@@ -359,10 +359,11 @@ def load_layout(path) -> Layout:
 
 
 def get_layout(layout: str | Path | Layout) -> Layout:
-    """A layout by built-in name or by the path of a JSON file (a Layout passes through)."""
+    """A layout by built-in name or by the path of a JSON file (a Path, or a string ending in
+    ``.json`` or containing ``/``); a Layout passes through."""
     if isinstance(layout, Layout):
         return layout
-    if isinstance(layout, Path) or str(layout).endswith(".json") or Path(layout).is_file():
+    if isinstance(layout, Path) or str(layout).endswith(".json") or "/" in str(layout):
         return load_layout(layout)
     if layout not in LAYOUTS:
         raise LayoutError(f"unknown layout {layout!r}; expected one of {sorted(LAYOUTS)} or a "
