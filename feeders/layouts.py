@@ -409,13 +409,19 @@ def choose_layout(declared, joints: int, dims: tuple[int, ...], where: str) -> t
     return layout, "inferred"
 
 
+def layout_json_text(layout: Layout) -> str:
+    """`layout.to_json()` as JSON text with one field per line (a template to edit)."""
+    fields = [f" {json.dumps(k)}: {json.dumps(v)}" for k, v in layout.to_json().items()]
+    return "{\n" + ",\n".join(fields) + "\n}"
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m feeders.layouts",
         description="Print a built-in layout as JSON, a template for your own --layout FILE.json.")
     parser.add_argument("name", choices=sorted(LAYOUTS), help="built-in layout")
     args = parser.parse_args(argv)
-    print(json.dumps(LAYOUTS[args.name].to_json(), indent=1))
+    print(layout_json_text(LAYOUTS[args.name]))
 
 
 if __name__ == "__main__":
