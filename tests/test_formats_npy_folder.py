@@ -1,16 +1,12 @@
 """`--format arrays` (a folder of .npy + labels.csv): round trip, labels, layout choice, errors."""
 import json
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
+from feeders.prepare import main as prepare_main
 from feeders.prepare import prepare
 from feeders.store import open_store
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def write_folder(folder, arrays, labels_csv, classes=None):
@@ -75,18 +71,19 @@ def test_arrays_layout_inference(tmp_path, capsys):
     assert store.layout.name == "body25" and store.manifest["layout_source"] == "declared"
 
 
-def test_arrays_ambiguity_is_a_one_line_usage_error(tmp_path):
+def test_arrays_ambiguity_is_a_one_line_usage_error(tmp_path, capsys):
     write_folder(tmp_path / "amb", {"s": np.ones((2, 25, 3), np.float32)}, "name,label\ns,0\n")
-    cmd = [sys.executable, "-m", "feeders.prepare", "--format", "arrays", "--src",
-           str(tmp_path / "amb"), "--out", str(tmp_path / "ds")]
-    r = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
-    assert r.returncode == 2 and "Traceback" not in r.stderr
-    last = r.stderr.strip().splitlines()[-1]
+    argv = ["--format", "arrays", "--src", str(tmp_path / "amb"), "--out", str(tmp_path / "ds")]
+    with pytest.raises(SystemExit) as exit_:
+        prepare_main(argv)
+    assert exit_.value.code == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
     assert last.startswith("python -m feeders.prepare: error: ") and "candidates: ntu25" in last
     (tmp_path / "bad.json").write_text(json.dumps({"name": "x"}))
-    r = subprocess.run(cmd + ["--layout", str(tmp_path / "bad.json")], capture_output=True,
-                       text=True, cwd=ROOT)
-    assert r.returncode == 2 and "bad.json: field 'dims' missing" in r.stderr.splitlines()[-1]
+    with pytest.raises(SystemExit) as exit_:
+        prepare_main(argv + ["--layout", str(tmp_path / "bad.json")])
+    assert exit_.value.code == 2
+    assert "bad.json: field 'dims' missing" in capsys.readouterr().err.splitlines()[-1]
     assert not (tmp_path / "ds").exists()
 
 

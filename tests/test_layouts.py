@@ -2,11 +2,10 @@ import numpy as np
 import pytest
 
 import json
-import subprocess
-import sys
 
 from feeders.layouts import (BODY25, H36M17, LAYOUTS, NTU25, STRATEGIES, Layout, LayoutError,
                              choose_layout, get_layout, layout_from_json, normalize_digraph)
+from feeders.layouts import main as layouts_main
 
 # A 4-joint toy tree: 0 is the root/centre, 1 hangs on 0, 2 and 3 hang on 1 and mirror each other.
 TOY = Layout("toy", ("a", "b", "c", "d"), (0, 0, 1, 1), center=0, graph_center=0, mirror=(0, 1, 3, 2))
@@ -157,10 +156,9 @@ def test_h36m17_bones_mirror_partitions():
 
 
 @pytest.mark.parametrize("name", sorted(LAYOUTS))
-def test_json_round_trip_through_the_template_printer(name, tmp_path):
-    out = subprocess.run([sys.executable, "-m", "feeders.layouts", name], capture_output=True,
-                         text=True, check=True).stdout
-    (tmp_path / "mine.json").write_text(out)
+def test_json_round_trip_through_the_template_printer(name, tmp_path, capsys):
+    layouts_main([name])  # python -m feeders.layouts NAME
+    (tmp_path / "mine.json").write_text(capsys.readouterr().out)
     assert get_layout(str(tmp_path / "mine.json")) == LAYOUTS[name]
     assert get_layout(tmp_path / "mine.json") == LAYOUTS[name]
 

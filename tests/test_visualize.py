@@ -1,8 +1,4 @@
 """feeders.visualize: PNG grid and GIF written, sane sizes, clear errors."""
-import subprocess
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 from PIL import Image
@@ -10,8 +6,7 @@ from PIL import Image
 from feeders.layouts import KINECT20
 from feeders.store import Record, StoreWriter, open_store
 from feeders.visualize import find_sequence, frame_indices, present_joints, render
-
-ROOT = Path(__file__).resolve().parents[1]
+from feeders.visualize import main as visualize_main
 
 
 @pytest.fixture
@@ -45,21 +40,21 @@ def test_png_grid_and_gif(store, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ds", "s.gif", "s.png"]  # no temp
 
 
-def test_errors_name_the_dataset(store, tmp_path):
+def test_errors_name_the_dataset(store, tmp_path, capsys):
     assert find_sequence(store, None, "seq1") == 1
     with pytest.raises(ValueError, match=rf"--name 'x': no such sequence in {store.root}"):
         find_sequence(store, None, "x")
     with pytest.raises(ValueError, match=rf"--index 2: {store.root} has 2 sequences \(0..1\)"):
         find_sequence(store, 2, None)
-    cmd = [sys.executable, "-m", "feeders.visualize", str(store.root), "--index", "5",
-           "--out", str(tmp_path / "x.png")]
-    r = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
-    assert r.returncode == 2 and "Traceback" not in r.stderr
-    assert r.stderr.splitlines()[-1] == (f"python -m feeders.visualize: error: --index 5: "
-                                         f"{store.root} has 2 sequences (0..1)")
-    r = subprocess.run(cmd[:-1] + [str(tmp_path / "x.jpg")], capture_output=True, text=True,
-                       cwd=ROOT)
-    assert r.returncode == 2 and "expected a .gif or .png file" in r.stderr
+    argv = [str(store.root), "--index", "5", "--out", str(tmp_path / "x.png")]
+    with pytest.raises(SystemExit) as exit_:
+        visualize_main(argv)
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        f"python -m feeders.visualize: error: --index 5: {store.root} has 2 sequences (0..1)")
+    with pytest.raises(SystemExit) as exit_:
+        visualize_main(argv[:-1] + [str(tmp_path / "x.jpg")])
+    assert exit_.value.code == 2 and "expected a .gif or .png file" in capsys.readouterr().err
     assert not (tmp_path / "x.png").exists()
 
 
