@@ -51,6 +51,11 @@ def test_arrays_labels_without_classes_file(tmp_path):
     prepare("arrays", tmp_path / "names", tmp_path / "ds2")
     store = open_store(tmp_path / "ds2")
     assert store.class_names == ["clap", "wave"] and store.labels.tolist() == [1, 0]
+    write_folder(tmp_path / "sparse", {"p": x}, "name,label\np,40\n")
+    with pytest.raises(ValueError, match=r"labels.csv: labels go up to 40 but only 1 different"):
+        prepare("arrays", tmp_path / "sparse", tmp_path / "ds3")
+    prepare("arrays", tmp_path / "sparse", tmp_path / "ds3", num_classes=60)
+    assert open_store(tmp_path / "ds3").num_classes == 60
 
 
 def test_arrays_layout_inference(tmp_path, capsys):

@@ -28,7 +28,7 @@ from typing import NamedTuple
 import numpy as np
 
 from feeders.formats import Source
-from feeders.formats.pyskl import default_class_names, read_class_names
+from feeders.formats.pyskl import label_class_names, read_class_names
 from feeders.layouts import choose_layout
 from feeders.store import Record
 
@@ -86,11 +86,12 @@ def read_labels_csv(path: Path, key: str) -> list[tuple[str, str, str]]:
     return out
 
 
-def resolve_labels(labels: list[str], classes_file: Path | None,
-                   where: Path) -> tuple[list[int], list[str]]:
+def resolve_labels(labels: list[str], classes_file: Path | None, where: Path,
+                   num_classes: int | None = None) -> tuple[list[int], list[str]]:
     """Label cells -> (0-based labels, class names). With a classes file a cell is one of its
-    names or an index into it; without, all-integer cells index ``class_000, ...`` and names
-    become classes sorted alphabetically."""
+    names or an index into it; without, all-integer cells index ``class_000, ...`` (as many as
+    ``--num-classes`` or, checked by ``label_class_names``, max label + 1) and names become
+    classes sorted alphabetically."""
     if classes_file is not None:
         names = read_class_names(classes_file)
         index = {n: k for k, n in enumerate(names)}
@@ -106,7 +107,7 @@ def resolve_labels(labels: list[str], classes_file: Path | None,
         return out, names
     if all(cell.isdigit() for cell in labels):
         ints = [int(cell) for cell in labels]
-        return ints, default_class_names(max(ints) + 1)
+        return ints, label_class_names(ints, where, None, num_classes)
     names = sorted(set(labels))
     index = {n: k for k, n in enumerate(names)}
     return [index[cell] for cell in labels], names
@@ -177,7 +178,7 @@ def scan(src: Path, opts) -> Source:
     classes = src / CLASSES_FILE
     labels, class_names = resolve_labels([r[1] for r in rows],
                                          classes if classes.is_file() else None,
-                                         src / LABELS_FILE)
+                                         src / LABELS_FILE, opts.num_classes)
     paths = [src / f"{n}.npy" for n in names]
     for path in paths:
         if not path.is_file():

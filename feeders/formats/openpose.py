@@ -222,7 +222,7 @@ def scan(src: Path, opts) -> Source:
         raise ValueError(f"--image-size must be positive, got {opts.image_size}")
     rows = _videos_from_csv(src, opts.labels) if opts.labels else _videos_from_class_folders(src)
     labels, class_names = resolve_labels([r[1] for r in rows], opts.class_names,
-                                         opts.labels or src)
+                                         opts.labels or src, opts.num_classes)
     folders = [src / r[0] for r in rows]
     joints = _joint_count(src, folders)
     if opts.layout is not None:
