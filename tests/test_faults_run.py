@@ -297,6 +297,24 @@ def test_fusion_refuses_nan_scores(tmp_path, capsys):
     assert not out.exists()
 
 
+def test_baseline_and_report_refuse_non_finite_values(data, tmp_path, capsys):
+    from evaluation import baseline, report
+
+    nan_data, name = with_nan_sequence(data, tmp_path, "xsub_val", position=1)
+    for argv in ([str(nan_data)], [str(data), "--test", "xsub_train"], [str(data), "--test", "x"]):
+        with pytest.raises(SystemExit) as exit_info:
+            baseline.main(argv)
+        assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert f"KNN queries: 1 of 12 samples" in err and name in err
+    assert "is the gallery split" in err and "--test 'x': dataset" in err
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "linear.json").write_text('{"top1": NaN, "top5": 50.0}')  # json.dumps(nan) writes NaN
+    assert report.main([str(run)]) == 2
+    assert "'top1' must be a finite number" in capsys.readouterr().err
+
+
 def test_a_diverging_linear_probe_is_stopped():
     gen = torch.Generator().manual_seed(0)
     feats, labels = torch.randn(16, 4, generator=gen) * 1e3, torch.arange(16) % 2
