@@ -5,6 +5,10 @@
 - batch statistics and gradient-preserving gathers across processes,
 - learning-rate schedules (step, cosine, linear warmup, linear-scaling rule),
 - atomic checkpoints and run metadata,
+- run directories: claimed (never a folder the suite did not write), locked (one writer per
+  job), cleaned of killed writers' temporary files,
+- honest resume (changed flags refused, or applied and recorded with --resume-changed),
+- `run_cli`: one-line `prog: error: ...` with exit status 2 for bad flags and environments,
 - `train(...)`: the one training loop (tqdm, TensorBoard, non-finite loss guard).
 
 Batch size convention: `--batch-size` is the *global* batch; each of the W processes loads

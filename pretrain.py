@@ -10,7 +10,9 @@ stream conversion -> encoder under autocast on all 4B clips -> three projectors 
 gathered over processes -> fp32 loss.
 Writes <output>/config.json, <output>/last.pt every epoch, <output>/epoch_NNNN.pt every
 --save-every epochs and TensorBoard logs in <output>/tb. Re-running the same command resumes
-from last.pt (--resume auto).
+from last.pt (--resume auto); a rerun with flags that change the run is refused unless
+--resume-changed, which applies and records them. --output must be new, empty or a run
+directory of the suite, and only one pretraining writes it at a time.
 """
 from __future__ import annotations
 
