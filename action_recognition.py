@@ -318,7 +318,8 @@ def run_finetune(args, store, cfg, ckpt, info, dtype, train_pos, val_pos, run_di
     meta = engine.resume_run(state, model, args, engine.run_metadata(args, info), info,
                              len(loader), run_dir,
                              check=lambda ckpt, path: check_head(ckpt, path, store.num_classes,
-                                                                 args.data))
+                                                                 args.data),
+                             default_of=build_parser().get_default)
     if info.is_main:
         engine.write_json(run_dir / "config.json", meta)
 

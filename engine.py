@@ -722,11 +722,18 @@ RESUME_EXEMPT = ("epochs", "resume", "resume_changed", "output", "workers", "thr
 RESUME_FIXED = ("backbone", "preset", "clip_len", "proj_mult", "spatial_channels")
 
 
-def config_changes(old: dict, new: dict, ignore: tuple[str, ...] = RESUME_EXEMPT) -> dict:
+def config_changes(old: dict, new: dict, ignore: tuple[str, ...] = RESUME_EXEMPT,
+                   default_of: Callable[[str], object] | None = None) -> dict:
     """flag -> (old value, new value) for the flags that differ between two
-    `run_metadata(...)["config"]` dicts, except those in `ignore`."""
+    `run_metadata(...)["config"]` dicts, except those in `ignore`. With `default_of` (the
+    parser's get_default), a flag the old run did not have yet (added to the code since)
+    that is left at its default is no change."""
+    def unchanged(k):
+        if k not in old and default_of is not None:
+            return new.get(k) == default_of(k)
+        return old.get(k) == new.get(k)
     return {k: (old.get(k), new.get(k)) for k in sorted(set(old) | set(new))
-            if k not in ignore and old.get(k) != new.get(k)}
+            if k not in ignore and not unchanged(k)}
 
 
 def format_changes(changes: dict) -> str:
@@ -747,7 +754,8 @@ def resume_path(resume: str, output: Path) -> Path | None:
     return path
 
 
-def check_resume_config(ckpt: dict, path: Path, config: dict, resume_changed: bool) -> dict:
+def check_resume_config(ckpt: dict, path: Path, config: dict, resume_changed: bool,
+                        default_of: Callable[[str], object] | None = None) -> dict:
     """The semantic flag changes between a checkpoint's run and this command (flag -> (old,
     new)). Raises ValueError (one line listing them) when the model's shape would change
     (RESUME_FIXED), or when anything outside RESUME_EXEMPT changes without --resume-changed."""
@@ -756,7 +764,7 @@ def check_resume_config(ckpt: dict, path: Path, config: dict, resume_changed: bo
         raise ValueError(f"--resume {path}: the checkpoint records no run flags, so this "
                          "command cannot be checked against it; add --resume-changed to resume "
                          "it with this command's flags")
-    changes = config_changes(old or {}, config) if old is not None else {}
+    changes = config_changes(old, config, default_of=default_of) if old is not None else {}
     fixed = {k: v for k, v in changes.items() if k in RESUME_FIXED}
     if fixed:
         raise ValueError(f"--resume {path}: the checkpoint holds another model "
@@ -795,13 +803,15 @@ def apply_settings(state: "TrainState", settings: list[dict], steps_per_epoch: i
 
 def resume_run(state: "TrainState", model: nn.Module, args: argparse.Namespace, meta: dict,
                info: DistInfo, steps_per_epoch: int, run_dir: Path,
-               check: Callable[[dict, Path], None] | None = None) -> dict:
+               check: Callable[[dict, Path], None] | None = None,
+               default_of: Callable[[str], object] | None = None) -> dict:
     """Resume from the checkpoint `--resume` names (auto: <run_dir>/last.pt), if any.
 
     The run's flags are compared with the checkpoint's (`check_resume_config`): a change is
     refused unless --resume-changed, and then really applied (`apply_settings`: learning
     rates, weight decay, schedule; every other flag acts through the rebuilt data, model and
-    step function). `check(ckpt, path)` may refuse the checkpoint first. Returns `meta` with
+    step function). `check(ckpt, path)` may refuse the checkpoint first; `default_of` (the
+    parser's get_default) lets runs older than a new flag resume with it at its default. Returns `meta` with
     `resumes` extended by {epoch, checkpoint, changed: flag -> [old, new], git_commit,
     command}, so config.json and the checkpoints say what the run does from which epoch on.
     """
@@ -811,13 +821,13 @@ def resume_run(state: "TrainState", model: nn.Module, args: argparse.Namespace, 
     ckpt = load_checkpoint(path)
     if check is not None:
         check(ckpt, path)
-    check_resume_config(ckpt, path, meta["config"], args.resume_changed)
+    check_resume_config(ckpt, path, meta["config"], args.resume_changed, default_of)
     settings = optimizer_settings(state.optimizer)
     state.load(model, ckpt, path)
     apply_settings(state, settings, steps_per_epoch)
     old_meta = ckpt.get("meta") or {}
     changed = config_changes(old_meta.get("config") or {}, meta["config"],
-                             ignore=("resume", "resume_changed"))
+                             ignore=("resume", "resume_changed"), default_of=default_of)
     entry = {"epoch": state.epoch, "checkpoint": str(path),
              "changed": {k: list(v) for k, v in changed.items()},
              "git_commit": meta["git_commit"], "command": meta["command"]}
@@ -927,8 +937,6 @@ def train(model: nn.Module, step_fn: Callable, loader, state: TrainState, *, epo
     `<output>/last.pt` and every `save_every` epochs `<output>/epoch_NNNN.pt` (NNNN = completed
     epochs). `extra_state` is stored in every checkpoint (e.g. run metadata).
     """
-    if log_every < 1:
-        raise ValueError(f"--log-every must be >= 1 step, got {log_every}")
     writer = None
     if output is not None and info.is_main:
         from torch.utils.tensorboard import SummaryWriter

@@ -185,7 +185,7 @@ def pretrain(args, store, info: engine.DistInfo) -> engine.TrainState:
                                       milestones=args.milestones, gamma=args.gamma)
     state = engine.TrainState(optimizer, scheduler, engine.make_scaler(dtype, info.device))
     meta = engine.resume_run(state, model, args, engine.run_metadata(args, info), info,
-                             len(loader), args.output)
+                             len(loader), args.output, default_of=build_parser().get_default)
     if info.is_main:
         engine.write_json(args.output / "config.json", meta)
     engine.log(info, f"pretraining {args.backbone}/{args.preset} on {args.data} {args.split} "

@@ -429,13 +429,20 @@ def test_resume_applies_the_new_schedule_exactly():
                                ckpt["optimizer"]["state"][0]["exp_avg"])
 
 
-def test_resume_of_another_model_or_an_unrecorded_run_is_refused(data, tmp_path, capsys):
+def test_resume_of_another_model_an_unrecorded_run_or_a_new_flag(data, tmp_path, capsys):
     out = tmp_path / "run"
     pretrain.main(flags(data, out, "--epochs", "1"))
     for extra in ((), ("--resume-changed",)):
         err = cli_error(capsys, pretrain.main, flags(data, out, "--epochs", "2", "--backbone",
                                                       "stgcn", *extra), "pretrain.py")
         assert "another model (--backbone: dste -> stgcn)" in err
+    ckpt = engine.load_checkpoint(out / "last.pt")
+    del ckpt["meta"]["config"]["rotate"]  # a run from before --rotate existed
+    engine.save_checkpoint(out / "last.pt", ckpt)
+    err = cli_error(capsys, pretrain.main, flags(data, out, "--epochs", "2", "--rotate", "30"),
+                    "pretrain.py")
+    assert "would change the run (--rotate: None -> 30.0)" in err
+    assert pretrain.main(flags(data, out, "--epochs", "2")).epoch == 2  # at its default: fine
     bare = tmp_path / "bare.pt"
     ckpt = engine.load_checkpoint(out / "last.pt")
     del ckpt["meta"]
