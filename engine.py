@@ -668,6 +668,10 @@ def lock_run(output: Path, job: str) -> RunLock:
     try:
         fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError as err:
+        if err.errno in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS):
+            print(f"warning: {path}: this file system has no locks ({err.strerror}); a second "
+                  "writer of this run directory will not be detected", file=sys.stderr)
+            return RunLock(path, fd, {})
         holder = _read_lock(fd)
         os.close(fd)
         if err.errno not in (errno.EACCES, errno.EAGAIN):

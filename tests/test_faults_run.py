@@ -224,6 +224,16 @@ def test_a_second_evaluation_of_the_same_protocol_is_refused(data, tmp_path, cap
         stop(holder)
 
 
+def test_a_file_system_without_locks_warns_and_goes_on(monkeypatch, tmp_path, capsys):
+    def no_locks(fd, operation):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(engine.fcntl, "lockf", no_locks)
+    engine.prepare_run_dir(tmp_path / "run")
+    engine.lock_run(tmp_path / "run", "pretrain").release()
+    assert "has no locks (No locks available); a second writer" in capsys.readouterr().err
+
+
 # ----------------------------------------------------------------------------- non-finite values
 def test_require_finite_names_the_samples():
     scores = np.zeros((8, 3), dtype=np.float32)
