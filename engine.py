@@ -638,7 +638,8 @@ class RunLock:
 
 
 def _describe_holder(holder: dict) -> str:
-    command = " ".join(Path(a).name if i == 0 else a for i, a in enumerate(holder.get("command", [])))
+    argv = holder.get("command") or ["?"]
+    command = " ".join([Path(argv[0]).name, *argv[1:]])
     return (f"PID {holder.get('pid', '?')} on {holder.get('host', '?')}, started "
             f"{holder.get('started', '?')}: {command or '?'}")
 
@@ -742,7 +743,8 @@ def config_changes(old: dict, new: dict, ignore: tuple[str, ...] = RESUME_EXEMPT
 
 def format_changes(changes: dict) -> str:
     """`--lr: 0.0005 -> 0.1, --seed: 3 -> 4`."""
-    return ", ".join(f"--{k.replace('_', '-')}: {old} -> {new}" for k, (old, new) in changes.items())
+    return ", ".join(f"--{k.replace('_', '-')}: {old} -> {new}"
+                     for k, (old, new) in changes.items())
 
 
 def resume_path(resume: str, output: Path) -> Path | None:
@@ -815,9 +817,10 @@ def resume_run(state: "TrainState", model: nn.Module, args: argparse.Namespace, 
     refused unless --resume-changed, and then really applied (`apply_settings`: learning
     rates, weight decay, schedule; every other flag acts through the rebuilt data, model and
     step function). `check(ckpt, path)` may refuse the checkpoint first; `default_of` (the
-    parser's get_default) lets runs older than a new flag resume with it at its default. Returns `meta` with
-    `resumes` extended by {epoch, checkpoint, changed: flag -> [old, new], git_commit,
-    command}, so config.json and the checkpoints say what the run does from which epoch on.
+    parser's get_default) lets runs older than a new flag resume with it at its default.
+    Returns `meta` with `resumes` extended by {epoch, checkpoint, changed: flag -> [old, new],
+    git_commit, command}, so config.json and the checkpoints say what the run does from
+    which epoch on.
     """
     path = resume_path(args.resume, run_dir)
     if path is None:
