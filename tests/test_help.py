@@ -13,7 +13,8 @@ SCRIPTS = ["pretrain.py", "action_recognition.py", "action_retrieval.py",
            "benchmarks/nwucla_select.py", "benchmarks/pretrain_step.py",
            "benchmarks/recipes_bench.py"]
 MODULES = ["evaluation.baseline", "evaluation.fusion", "evaluation.report", "feeders.export",
-           "feeders.inspect", "feeders.prepare", "feeders.synthetic", "recipes"]
+           "feeders.inspect", "feeders.layouts", "feeders.prepare", "feeders.synthetic",
+           "feeders.visualize", "recipes"]
 
 
 @pytest.mark.parametrize("target", SCRIPTS + MODULES)
