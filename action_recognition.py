@@ -439,8 +439,9 @@ def run_finetune(args, store, cfg, ckpt, info, dtype, train_pos, val_pos, run_di
         guard = lp_guard(model, start.to(info.device), store, args, train_pos, feat_kw,
                          info.device)
         history.append({"epoch": args.epochs, "lp_guard": guard})
-        engine.log(info, f"LP-FT guard: training top-1 fine-tune {guard['finetune_train_top1']:.2f} "
-                   f"%, linear probe {guard['probe_train_top1']:.2f} %: kept the {guard['kept']}")
+        engine.log(info, f"LP-FT guard: training top-1 fine-tune "
+                   f"{guard['finetune_train_top1']:.2f} %, linear probe "
+                   f"{guard['probe_train_top1']:.2f} %: kept the {guard['kept']}")
     last_logits, _ = logits_of(args.eval_split)
     best = None
     if len(val_pos):

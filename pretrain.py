@@ -150,6 +150,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """The command line with the --defaults recipe filled in (recipes.apply_defaults)."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    check_args(args)   # the flags given, before the dataset is opened for its recipe
     recipes.apply_defaults(parser, args, argv, "pretrain")
     return engine.finish_common_args(args)
 
@@ -158,7 +159,6 @@ def main(argv: list[str] | None = None) -> engine.TrainState | None:
     args = parse_args(argv)
     if args.print_config:
         return recipes.print_config(args)
-    check_args(args)
     info = engine.init_distributed()
     store = open_store(args.data)
     engine.require_split(store, args.split, "--split")

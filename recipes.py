@@ -65,7 +65,7 @@ SMALL_LINEAR = {"lr": 1.0, "batch_size": SMALL_BATCH}
 SMALL_FINETUNE = {"epochs": 50, "lr": 1e-3, "warmup_epochs": 2.0, "batch_size": SMALL_BATCH,
                   "shear": 1.0, "lp_epochs": 160, "lp_lr": 1.0}
 SMALL_SEMI = {**SMALL_FINETUNE, "epochs": 40, "batch_size": 16}
-ENCODER_KEYS = ("preset", "clip_len", "normalize")   # inherited from a checkpoint when there is one
+ENCODER_KEYS = ("preset", "clip_len", "normalize")   # a checkpoint has its own
 PURPOSES = ("pretrain", "linear", "finetune", "semi", "knn")
 
 
@@ -103,7 +103,8 @@ KNOWN: dict[str, Known] = {
                       "--out {out} --workers 8",
                       {"*": 0.006}),
     "ucla": Known("small", "kinect20", 10, ("xv",),
-                  "feeders.prepare --format nwucla --src /path/to/NW-UCLA/all_sqe --out {out}", {}),
+                  "feeders.prepare --format nwucla --src /path/to/NW-UCLA/all_sqe "
+                  "--out {out}", {}),
     "penn": Known("small", "penn13", 15, ("tv",),
                   "feeders.prepare --format penn --src /path/to/Penn_Action --out {out}", {}),
     "demo": Known("demo", "ntu25", 12, ("xs",), "feeders.synthetic --out {out}", {}),
@@ -144,9 +145,9 @@ def facts_of(data, split: str) -> DataFacts:
     """DataFacts of the dataset directory ``data`` for the training split ``split``."""
     from feeders.store import open_store   # numpy only
     store = open_store(data)
-    if split not in store.splits:
-        raise RecipeError(f"{data}: no split {split!r} (--split); available splits: "
-                          f"{sorted(store.splits) or 'none'}")
+    if split not in store.splits:   # the wording of engine.require_split
+        raise RecipeError(f"--split {split!r}: dataset {store.root} has no such split; "
+                          f"available splits: {', '.join(sorted(store.splits)) or 'none'}")
     train = store.split_indices(split)
     views = np.unique(store.views[train])
     manifest = store.manifest
@@ -284,7 +285,10 @@ def resolve(requested: str, data, split: str, purpose: str) -> Resolved:
         raise RecipeError(f"--defaults: unknown recipe {requested!r}; expected auto, none or "
                           f"one of {', '.join(RECIPES)}")
     facts = facts_of(data, split)
-    name, reason = identify(facts) if requested == "auto" else (requested, "--defaults " + requested)
+    if requested == "auto":
+        name, reason = identify(facts)
+    else:
+        name, reason = requested, "--defaults " + requested
     if name is None:
         chosen, _, why = choose(facts)
         name, kind = f"auto-{chosen}", ("paper" if chosen == "paper" else "auto-small")
@@ -321,11 +325,9 @@ def apply_defaults(parser: argparse.ArgumentParser, args: argparse.Namespace,
     on the command line alone. Evaluation runs take the encoder flags (ENCODER_KEYS) from their
     checkpoint, so the recipe's are only used with ``scratch`` (no checkpoint): those of its
     pretraining. Sets ``args.defaults`` to the record stored in the run's config, prints it
-    (process 0 only) and returns the Resolved recipe."""
-    try:
-        recipe = resolve(args.defaults, args.data, args.split, purpose)
-    except (OSError, ValueError) as err:   # StoreError is a ValueError
-        parser.error(str(err))
+    (process 0 only) and returns the Resolved recipe. A dataset that cannot be read or a bad
+    recipe name raise ValueError (engine.run_cli makes it a one-line error)."""
+    recipe = resolve(args.defaults, args.data, args.split, purpose)
     values = dict(recipe.values)
     if scratch and purpose != "pretrain" and args.defaults != "none":
         pre = resolve(args.defaults, args.data, args.split, "pretrain").values
@@ -433,7 +435,8 @@ def resolve_run_name(name: str, data_root: str) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m recipes", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m recipes",
+                                     description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("resolve", help="a run name's dataset and protocol as shell assignments")
     p.add_argument("run_name")

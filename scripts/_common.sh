@@ -58,9 +58,12 @@ EOF
 parse_run_name() {
     local name="$1" rest resolved
     IFS=_ read -r RUN_DATASET RUN_PROTOCOL RUN_STREAM RUN_BACKBONE rest <<< "$name"
-    [ -n "$RUN_BACKBONE" ] && [ -z "$rest" ] || run_name_error "$name" "expected 4 parts separated by _"
-    _in_list "$RUN_STREAM" "$STREAM_NAMES" || run_name_error "$name" "unknown stream '$RUN_STREAM'"
-    _in_list "$RUN_BACKBONE" "$BACKBONE_NAMES" || run_name_error "$name" "unknown backbone '$RUN_BACKBONE'"
+    [ -n "$RUN_BACKBONE" ] && [ -z "$rest" ] \
+        || run_name_error "$name" "expected 4 parts separated by _"
+    _in_list "$RUN_STREAM" "$STREAM_NAMES" \
+        || run_name_error "$name" "unknown stream '$RUN_STREAM'"
+    _in_list "$RUN_BACKBONE" "$BACKBONE_NAMES" \
+        || run_name_error "$name" "unknown backbone '$RUN_BACKBONE'"
     resolved="$("$PY" -m recipes resolve "$name" --data-root "$DATA_ROOT" 2>&1)" \
         || run_name_error "$name" "${resolved#error: }"
     eval "$resolved"   # RUN_DATASET RUN_PROTOCOL RUN_DATA RUN_SPLIT RUN_EVAL_SPLIT RUN_PREPARE

@@ -156,17 +156,20 @@ def test_a_dataset_with_a_name_of_its_own_through_every_script(tmp_path):
                           "--workers", "1"], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr
     res = bash("bash scripts/pretrain.sh cpu mydata_xv_j_dste", env)
-    assert res.returncode == 2 and "dataset mydata has no protocol 'xv'; its protocols: xs" in res.stderr
+    assert res.returncode == 2
+    assert "dataset mydata has no protocol 'xv'; its protocols: xs" in res.stderr
     run = "mydata_xs_j_dste"
     fast = "--workers 0 --epochs 1"
-    steps = [f"bash scripts/pretrain.sh cpu {run} {fast} --preset tiny --clip-len 16 --save-every 0",
+    steps = [f"bash scripts/pretrain.sh cpu {run} {fast} --preset tiny --clip-len 16 "
+             "--save-every 0",
              f"bash scripts/recog.sh cpu {run} last {fast}",
              f"bash scripts/knn.sh cpu {run} last --workers 0",
              f"bash scripts/finetune.sh cpu {run} last {fast} --lp-epochs 2",
              f"bash scripts/semi.sh cpu {run} 0.5 last {fast} --lp-epochs 2 --batch-size 4",
              f"bash scripts/finetune.sh cpu mydata_xs_b_dste {tmp_path}/ckpt/{run}/last.pt {fast} "
              "--lp-epochs 2",
-             f"bash scripts/fusion.sh finetune {run} mydata_xs_b_dste --output {tmp_path}/fused.json"]
+             f"bash scripts/fusion.sh finetune {run} mydata_xs_b_dste "
+             f"--output {tmp_path}/fused.json"]
     for step in steps:
         res = bash(step, env)
         assert res.returncode == 0, (step, res.stderr[-2000:])
