@@ -85,7 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.set_defaults(epochs=None, batch_size=None, lr=None, backbone=None, preset=None,
                         stream=None, clip_len=None, normalize=None)
     g = parser.add_argument_group("evaluation")
-    g.add_argument("--mode", choices=("linear", "finetune"), default="linear")
+    g.add_argument("--mode", choices=("linear", "finetune"), default="linear",
+                   help="linear: frozen encoder + linear head; finetune: end to end")
     g.add_argument("--pretrained", default=None,
                    help="pretrain.py checkpoint (its `encoder.` weights): a path, `last` "
                         "(<output>/last.pt), an epoch number N (<output>/epoch_NNNN.pt) or "
@@ -101,14 +102,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="feature cache; None: <output>/features")
     g.add_argument("--no-cache", action="store_true", help="do not read or write the cache")
     g = parser.add_argument_group("linear probe")
-    g.add_argument("--momentum", type=float, default=0.9)
+    g.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
     g.add_argument("--milestones", type=int, nargs="*", default=[120, 140],
                    help="epochs where the lr is multiplied by 0.1")
     g = parser.add_argument_group("fine-tuning")
-    g.add_argument("--warmup-epochs", type=float, default=5.0)
+    g.add_argument("--warmup-epochs", type=float, default=5.0, help="linear lr warmup epochs")
     g.add_argument("--layer-decay", type=float, default=1.0,
                    help="layer-wise lr decay factor (1: off; e.g. 0.8)")
-    g.add_argument("--label-smoothing", type=float, default=0.1)
+    g.add_argument("--label-smoothing", type=float, default=0.1, help="cross-entropy label smoothing")
     g.add_argument("--drop-path", type=float, default=None,
                    help="DropPath rate of DSTE/STTR; None: the preset's (0.1)")
     g.add_argument("--augment", action=argparse.BooleanOptionalAction, default=True,

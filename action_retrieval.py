@@ -37,13 +37,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="pretrain.py checkpoint: a path, `last` (<output>/last.pt), an epoch "
                         "number N (<output>/epoch_NNNN.pt) or none (random init); None: none")
     g.add_argument("--k", type=int, default=1, help="neighbours (majority vote)")
-    g.add_argument("--knn-backend", choices=BACKENDS, default="torch")
+    g.add_argument("--knn-backend", choices=BACKENDS, default="torch",
+                   help="exact: torch, faiss-flat; approximate: faiss-ivf, faiss-hnsw")
     g.add_argument("--block-size", type=int, default=1024,
                    help="queries per block of the torch search (memory: block x gallery)")
     g.add_argument("--eval-batch-size", type=int, default=256, help="feature extraction batch")
     g.add_argument("--cache-dir", type=Path, default=None,
                    help="feature cache; None: <output>/features")
-    g.add_argument("--no-cache", action="store_true")
+    g.add_argument("--no-cache", action="store_true", help="do not read or write the cache")
     g.add_argument("--export-embeddings", type=Path, default=None, metavar="DIR",
                    help="write L2-normalised <split>_embeddings.npy, <split>_names.txt and "
                         "<split>_labels.npy for gallery and queries")

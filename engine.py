@@ -62,9 +62,9 @@ def add_common_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     g.add_argument("--data", type=Path, required=True, help="dataset directory (feeders.store)")
     g.add_argument("--split", default="xsub_train", help="training split")
     g.add_argument("--eval-split", default=None,
-                   help="evaluation split (default: --split with _train -> _val)")
+                   help="evaluation split; None: --split with _train -> _val")
     g.add_argument("--stream", choices=STREAMS, default="j", help="input stream")
-    g.add_argument("--backbone", choices=BACKBONES, default="dste")
+    g.add_argument("--backbone", choices=BACKBONES, default="dste", help="encoder architecture")
     g.add_argument("--preset", choices=PRESETS, default="paper", help="encoder size")
     g.add_argument("--clip-len", type=int, default=64, help="frames per clip (L)")
     g.add_argument("--spatial-channels", type=int, default=None,
@@ -74,19 +74,19 @@ def add_common_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                    help="coordinates: first_frame (subtract body 1's centre joint at its first "
                         "frame), view (also turn 3D skeletons about the vertical axis to face the "
                         "camera: for cross-view benchmarks), none")
-    g.add_argument("--epochs", type=int, default=451)
+    g.add_argument("--epochs", type=int, default=451, help="training epochs")
     g.add_argument("--batch-size", type=int, default=356,
                    help="global batch size, split evenly over the processes")
-    g.add_argument("--lr", type=float, default=5e-4)
+    g.add_argument("--lr", type=float, default=5e-4, help="base learning rate")
     g.add_argument("--precision", choices=PRECISIONS, default="auto",
                    help="auto: bf16 autocast on CPU, fp16 autocast + GradScaler on CUDA")
     g.add_argument("--workers", type=int, default=DEFAULT_WORKERS,
-                   help="DataLoader workers per process (default: min(4, CPU cores - 1))")
+                   help="DataLoader workers per process (here min(4, CPU cores - 1))")
     g.add_argument("--threads", type=int, default=0,
                    help="torch CPU threads per process (0: torch's default, one per core). On a "
                         "CPU shared with other jobs, or for tiny/small presets, 1 can be several "
                         "times faster: every parallel region waits for its slowest thread")
-    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--seed", type=int, default=0, help="run seed: every random draw derives from it")
     g.add_argument("--output", type=Path, required=True, help="run directory (checkpoints, tb)")
     g.add_argument("--resume", default="auto",
                    help="auto (resume from <output>/last.pt when it exists) | never | PATH")

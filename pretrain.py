@@ -37,7 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     engine.add_common_args(parser)
-    g = parser.add_argument_group("loss (METHOD.md section 4)")
+    g = parser.add_argument_group("loss (docs/METHOD.md section 4)")
     d = LossWeights()
     g.add_argument("--w-inv", type=float, default=d.inv, help="invariance weight")
     g.add_argument("--w-varcov", type=float, default=d.varcov, help="variance-covariance weight")
@@ -51,15 +51,15 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--proj-mult", type=int, default=2, help="projector width multiplier")
     g = parser.add_argument_group("optimisation")
     g.add_argument("--weight-decay", type=float, default=1e-5, help="Adam (L2) weight decay")
-    g.add_argument("--schedule", choices=("step", "cosine"), default="step")
+    g.add_argument("--schedule", choices=("step", "cosine"), default="step", help="lr schedule")
     g.add_argument("--milestones", type=int, nargs="*", default=[351], help="step schedule epochs")
     g.add_argument("--gamma", type=float, default=0.1, help="step schedule factor")
-    g.add_argument("--warmup-epochs", type=float, default=0.0)
+    g.add_argument("--warmup-epochs", type=float, default=0.0, help="linear lr warmup epochs")
     g.add_argument("--linear-scaling", action="store_true", help="lr *= global batch / 256")
     g.add_argument("--augment", action=argparse.BooleanOptionalAction, default=True,
-                   help="spatial augmentations of METHOD.md section 1 (--no-augment skips them; temporal crops stay)")
+                   help="spatial augmentations of docs/METHOD.md section 1 (--no-augment skips them; temporal crops stay)")
     g.add_argument("--min-crop", type=int, default=None, metavar="FRAMES",
-                   help="shortest temporal crop in frames (None: --clip-len, METHOD.md section 1, "
+                   help="shortest temporal crop in frames (None: --clip-len, docs/METHOD.md section 1, "
                         "so sequences no longer than a clip are never cropped)")
     g.add_argument("--rotate", type=float, default=0.0,
                    help="also turn each view by its own random rotation, angles about x, y and z "

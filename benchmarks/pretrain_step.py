@@ -135,12 +135,13 @@ def print_table(rows: list[dict]) -> None:
 
 def main(argv=None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--backbone", default="dste")
-    parser.add_argument("--preset", default="paper")
-    parser.add_argument("--layout", default="ntu25")
-    parser.add_argument("--clip-len", type=int, default=64)
-    parser.add_argument("--precisions", nargs="+", default=["fp32", "auto"], choices=engine.PRECISIONS)
+    parser.add_argument("--batch-size", type=int, default=16, help="samples per step (x 4 views) (default: %(default)s)")
+    parser.add_argument("--backbone", default="dste", help="encoder (default: %(default)s)")
+    parser.add_argument("--preset", default="paper", help="encoder size (default: %(default)s)")
+    parser.add_argument("--layout", default="ntu25", help="skeleton layout (default: %(default)s)")
+    parser.add_argument("--clip-len", type=int, default=64, help="frames per clip (default: %(default)s)")
+    parser.add_argument("--precisions", nargs="+", default=["fp32", "auto"], choices=engine.PRECISIONS,
+                        help="precisions to time (default: %(default)s)")
     parser.add_argument("--steps", type=int, default=3, help="timed steps")
     parser.add_argument("--warmup", type=int, default=1, help="untimed steps first")
     parser.add_argument("--threads", type=int, default=None,
@@ -151,7 +152,7 @@ def main(argv=None) -> list[dict]:
                              "glibc's defaults (large blocks unmapped on free)")
     parser.add_argument("--no-cuda", action="store_true", help="skip CUDA even when present")
     parser.add_argument("--profile", action="store_true", help="print the top operators")
-    parser.add_argument("--profile-rows", type=int, default=25)
+    parser.add_argument("--profile-rows", type=int, default=25, help="operators listed by --profile (default: %(default)s)")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -618,9 +618,11 @@ def main(argv=None) -> None:
         description="Write the embedded synthetic skeleton dataset (NTU 25-joint layout, "
                     f"{len(CLASS_NAMES)} classes, xsub_train/xsub_val splits).")
     parser.add_argument("--out", required=True, type=Path, help="output dataset directory")
-    parser.add_argument("--num-sequences", type=int, default=DEFAULT_NUM_SEQUENCES)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1))
+    parser.add_argument("--num-sequences", type=int, default=DEFAULT_NUM_SEQUENCES,
+                        help="sequences to generate (default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=0, help="generator seed (default: %(default)s)")
+    parser.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1),
+                        help="generating processes (default: %(default)s)")
     args = parser.parse_args(argv)
     if args.num_sequences < 1 or args.workers < 1:
         parser.error("--num-sequences and --workers must be >= 1")
