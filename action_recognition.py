@@ -35,9 +35,10 @@ class, drawn from --seed). --val-fraction V carves a stratified validation split
 plus, with validation, those of the epoch with the best validation top-1 (labelled "best").
 
 Outputs in --output, with tag = <mode>[_<fraction>]: <tag>.json (results), <tag>_scores.npz
-(per-sample test logits with sample names, for evaluation.fusion), <tag>_confusion.csv,
+(per-sample test logits with sample names, for evaluation.fusion), <tag>_confusion.csv and
+<tag>_confusion.png (labelled with the class names, also in <tag>/tb; evaluation.plots),
 <tag>_labelled.txt / <tag>_val.txt (names of the chosen training / validation samples when a
-subset is used), and the confusion matrix as an image in <tag>/tb.
+subset is used).
 """
 from __future__ import annotations
 
@@ -377,14 +378,20 @@ def confusion_matrix(pred: np.ndarray, labels: np.ndarray, num_classes: int) -> 
                        minlength=num_classes * num_classes).reshape(num_classes, num_classes)
 
 
-def confusion_image(cm: np.ndarray, max_pixels: int = 512) -> torch.Tensor:
-    """Row-normalised confusion matrix as an image (3, H, W) in [0, 1]: white (0) to dark
-    blue (1), each cell a square of max(1, max_pixels // classes) pixels."""
-    rows = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
-    cell = max(1, max_pixels // cm.shape[0])
-    value = torch.from_numpy(np.kron(rows, np.ones((cell, cell)))).float()
-    blue = torch.tensor([0.03, 0.19, 0.42])[:, None, None]
-    return (1 - value) + value * blue
+def write_confusion_png(path: Path, cm: np.ndarray, class_names, title: str, writer,
+                        step: int) -> None:
+    """The labelled confusion matrix (evaluation.plots.confusion_figure) as <path> and as the
+    TensorBoard image test/confusion; skipped with a note when matplotlib is not installed."""
+    try:
+        from evaluation.plots import confusion_figure, save_figure
+        fig = confusion_figure(cm, class_names, title=title)
+    except ImportError as err:
+        print(f"no confusion matrix picture ({err}; pip install 'skelssl[plots]')")
+        return
+    save_figure(fig, path)
+    fig.canvas.draw()
+    writer.add_image("test/confusion", np.asarray(fig.canvas.buffer_rgba())[..., :3], step,
+                     dataformats="HWC")
 
 
 def write_confusion_csv(path: Path, cm: np.ndarray, class_names) -> None:
@@ -412,7 +419,8 @@ def write_outputs(args, store, cfg, tag, logits, best, history, train_pos, val_p
     cm = confusion_matrix(logits.argmax(1).numpy(), labels, store.num_classes)
     save_scores(out / f"{tag}_scores.npz", names, labels, logits.numpy())
     write_confusion_csv(out / f"{tag}_confusion.csv", cm, store.manifest["class_names"])
-    writer.add_image("test/confusion", confusion_image(cm), args.epochs)
+    write_confusion_png(out / f"{tag}_confusion.png", cm, store.manifest["class_names"],
+                        f"{out.name} {tag}", writer, args.epochs)
     result = {
         "mode": args.mode, "label_fraction": args.label_fraction,
         "checkpoint": str(args.pretrained) if args.pretrained else "scratch",
@@ -422,6 +430,7 @@ def write_outputs(args, store, cfg, tag, logits, best, history, train_pos, val_p
         "num_val": int(len(val_pos)), "num_test": int(len(labels)), "selection": "last epoch",
         "top1": accuracy(logits, labels_t, 1), "top5": accuracy(logits, labels_t, 5),
         "scores_file": f"{tag}_scores.npz", "confusion_file": f"{tag}_confusion.csv",
+        "confusion_png": f"{tag}_confusion.png",
         "history": history, "flags": engine.flags_of(args),
     }
     if args.label_fraction < 1.0 or len(val_pos):

@@ -11,7 +11,8 @@ applied), cached like the linear probe's, L2-normalised; search is exact cosine 
 --knn-backend faiss-flat, approximate IVF / HNSW indexes with faiss-ivf / faiss-hnsw).
 With k > 1 the label is a majority vote of the k neighbours, ties going to the class with the
 highest summed similarity. Reports top-1 (of the vote) and recall@k (a same-class sample among
-the k neighbours) and writes <output>/knn.json (k = 1) or <output>/knn_k<K>.json.
+the k neighbours) and writes <output>/knn.json (k = 1) or <output>/knn_k<K>.json, and the same
+two numbers as TensorBoard scalars in <output>/knn/tb (knn_k<K>/tb) at the checkpoint's epoch.
 Encoder flags default to the --pretrained checkpoint's config, as in action_recognition.py.
 """
 from __future__ import annotations
@@ -66,6 +67,16 @@ def export_embeddings(out_dir: Path, split: str, feats, labels, names) -> None:
                                   lambda tmp: tmp.write_text("\n".join(names) + "\n"))
 
 
+def write_tensorboard(tb_dir: Path, result: dict, step: int) -> None:
+    """Scalars knn/top1 and knn/recall_at_k at ``step`` (the checkpoint's epoch), so the runs of
+    several checkpoints draw a curve in TensorBoard."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    with SummaryWriter(str(tb_dir)) as writer:
+        writer.add_scalar("knn/top1", result["top1"], step)
+        writer.add_scalar(f"knn/recall_at_{result['k']}", result["recall_at_k"], step)
+
+
 def main(argv=None) -> dict | None:
     args = build_parser().parse_args(argv)
     info = engine.init_distributed()
@@ -92,6 +103,8 @@ def main(argv=None) -> dict | None:
               "num_queries": len(queries), **cfg}
     name = "knn.json" if args.k == 1 else f"knn_k{args.k}.json"
     engine.write_json(Path(args.output) / name, result)
+    write_tensorboard(Path(args.output) / name.removesuffix(".json") / "tb", result,
+                      int(ckpt.get("epoch", 0)) if ckpt is not None else 0)
     if args.export_embeddings is not None:
         names = np.asarray(store.names)
         for split, feats, labels in ((args.split, gallery, gallery_labels),

@@ -5,7 +5,8 @@
 - batch statistics and gradient-preserving gathers across processes,
 - learning-rate schedules (step, cosine, linear warmup, linear-scaling rule),
 - atomic checkpoints and run metadata,
-- `train(...)`: the one training loop (tqdm, TensorBoard, non-finite loss guard).
+- `train(...)`: the one training loop (tqdm on a terminal, <output>/log.txt, TensorBoard,
+  non-finite loss guard).
 
 Batch size convention: `--batch-size` is the *global* batch; each of the W processes loads
 batch_size / W samples per step, so a run means the same thing on 1 CPU or 8 GPUs.
@@ -35,6 +36,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from feeders.dataset import NORMALIZATIONS
+from progress import progress_bar
 
 ROOT = Path(__file__).resolve().parent
 STREAMS = ("j", "m", "b", "jm", "bm")
@@ -452,12 +454,14 @@ def extract_features(encoder: nn.Module, loader, transform: Callable, device: to
 
     loader yields (clip (N, C, L, V, M), label (N,), index (N,)); transform(clip) -> encoder
     input (e.g. the stream conversion). Returns (features (S, Dt + Ds) float32 on the CPU,
-    labels (S,) int64). The encoder is put in eval mode and restored afterwards.
+    labels (S,) int64). The encoder is put in eval mode and restored afterwards. A progress
+    bar of the batches on a terminal.
     """
     was_training = encoder.training
     encoder.eval()
     feats, labels = [], []
-    for clip, label, _ in loader:
+    for clip, label, _ in progress_bar(loader, desc="features", total=len(loader), unit="batch",
+                                       leave=False):
         with precision_context(dtype, device):
             out = encoder(transform(clip.to(device, non_blocking=True)))
         feats.append(out.global_feat.float().cpu())
@@ -509,10 +513,37 @@ def _check_finite(loss: torch.Tensor, scalars: dict, info: DistInfo, epoch: int,
                         "stopping, last.pt of the previous epoch is left intact")
 
 
+def format_duration(seconds: float) -> str:
+    """3725 -> '1h02m05s', 83 -> '1m23s', 4.2 -> '4s'."""
+    seconds = int(round(seconds))
+    h, rest = divmod(seconds, 3600)
+    m, s = divmod(rest, 60)
+    return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s" if m else f"{s}s"
+
+
+def append_log(output: Path | None, text: str, info: DistInfo | None = None) -> None:
+    """Append one line `<UTC time>  <text>` to <output>/log.txt (rank 0; no-op without output)."""
+    if output is None or (info is not None and not info.is_main):
+        return
+    stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime())
+    Path(output).mkdir(parents=True, exist_ok=True)
+    with open(Path(output) / "log.txt", "a", encoding="utf-8") as f:
+        f.write(f"{stamp}  {text}\n")
+
+
+def epoch_line(epoch: int, epochs: int, means: dict, lr: float, samples_per_s: float,
+               elapsed: float, eta: float, metrics: dict | None = None) -> str:
+    """One readable line per epoch: every loss term (epoch means), lr, speed, elapsed, ETA."""
+    terms = "  ".join(f"{k} {v:.4g}" for k, v in means.items())
+    extra = "".join(f"  {k} {v:.4g}" for k, v in (metrics or {}).items())
+    return (f"epoch {epoch}/{epochs}  {terms}  lr {lr:.3g}  samples/s {samples_per_s:.1f}  "
+            f"elapsed {format_duration(elapsed)}  eta {format_duration(eta)}{extra}")
+
+
 def train(model: nn.Module, step_fn: Callable, loader, state: TrainState, *, epochs: int,
           info: DistInfo, seed: int, output: Path | None = None, save_every: int = 0,
           extra_state: dict | None = None, on_epoch_end: Callable | None = None,
-          log_every: int = 10, progress: bool = True) -> TrainState:
+          log_every: int = 10, progress: bool | None = None) -> TrainState:
     """The training loop.
 
     step_fn(batch, epoch, step) -> (loss, scalars): the forward pass on one batch (the caller
@@ -522,12 +553,19 @@ def train(model: nn.Module, step_fn: Callable, loader, state: TrainState, *, epo
     After each epoch: `on_epoch_end(epoch) -> dict of metrics` (logged), then on rank 0
     `<output>/last.pt` and every `save_every` epochs `<output>/epoch_NNNN.pt` (NNNN = completed
     epochs). `extra_state` is stored in every checkpoint (e.g. run metadata).
+    Rank 0 prints one line per epoch (`epoch_line`) and appends it, with the start / resume /
+    stop events, to `<output>/log.txt`; the tqdm bar of the steps shows only on a terminal
+    (`progress=None`; True / False force it).
     """
     writer = None
     if output is not None and info.is_main:
         from torch.utils.tensorboard import SummaryWriter
         writer = SummaryWriter(str(Path(output) / "tb"))
     steps_per_epoch = len(loader)
+    first, start = state.epoch, time.perf_counter()
+    append_log(output, (f"resume at epoch {first} of {epochs}" if first else f"start: {epochs} epochs")
+               + f", {steps_per_epoch} steps per epoch, {info.world_size} process(es) on {info.device}",
+               info)
     try:
         for epoch in range(state.epoch, epochs):
             for obj in (getattr(loader, "sampler", None), getattr(loader, "dataset", None)):
@@ -535,8 +573,9 @@ def train(model: nn.Module, step_fn: Callable, loader, state: TrainState, *, epo
                     obj.set_epoch(epoch)
             seed_epoch(seed, epoch, info.rank)
             model.train()
-            _train_epoch(model, step_fn, loader, state, info, epoch, steps_per_epoch, writer,
-                         log_every, progress and info.is_main)
+            bar = progress if info.is_main else False  # None: on a terminal
+            means, speed, lr = _train_epoch(model, step_fn, loader, state, info, epoch,
+                                        steps_per_epoch, writer, log_every, bar)
             state.epoch = epoch + 1
             metrics = on_epoch_end(epoch) if on_epoch_end is not None else {}
             if writer is not None:
@@ -548,35 +587,54 @@ def train(model: nn.Module, step_fn: Callable, loader, state: TrainState, *, epo
                 save_checkpoint(Path(output) / "last.pt", ckpt)
                 if save_every and state.epoch % save_every == 0:
                     save_checkpoint(Path(output) / f"epoch_{state.epoch:04d}.pt", ckpt)
+            elapsed = time.perf_counter() - start
+            line = epoch_line(state.epoch, epochs, means, lr, speed, elapsed, elapsed / (state.epoch - first) * (epochs - state.epoch),
+                              metrics)
+            log(info, line)
+            append_log(output, line, info)
             barrier(info)
+    except BaseException as err:
+        append_log(output, f"stopped at epoch {state.epoch} of {epochs} after "
+                   f"{format_duration(time.perf_counter() - start)}: {type(err).__name__}: {err}",
+                   info)
+        raise
     finally:
         if writer is not None:
             writer.close()
+    append_log(output, f"stop: epoch {state.epoch} of {epochs} done in "
+               f"{format_duration(time.perf_counter() - start)}", info)
     return state
 
 
 def _train_epoch(model, step_fn, loader, state: TrainState, info: DistInfo, epoch: int,
-                 steps_per_epoch: int, writer, log_every: int, progress: bool) -> None:
-    from tqdm import tqdm
-
-    bar = tqdm(loader, total=steps_per_epoch, desc=f"epoch {epoch}", disable=not progress,
-               dynamic_ncols=True, leave=False)
-    tic, seen = time.perf_counter(), 0
-    for step, batch in enumerate(bar):
+                 steps_per_epoch: int, writer, log_every: int, bar: bool | None
+                 ) -> tuple[dict, float, float]:
+    """One epoch of steps (a tqdm bar: see progress_bar's `enable`). Returns (the epoch means of
+    the loss and the step scalars, samples/s over the epoch, the lr of the last step)."""
+    steps = progress_bar(loader, desc=f"epoch {epoch}", total=steps_per_epoch, unit="step",
+                         enable=bar, leave=False)
+    tic, seen, sums = time.perf_counter(), 0, {}
+    for step, batch in enumerate(steps):
         loss, scalars = step_fn(batch, epoch, step)
         _check_finite(loss, scalars, info, epoch, step)
         state.optimizer.zero_grad(set_to_none=True)
         state.scaler.scale(loss).backward()
         state.scaler.step(state.optimizer)
         state.scaler.update()
+        lr = state.optimizer.param_groups[0]["lr"]
         state.scheduler.step()
         seen += len(batch[0]) * info.world_size
+        for k, v in {"loss": loss, **scalars}.items():  # summed on the device: no sync per step
+            sums[k] = sums.get(k, 0.0) + (v.detach().float() if torch.is_tensor(v) else float(v))
         if step % log_every == 0 or step == steps_per_epoch - 1:
             speed = seen / (time.perf_counter() - tic)
-            bar.set_postfix(loss=f"{float(loss.detach()):.4g}", samples_s=f"{speed:.1f}")
+            if hasattr(steps, "set_postfix"):
+                steps.set_postfix(loss=f"{float(loss.detach()):.4g}", samples_s=f"{speed:.1f}")
             if writer is not None:
                 global_step = epoch * steps_per_epoch + step
                 for k, v in scalars.items():
                     writer.add_scalar(f"train/{k}", float(v), global_step)
                 writer.add_scalar("train/lr", state.optimizer.param_groups[0]["lr"], global_step)
                 writer.add_scalar("train/samples_per_s", speed, global_step)
+    means = {k: float(v) / max(steps_per_epoch, 1) for k, v in sums.items()}
+    return means, seen / max(time.perf_counter() - tic, 1e-9), lr

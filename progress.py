@@ -22,7 +22,8 @@ def on_terminal() -> bool:
 def progress_bar(iterable: Iterable[T], desc: str = "", total: int | None = None,
                  unit: str = "it", enable: bool | None = None, **tqdm_kwargs) -> Iterable[T]:
     """``iterable`` wrapped in a tqdm bar on a terminal (``enable=None``), or when ``enable``
-    is True; the iterable unchanged otherwise. Extra keywords go to tqdm."""
+    is True; the iterable unchanged otherwise. Extra keywords go to tqdm. With ``iterable=None``
+    and a ``total``: a bar advanced by ``bar.update(n)``, or None when disabled."""
     if not (on_terminal() if enable is None else enable):
         return iterable
     from tqdm import tqdm
