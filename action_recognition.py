@@ -90,8 +90,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="linear: frozen encoder + linear head; finetune: end to end")
     g.add_argument("--pretrained", default=None,
                    help="pretrain.py checkpoint (its `encoder.` weights): a path, `last` "
-                        "(<output>/last.pt), an epoch number N (<output>/epoch_NNNN.pt) or "
-                        "none (random init, from scratch); None: none")
+                        "(<output>/last.pt), an epoch number N (<output>/epoch_NNNN.pt), an encoder "
+                        "file of models.export (.safetensors; FILE#sha256=HEX checks its hash) "
+                        "or none (random init, from scratch); None: none")
     g.add_argument("--label-fraction", type=float, default=1.0,
                    help="train on this stratified fraction of the training split")
     g.add_argument("--val-fraction", type=float, default=0.0,

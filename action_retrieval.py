@@ -36,7 +36,9 @@ def build_parser() -> argparse.ArgumentParser:
     g = parser.add_argument_group("retrieval")
     g.add_argument("--pretrained", default=None,
                    help="pretrain.py checkpoint: a path, `last` (<output>/last.pt), an epoch "
-                        "number N (<output>/epoch_NNNN.pt) or none (random init); None: none")
+                        "number N (<output>/epoch_NNNN.pt), an encoder file of models.export "
+                        "(.safetensors; FILE#sha256=HEX checks its hash) or none (random init); "
+                        "None: none")
     g.add_argument("--k", type=int, default=1, help="neighbours (majority vote)")
     g.add_argument("--knn-backend", choices=BACKENDS, default="torch",
                    help="exact: torch, faiss-flat; approximate: faiss-ivf, faiss-hnsw")

@@ -68,7 +68,7 @@ def entry_parsers():
     return out
 
 
-EXTRA_MODULES = ["evaluation.plots"]
+EXTRA_MODULES = ["evaluation.plots", "models.export"]
 
 
 def test_every_flag_has_help_and_no_default_twice():
