@@ -458,7 +458,7 @@ def main(argv=None) -> dict | None:
     info = engine.init_distributed()
     store, ckpt, cfg = setup_eval_run(args, ("stream",) if args.mode == "finetune" else ())
     pretrained_stream = checkpoint_config(ckpt).get("stream") if ckpt is not None else None
-    dtype = engine.autocast_dtype(args.precision, info.device)
+    dtype = engine.autocast_dtype(args.precision, info.device, engine.recorded_precision(ckpt))
     tag = result_tag(args.mode, args.label_fraction)
     run_dir = Path(args.output) / tag
     split_labels = store.labels[store.split_indices(args.split)]

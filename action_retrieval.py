@@ -85,7 +85,7 @@ def main(argv=None) -> dict | None:
     store, ckpt, cfg = setup_eval_run(args)
     if args.k < 1:
         raise ValueError(f"--k must be >= 1, got {args.k}")
-    dtype = engine.autocast_dtype(args.precision, info.device)
+    dtype = engine.autocast_dtype(args.precision, info.device, engine.recorded_precision(ckpt))
     encoder = build_eval_encoder(cfg, store, args.seed, ckpt, args.pretrained)
     cache = None if args.no_cache else (args.cache_dir or Path(args.output) / "features")
     kw = dict(stream=cfg["stream"], clip_len=cfg["clip_len"], normalize=cfg["normalize"],

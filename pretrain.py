@@ -15,11 +15,12 @@ from last.pt (--resume auto).
 from __future__ import annotations
 
 import argparse
+import itertools
 import sys
 from functools import partial
 
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, default_collate
 
 import engine
 from evaluation.knn import knn_evaluate
@@ -109,6 +110,25 @@ def pretrain_step(model, weights: LossWeights, args, info: engine.DistInfo, pare
     return loss, scalars
 
 
+def precision_trial(model, optimizer, loader, args, info: engine.DistInfo, parents) -> dict:
+    """samples/s of this run's own pretraining step in fp32 and bf16 on its first batch
+    (engine.trial_speeds: weights, optimizer state and RNG streams are restored after; the
+    batch is read through the sampler's seeded order without touching the loader)."""
+    first = list(itertools.islice(iter(loader.sampler), loader.batch_size))
+    batch = default_collate([loader.dataset[i] for i in first])
+    per_process = len(first)
+    weights = LossWeights.from_args(args)
+
+    def step_loss(dtype):
+        return pretrain_step(model, weights, args, info, parents, dtype, batch, 0, 0)[0]
+
+    engine.log(info, "precision auto: timing fp32 and bf16 training steps ...")
+    speeds = engine.trial_speeds(step_loss, model, optimizer, per_process)
+    engine.log(info, "precision trial: " + ", ".join(f"{k} {v:.1f} samples/s"
+                                                     for k, v in speeds.items()))
+    return speeds
+
+
 def knn_monitor(encoder, store, args, info: engine.DistInfo, parents, dtype) -> dict:
     """KNN-1 (cosine) top-1 of --eval-split against --split, whole sequences resampled."""
     def features(split):
@@ -133,7 +153,6 @@ def main(argv: list[str] | None = None) -> engine.TrainState:
         raise ValueError(f"--min-crop must be >= 1 frame, got {args.min_crop}")
     info = engine.init_distributed()
     torch.manual_seed(args.seed)  # projector initialisation (the encoder takes the seed itself)
-    dtype = engine.autocast_dtype(args.precision, info.device)
 
     store = open_store(args.data)
     parents = store.layout.parents
@@ -162,11 +181,18 @@ def main(argv: list[str] | None = None) -> engine.TrainState:
     scheduler = engine.make_scheduler(optimizer, len(loader), schedule=args.schedule,
                                       epochs=args.epochs, warmup_epochs=args.warmup_epochs,
                                       milestones=args.milestones, gamma=args.gamma)
-    state = engine.TrainState(optimizer, scheduler, engine.make_scaler(dtype, info.device))
-    meta = engine.run_metadata(args, info)
     ckpt_path = engine.resume_path(args.resume, args.output)
-    if ckpt_path is not None:
-        ckpt = engine.load_checkpoint(ckpt_path)
+    ckpt = engine.load_checkpoint(ckpt_path) if ckpt_path is not None else None
+    choice = engine.choose_precision(
+        args.precision, info.device, recorded=engine.recorded_precision(ckpt), info=info,
+        workload=f"pretrain {args.backbone}/{args.preset} clip {args.clip_len} batch "
+                 f"{args.batch_size // info.world_size}",
+        trial=partial(precision_trial, model, optimizer, loader, args, info, parents))
+    dtype = engine.autocast_dtype(choice["precision"], info.device)
+    engine.enable_tf32(info.device, choice["precision"])
+    state = engine.TrainState(optimizer, scheduler, engine.make_scaler(dtype, info.device))
+    meta = {**engine.run_metadata(args, info), "precision_choice": choice}
+    if ckpt is not None:
         changed = engine.changed_flags(ckpt.get("meta", {}).get("config", {}), meta["config"])
         state.load(model, ckpt)
         engine.log(info, f"resumed from {ckpt_path} at epoch {state.epoch}"
@@ -175,7 +201,7 @@ def main(argv: list[str] | None = None) -> engine.TrainState:
         engine.write_json(args.output / "config.json", meta)
     engine.log(info, f"pretraining {args.backbone}/{args.preset} on {args.data} {args.split} "
                f"({len(dataset)} sequences, stream {args.stream}), {info.world_size} process(es) "
-               f"on {info.device}, precision {args.precision}, lr {lr:g}, epochs "
+               f"on {info.device}, {engine.describe_precision(choice)}, lr {lr:g}, epochs "
                f"{state.epoch}..{args.epochs}")
 
     ddp_model = engine.wrap_ddp(model, info)
