@@ -1,90 +1,89 @@
 """The console commands that `pip install .` puts on the PATH (pyproject.toml, [project.scripts]).
 
-Each command runs one entry point's `main()` on `sys.argv` and turns a bad input (ValueError,
-FileNotFoundError, a non-finite loss) into one line `COMMAND: error: ...` and exit status 1,
-as `python ENTRY.py` does; a bad flag is argparse's `COMMAND: error: ...` with status 2.
+Each command runs one entry point's `main()` on `sys.argv` through `engine.run_cli`, exactly
+as `python ENTRY.py` / `python -m MODULE` does: a bad flag or input is one line
+`COMMAND: error: ...` with exit status 2, a non-finite loss exits 1.
 
     skel-pretrain      = python pretrain.py             skel-prepare   = python -m feeders.prepare
     skel-recog         = python action_recognition.py   skel-synthetic = python -m feeders.synthetic
     skel-retrieval     = python action_retrieval.py     skel-inspect   = python -m feeders.inspect
     skel-baseline      = python -m evaluation.baseline  skel-export    = python -m feeders.export
     skel-fusion        = python -m evaluation.fusion    skel-report    = python -m evaluation.report
-    skel-plots         = python -m evaluation.plots     skel-export-encoder = python -m models.export
+    skel-plots         = python -m evaluation.plots     skel-visualize = python -m feeders.visualize
+    skel-export-encoder = python -m models.export
 """
 from __future__ import annotations
 
 import os
 import sys
-from typing import Callable
 
 
-def _run(main: Callable[[], object]) -> int:
-    """main() with bad-input errors as one line on stderr; the exit status (0 on success)."""
-    from engine import NonFiniteLoss
+def _run(main) -> None:
+    from engine import run_cli
 
-    try:
-        status = main()
-    except (ValueError, FileNotFoundError, NonFiniteLoss) as err:
-        print(f"{os.path.basename(sys.argv[0])}: error: {err}", file=sys.stderr)
-        return 1
-    return status if isinstance(status, int) and not isinstance(status, bool) else 0
+    run_cli(main, os.path.basename(sys.argv[0]))
 
 
-def pretrain() -> int:
+def pretrain() -> None:
     import pretrain as module
-    return _run(module.main)
+    _run(module.main)
 
 
-def recog() -> int:
+def recog() -> None:
     import action_recognition as module
-    return _run(module.main)
+    _run(module.main)
 
 
-def retrieval() -> int:
+def retrieval() -> None:
     import action_retrieval as module
-    return _run(module.main)
+    _run(module.main)
 
 
-def prepare() -> int:
+def prepare() -> None:
     from feeders import prepare as module
-    return _run(module.main)
+    _run(module.main)
 
 
-def synthetic() -> int:
+def synthetic() -> None:
     from feeders import synthetic as module
-    return _run(module.main)
+    _run(module.main)
 
 
-def inspect() -> int:
+def inspect() -> None:
     from feeders import inspect as module
-    return _run(module.main)
+    _run(module.main)
 
 
-def export() -> int:
+def export() -> None:
     from feeders import export as module
-    return _run(module.main)
+    _run(module.main)
 
 
-def baseline() -> int:
+def visualize() -> None:
+    from feeders import visualize as module
+    _run(module.main)
+
+
+def baseline() -> None:
     from evaluation import baseline as module
-    return _run(module.main)
+    _run(module.main)
 
 
-def fusion() -> int:
+def fusion() -> None:
     from evaluation import fusion as module
-    return _run(module.main)
+    _run(module.main)
 
 
 def report() -> int:
     from evaluation import report as module
-    return _run(module.main)
+    return module.main()  # its exit status, as `python -m evaluation.report`
 
 
-def plots() -> int:
+def plots() -> None:
     from evaluation import plots as module
-    return _run(module.main)
+    _run(module.main)
 
 
-def export_encoder() -> int:
+def export_encoder() -> None:
     from models import export as module
-    return _run(module.main)
+    _run(module.main)

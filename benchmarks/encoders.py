@@ -29,7 +29,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--presets", nargs="+", default=["paper"], help="encoder sizes (default: %(default)s)")
     p.add_argument("--batch-size", type=int, default=16, help="clips per step (default: %(default)s)")
     p.add_argument("--iters", type=int, default=3, help="timed iterations (after one warm-up)")
-    p.add_argument("--layout", default="ntu25", help="skeleton layout (default: %(default)s)")
+    p.add_argument("--layout", default="ntu25",
+                   help="built-in layout name or layout JSON file (default: %(default)s)")
     p.add_argument("--clip-len", type=int, default=64, help="frames per clip (default: %(default)s)")
     p.add_argument("--channels", type=int, default=3, help="input channels (default: %(default)s)")
     p.add_argument("--bodies", type=int, default=2, help="bodies per clip (default: %(default)s)")

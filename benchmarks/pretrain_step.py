@@ -171,13 +171,15 @@ def print_table(rows: list[dict]) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--batch-size", type=int, default=16, help="samples per step (x 4 views) (default: %(default)s)")
+    parser.add_argument("--batch-size", type=int, default=16,
+                        help="samples per step (x 4 views) (default: %(default)s)")
     parser.add_argument("--backbone", default="dste", help="encoder (default: %(default)s)")
     parser.add_argument("--preset", default="paper", help="encoder size (default: %(default)s)")
-    parser.add_argument("--layout", default="ntu25", help="skeleton layout (default: %(default)s)")
+    parser.add_argument("--layout", default="ntu25",
+                        help="built-in layout name or layout JSON file (default: %(default)s)")
     parser.add_argument("--clip-len", type=int, default=64, help="frames per clip (default: %(default)s)")
-    parser.add_argument("--precisions", nargs="+", default=["fp32", "auto"], choices=engine.PRECISIONS,
-                        help="precisions to time (default: %(default)s)")
+    parser.add_argument("--precisions", nargs="+", default=["fp32", "auto"],
+                        choices=engine.PRECISIONS, help="precisions to time (default: %(default)s)")
     parser.add_argument("--steps", type=int, default=3, help="timed steps")
     parser.add_argument("--warmup", type=int, default=1, help="untimed steps first")
     parser.add_argument("--threads", type=int, default=None,

@@ -20,7 +20,6 @@ import argparse
 import csv
 import math
 import re
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -299,7 +298,4 @@ def main(argv=None) -> Path:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except (ValueError, FileNotFoundError) as err:
-        sys.exit(f"python -m evaluation.plots: error: {err}")
+    engine.run_cli(main, "python -m evaluation.plots")

@@ -4,7 +4,7 @@
 
 Each sequence becomes one pyskl annotation with pyskl's types: ``frame_dir`` (the sequence
 name, str), ``label`` (int), ``total_frames`` (int) and ``keypoint`` float32 ``(M, T, V, C)``.
-For 2D data with a confidence channel (layouts coco17 / openpose18 / penn13 with 3 channels) the
+For 2D data with a confidence channel (a 2D layout, ``layout.dims == 2``, with 3 channels) the
 last channel is written as ``keypoint_score`` float32 ``(M, T, V)`` and ``keypoint`` keeps
 ``(x, y)``. 2D annotations also get ``img_shape`` and ``original_shape`` ``(height, width)``
 (pyskl's pose pipelines read them): ``--img-shape H W`` when given, else the store manifest's
@@ -17,6 +17,11 @@ The pickle loads with plain ``pickle.load`` under numpy 1.x and 2.x: it uses pro
 references numpy's array constructor by its numpy-1 name ``numpy.core.multiarray._reconstruct``
 (numpy 2 still resolves that name; numpy 2's own pickles name ``numpy._core``, which numpy 1
 cannot import). ``dump_portable_pickle`` writes any such object for other tools.
+
+The pickle's first key is ``created_by`` (``feeders.export (pyskl)``; pyskl ignores extra
+keys): an existing ``--out`` is replaced only when its first bytes carry that mark, i.e. when
+it is a file this exporter wrote; any other file, a directory, or an ``--out`` inside ``--src``
+is refused. Leftover ``<out>.tmp-<pid>`` files of killed exports are removed.
 
 Bodies: a store pads every sequence to the same M with all-zero bodies. The export trims
 *trailing* bodies that are zero in every frame, joint and channel, keeping at least one, so a
@@ -33,7 +38,8 @@ from pathlib import Path
 
 import numpy as np
 
-from feeders.store import open_store
+from feeders.store import (OutputError, check_outside, clean_leftovers, error_message,
+                            open_store)
 from progress import progress_bar
 
 try:  # numpy 2
@@ -41,8 +47,22 @@ try:  # numpy 2
 except ImportError:  # numpy 1
     from numpy.core.multiarray import _reconstruct
 
-TWO_D_LAYOUTS = ("coco17", "openpose18", "penn13")
 NUMPY1_MODULE = "numpy.core.multiarray"
+CREATED_BY = "feeders.export (pyskl)"
+_MARK_BYTES = 256  # the mark is within the first bytes of every pickle written here
+
+
+def check_replaceable_file(out: Path) -> None:
+    """Raise OutputError unless ``out`` is absent or a pickle this exporter wrote."""
+    if out.is_symlink() or (out.exists() and not out.is_file()):
+        raise OutputError(f"{out}: exists and is not a file; refusing to replace it")
+    if out.is_file():
+        with open(out, "rb") as f:
+            head = f.read(_MARK_BYTES)
+        if CREATED_BY.encode() not in head:
+            raise OutputError(f"{out}: exists and was not written by feeders.export (no "
+                              f"'{CREATED_BY}' mark); refusing to replace it (choose another "
+                              f"--out or move it away yourself)")
 
 
 def trim_padding_bodies(data: np.ndarray) -> np.ndarray:
@@ -106,14 +126,18 @@ def to_pyskl(store_dir, out_path, score_channel: bool | None = None,
     ``img_shape`` (height, width) of 2D data: None takes the manifest's, else each
     sequence's coordinate extent. ``progress``: a tqdm bar (None: on a terminal).
     """
+    out_path = Path(out_path)
+    check_outside(out_path, store_dir)
+    clean_leftovers(out_path)
+    check_replaceable_file(out_path)
     store = open_store(store_dir)
     if score_channel is None:
-        score_channel = store.layout.name in TWO_D_LAYOUTS and store.channels == 3
+        score_channel = store.layout.dims == 2 and store.channels == 3
     if score_channel and store.channels < 2:
         raise ValueError(f"{store_dir}: {store.channels} channel(s), cannot split off a score")
     if img_shape is not None and (len(img_shape) != 2 or min(img_shape) < 1):
         raise ValueError(f"img_shape must be (height, width) >= 1, got {img_shape}")
-    two_d = store.layout.name in TWO_D_LAYOUTS
+    two_d = store.layout.dims == 2
     img_shape = img_shape or store.manifest.get("img_shape")
     names = [str(n) for n in store.names]
     annotations = [to_annotation(names[i], store.labels[i], store.sequence(i), score_channel,
@@ -121,12 +145,16 @@ def to_pyskl(store_dir, out_path, score_channel: bool | None = None,
                    for i in progress_bar(range(len(store)), desc="export", unit="seq",
                                          enable=progress)]
     splits = {split: [names[i] for i in idx] for split, idx in store.splits.items()}
-    out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_path.with_name(f"{out_path.name}.tmp-{os.getpid()}")
+    content = {"created_by": CREATED_BY, "split": splits, "annotations": annotations}
     try:
         with open(tmp, "wb") as f:
-            dump_portable_pickle({"split": splits, "annotations": annotations}, f)
+            try:
+                dump_portable_pickle(content, f)
+            except OSError as e:  # a file write does not name its file
+                raise OSError(e.errno, e.strerror, str(tmp)) from e
+        check_replaceable_file(out_path)
         os.replace(tmp, out_path)
     finally:
         tmp.unlink(missing_ok=True)
@@ -134,7 +162,8 @@ def to_pyskl(store_dir, out_path, score_channel: bool | None = None,
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m feeders.export",
+                                     description=__doc__.split("\n\n")[0])
     parser.add_argument("--to", required=True, choices=["pyskl"], help="output format")
     parser.add_argument("--src", required=True, type=Path, help="dataset directory")
     parser.add_argument("--out", required=True, type=Path, help="output file (.pkl)")
@@ -150,7 +179,10 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     if args.img_shape is not None and min(args.img_shape) < 1:
         parser.error(f"--img-shape must be two sizes >= 1, got {args.img_shape}")
-    out = to_pyskl(args.src, args.out, args.score_channel, args.img_shape)
+    try:
+        out = to_pyskl(args.src, args.out, args.score_channel, args.img_shape)
+    except (ValueError, OSError) as e:
+        parser.error(error_message(e))
     print(f"wrote {out}")
 
 

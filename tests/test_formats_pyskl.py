@@ -120,9 +120,10 @@ def test_drop_score_layout_and_bodies_flags(tmp_path):
     assert open_store(tmp_path / "k").layout.name == "openpose18"
     anns_odd = make_annotations(np.random.default_rng(3), 2, 7, 3, score=False)
     write_pickle(tmp_path / "odd.pkl", anns_odd)
-    with pytest.raises(ValueError, match="no default layout for V=7"):
+    with pytest.raises(ValueError, match=r"odd.pkl: cannot choose a layout for 7 joints in 3D; "
+                                         r"no built-in layout fits"):
         prepare("pyskl", tmp_path / "odd.pkl", tmp_path / "odd")
-    with pytest.raises(ValueError, match="17 joints, expected 25"):
+    with pytest.raises(ValueError, match="the data has 17 joints, but layout ntu25 has 25"):
         prepare("pyskl", tmp_path / "in.pkl", tmp_path / "c", layout="ntu25")
 
 
@@ -156,10 +157,16 @@ def test_export_is_atomic_and_replaces(tmp_path):
     anns = make_annotations(np.random.default_rng(5), 2, 25, 3, score=False)
     write_pickle(tmp_path / "in.pkl", anns)
     prepare("pyskl", tmp_path / "in.pkl", tmp_path / "ds")
-    (tmp_path / "out.pkl").write_bytes(b"old")
     to_pyskl(tmp_path / "ds", tmp_path / "out.pkl")
-    assert len(load_pickle(tmp_path / "out.pkl")["annotations"]) == 2
+    prepare("pyskl", tmp_path / "in.pkl", tmp_path / "ds", workers=1)  # same data again
+    to_pyskl(tmp_path / "ds", tmp_path / "out.pkl")  # replaces its own earlier export
+    content = load_pickle(tmp_path / "out.pkl")
+    assert content["created_by"] == "feeders.export (pyskl)" and len(content["annotations"]) == 2
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ds", "in.pkl", "out.pkl"]
+    (tmp_path / "other.pkl").write_bytes(b"not ours")
+    with pytest.raises(ValueError, match="other.pkl: exists and was not written by feeders.export"):
+        to_pyskl(tmp_path / "ds", tmp_path / "other.pkl")
+    assert (tmp_path / "other.pkl").read_bytes() == b"not ours"
 
 
 @pytest.mark.parametrize("corrupt, message", [
