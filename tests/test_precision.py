@@ -52,12 +52,19 @@ def test_auto_trial_is_recorded_cached_and_leaves_the_run_unchanged(data, tmp_pa
 def test_resume_keeps_the_precision_of_the_run(data, tmp_path, monkeypatch):
     monkeypatch.setenv("SKELSSL_CACHE_DIR", str(tmp_path / "cache"))
     out = tmp_path / "run"
-    pretrain.main(flags(data, out, "--epochs", "1", "--precision", "bf16"))
-    assert engine.recorded_precision(engine.load_checkpoint(out / "last.pt")) == "bf16"
-    pretrain.main(flags(data, out, "--epochs", "2"))  # auto, resumed
+    pretrain.main(flags(data, out, "--epochs", "1"))  # auto: a trial decides
+    first = engine.recorded_precision(engine.load_checkpoint(out / "last.pt"))
+    assert first in ("fp32", "bf16")
+    (tmp_path / "cache" / "precision.json").unlink()  # a trial now would be seen
+
+    def no_trial(*args, **kwargs):
+        raise AssertionError("a resumed run must not time its precision again")
+
+    monkeypatch.setattr(engine, "trial_speeds", no_trial)
+    pretrain.main(flags(data, out, "--epochs", "2"))  # the same command resumes
     choice = json.loads((out / "config.json").read_text())["precision_choice"]
-    assert choice == {"precision": "bf16", "source": "resumed"}
-    assert not (tmp_path / "cache" / "precision.json").exists()  # no trial was run
+    assert choice == {"precision": first, "source": "resumed"}
+    assert engine.recorded_precision(engine.load_checkpoint(out / "last.pt")) == first
 
 
 def test_trial_speeds_restore_states():
