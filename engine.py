@@ -103,7 +103,8 @@ def add_common_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                    help="torch CPU threads per process (0: torch's default, one per core). On a "
                         "CPU shared with other jobs, or for tiny/small presets, 1 can be several "
                         "times faster: every parallel region waits for its slowest thread")
-    g.add_argument("--seed", type=int, default=0, help="run seed: every random draw derives from it")
+    g.add_argument("--seed", type=int, default=0,
+                   help="run seed: every random draw derives from it")
     g.add_argument("--output", type=Path, required=True, help="run directory (checkpoints, tb)")
     g.add_argument("--resume", default="auto",
                    help="auto (resume from <output>/last.pt when it exists) | never | PATH")
@@ -411,7 +412,8 @@ def cpu_model() -> str:
 
 def precision_cache_path() -> Path:
     """$SKELSSL_CACHE_DIR/precision.json (default ~/.cache/skelssl/precision.json)."""
-    return Path(os.environ.get("SKELSSL_CACHE_DIR", Path.home() / ".cache" / "skelssl")) / "precision.json"
+    root = os.environ.get("SKELSSL_CACHE_DIR", Path.home() / ".cache" / "skelssl")
+    return Path(root) / "precision.json"
 
 
 def precision_cache_key(workload: str) -> str:
@@ -489,7 +491,8 @@ def choose_precision(requested: str, device: torch.device, *, workload: str,
     if key in cache:
         choice = {**cache[key], "source": "cache", "key": key}
     elif info is not None and info.distributed:
-        choice = {"precision": "bf16", "source": "default (no cached trial; multi-process)", "key": key}
+        choice = {"precision": "bf16", "source": "default (no cached trial; multi-process)",
+                  "key": key}
     else:
         speeds = trial()
         best = max(speeds, key=speeds.get)

@@ -78,7 +78,8 @@ def check_nccl() -> str:
         scaler.update()
         assert torch.isfinite(loss), loss
     dist.destroy_process_group()
-    return f"NCCL {torch.cuda.nccl.version()}, SyncBatchNorm kernel, DDP fp16 steps (loss {float(loss):.3g})"
+    return (f"NCCL {torch.cuda.nccl.version()}, SyncBatchNorm kernel, DDP fp16 steps "
+            f"(loss {float(loss):.3g})")
 
 
 def check_knn() -> str:
@@ -139,7 +140,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("check", choices=("nccl", "knn", "precision", "parse"),
                         help="which check to run")
     parser.add_argument("rest", nargs=argparse.REMAINDER,
-                        help="precision: RUN_DIR [EXPECTED]; parse: a file of lines NAME SCRIPT FLAGS...")
+                        help="precision: RUN_DIR [EXPECTED]; parse: a file of lines "
+                             "NAME SCRIPT FLAGS...")
     return parser
 
 
@@ -154,7 +156,8 @@ def main(argv=None) -> None:
     elif args.check == "knn":
         print("ok:", check_knn())
     else:
-        print("ok:", check_precision(Path(args.rest[0]), args.rest[1] if len(args.rest) > 1 else None))
+        expected = args.rest[1] if len(args.rest) > 1 else None
+        print("ok:", check_precision(Path(args.rest[0]), expected))
 
 
 if __name__ == "__main__":

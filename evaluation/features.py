@@ -97,11 +97,13 @@ def read_encoder_file(path: Path) -> dict:
             meta = f.metadata() or {}
             state = {f"encoder.{k}": f.get_tensor(k) for k in f.keys()}
     except Exception as err:  # a truncated or foreign file
-        raise CheckpointError(f"--pretrained {path}: not a readable safetensors file ({err})") from None
+        raise CheckpointError(f"--pretrained {path}: not a readable safetensors file "
+                              f"({err})") from None
     if meta.get("format") != ENCODER_FILE_FORMAT:
         raise CheckpointError(f"--pretrained {path}: metadata 'format' is {meta.get('format')!r}, "
                               f"expected {ENCODER_FILE_FORMAT!r} (python -m models.export)")
-    return {"model": state, "config": json.loads(meta["config"]), "epoch": int(meta.get("epoch", 0))}
+    return {"model": state, "config": json.loads(meta["config"]),
+            "epoch": int(meta.get("epoch", 0))}
 
 
 def read_checkpoint(path: str | Path) -> dict:

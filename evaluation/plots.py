@@ -219,7 +219,8 @@ def plot_tsne(run_dir: Path, data: Path, split: str | None = None, checkpoint: s
     ckpt = read_checkpoint(path)
     store = open_store(data)
     saved = checkpoint_config(ckpt)
-    split = split or saved.get("eval_split") or engine.eval_split_for(saved.get("split", "xsub_train"))
+    split = (split or saved.get("eval_split")
+             or engine.eval_split_for(saved.get("split", "xsub_train")))
     unset = argparse.Namespace(**dict.fromkeys(("backbone", "preset", "stream", "clip_len",
                                                 "spatial_channels", "normalize")))
     cfg = resolve_encoder_config(unset, ckpt, path, store)
@@ -274,8 +275,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", default="last",
                    help="path, last or an epoch number (default: %(default)s)")
     p.add_argument("--max-points", type=int, default=2000,
-                   help="seeded random subset of at most this many sequences (default: %(default)s)")
-    p.add_argument("--seed", type=int, default=0, help="subset and t-SNE seed (default: %(default)s)")
+                   help="seeded random subset of at most this many sequences "
+                        "(default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="subset and t-SNE seed (default: %(default)s)")
     p = sub.add_parser("curves", help="training curves from TensorBoard events (or log.txt)")
     p.add_argument("run_dir", type=Path, help="run directory")
     p.add_argument("--tb", type=Path, default=None, help="event directory (default: RUN_DIR/tb)")

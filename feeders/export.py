@@ -94,7 +94,8 @@ def to_annotation(name: str, label: int, data: np.ndarray, score_channel: bool,
     else:
         ann["keypoint"] = np.ascontiguousarray(kp, dtype=np.float32)
     if two_d:
-        shape = tuple(int(v) for v in img_shape) if img_shape else coordinate_extent(ann["keypoint"])
+        shape = (tuple(int(v) for v in img_shape) if img_shape
+                 else coordinate_extent(ann["keypoint"]))
         ann["img_shape"] = ann["original_shape"] = shape
     return ann
 

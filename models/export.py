@@ -62,7 +62,8 @@ def main(argv=None) -> str:
                                      description="Write a checkpoint's encoder weights and "
                                                  "configuration as one safetensors file.")
     parser.add_argument("checkpoint", type=Path,
-                        help="pretrain.py or fine-tuning checkpoint (last.pt, epoch_NNNN.pt, best.pt)")
+                        help="pretrain.py or fine-tuning checkpoint (last.pt, epoch_NNNN.pt, "
+                             "best.pt)")
     parser.add_argument("--out", type=Path, required=True, help="output file (.safetensors)")
     args = parser.parse_args(argv)
     if args.out.suffix != ".safetensors":
