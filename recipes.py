@@ -437,7 +437,7 @@ def resolve_run_name(name: str, data_root: str) -> dict:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m recipes",
                                      description=__doc__.split("\n\n")[0])
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, help="resolve or show")
     p = sub.add_parser("resolve", help="a run name's dataset and protocol as shell assignments")
     p.add_argument("run_name")
     p.add_argument("--data-root", default=os.environ.get("SKEL_DATA", "data"))

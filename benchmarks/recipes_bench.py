@@ -180,8 +180,10 @@ def table(rows: list[dict], command: str) -> str:
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--only", nargs="+", choices=list(DATASETS), default=list(DATASETS))
-    parser.add_argument("--out", type=Path, default=ROOT / "runs" / "recipes")
+    parser.add_argument("--only", nargs="+", choices=list(DATASETS), default=list(DATASETS),
+                        help="datasets to run")
+    parser.add_argument("--out", type=Path, default=ROOT / "runs" / "recipes",
+                        help="folder of the prepared data and the runs")
     parser.add_argument("--gpus", default="cpu", help="the scripts' GPUS argument")
     parser.add_argument("--workers", type=int, default=1, help="DataLoader workers")
     parser.add_argument("--quick", action="store_true",
