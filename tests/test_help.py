@@ -10,10 +10,11 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = ["pretrain.py", "action_recognition.py", "action_retrieval.py",
            "benchmarks/data_bench.py", "benchmarks/encoders.py", "benchmarks/eval_bench.py",
-           "benchmarks/nwucla_select.py", "benchmarks/pretrain_step.py", "benchmarks/gpu_check.py"]
+           "benchmarks/nwucla_select.py", "benchmarks/pretrain_step.py",
+           "benchmarks/recipes_bench.py", "benchmarks/gpu_check.py"]
 MODULES = ["evaluation.baseline", "evaluation.fusion", "evaluation.report", "feeders.export",
            "feeders.inspect", "feeders.layouts", "feeders.prepare", "feeders.synthetic",
-           "feeders.visualize"]
+           "feeders.visualize", "recipes"]
 
 
 @pytest.mark.parametrize("target", SCRIPTS + MODULES)
