@@ -182,6 +182,11 @@ def init_transformer_weights(module: nn.Module, seed: int) -> None:
                     trunc_normal(param)
 
 
+def one_dim_parameter_names(module: nn.Module) -> set[str]:
+    """Names of the parameters with at most one dimension (biases, norm scales and shifts)."""
+    return {name for name, param in module.named_parameters() if param.ndim <= 1}
+
+
 def count_parameters(module: nn.Module) -> int:
     """Number of parameters (works on the meta device)."""
     return sum(p.numel() for p in module.parameters())
@@ -250,6 +255,23 @@ class TwoStreamTransformer(nn.Module):
         self.t_stream = t_stream
         self.s_stream = s_stream
         init_transformer_weights(self, seed)
+
+    @property
+    def num_layers(self) -> int:
+        """Layer-decay depth: the stream depth (temporal and spatial layer i share a layer id)."""
+        return len(self.t_stream.layers)
+
+    def layer_id(self, name: str) -> int:
+        """Layer id of parameter `name` (as in named_parameters()): 0 for the token embeddings and
+        the positional table, i + 1 for layer i of either stream."""
+        parts = name.split(".")
+        if parts[0] in ("t_stream", "s_stream") and parts[1] == "layers":
+            return int(parts[2]) + 1
+        return 0
+
+    def no_weight_decay(self) -> set[str]:
+        """Parameters exempt from weight decay: biases, LayerNorm weights, the positional table."""
+        return one_dim_parameter_names(self) | {"s_pos"}
 
     def forward(self, x: torch.Tensor) -> EncoderOutput:
         """x: (N, C, L, V, M)."""

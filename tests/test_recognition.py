@@ -119,26 +119,6 @@ def test_finetune_min_crop_reaches_the_training_crops(data):
         assert loader.dataset.min_crop == expected and loader.dataset.num_views == 1
 
 
-def test_layer_decay_groups():
-    enc = build_encoder("dste", "tiny", layout="ntu25", clip_len=8, channels=3, bodies=2, seed=0)
-    model = ar.Classifier(enc, 5, seed=0)
-    assert ar.parameter_depth("encoder.t_embed.fc1.weight") == 0
-    assert ar.parameter_depth("encoder.s_stream.layers.1.ca.conv.weight") == 2
-    assert ar.parameter_depth("encoder.blocks.0.gcn.weight") == 1
-    assert ar.parameter_depth("head.weight") is None
-    groups = ar.param_groups(model, weight_decay=0.05, layer_decay=0.5)
-    scale = {id(p): (g["lr"], g["weight_decay"]) for g in groups for p in g["params"]}
-    params = dict(model.named_parameters())
-    assert scale[id(params["head.weight"])] == (1.0, 0.05)
-    assert scale[id(params["head.bias"])] == (1.0, 0.0)
-    assert scale[id(params["encoder.s_pos"])] == (0.125, 0.0)         # depth 0 of 2: 0.5 ** 3
-    assert scale[id(params["encoder.t_embed.fc1.weight"])] == (0.125, 0.05)
-    layer1 = [n for n in params if n.startswith("encoder.t_stream.layers.1.") and
-              params[n].ndim == 2][0]
-    assert scale[id(params[layer1])] == (0.5, 0.05)
-    assert sum(len(g["params"]) for g in groups) == len(params)
-
-
 def test_confusion_matrix_and_image():
     cm = ar.confusion_matrix(np.array([0, 1, 1, 2, 2]), np.array([0, 1, 2, 2, 0]), 3)
     assert cm.tolist() == [[1, 0, 1], [0, 1, 0], [0, 1, 1]]
