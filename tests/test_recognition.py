@@ -182,7 +182,9 @@ def test_free_fields_of_the_encoder_config():
     with pytest.raises(CheckpointError, match=r"--stream bm conflicts"):
         resolve_encoder_config(args, ckpt, "x.pt")
     cfg = resolve_encoder_config(args, ckpt, "x.pt", free_fields=("stream",))
-    assert cfg == {**ckpt["config"], "stream": "bm"}
+    assert cfg == {**ckpt["config"], "stream": "bm", "encoder_overrides": {}}
+    ckpt["config"]["encoder_overrides"] = {"hidden": 24}  # an imported model's width (models.convert)
+    assert resolve_encoder_config(args, ckpt, "x.pt", free_fields=("stream",))["encoder_overrides"] == {"hidden": 24}
     args.stream = None  # unset: the checkpoint's
     assert resolve_encoder_config(args, ckpt, "x.pt", free_fields=("stream",))["stream"] == "j"
 
