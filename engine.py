@@ -35,9 +35,9 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from feeders.dataset import NORMALIZATIONS
+from feeders.streams import STREAMS
 
 ROOT = Path(__file__).resolve().parent
-STREAMS = ("j", "m", "b", "jm", "bm")
 BACKBONES = ("dste", "sttr", "stgcn", "msg3d")
 PRESETS = ("paper", "base", "small", "tiny")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")

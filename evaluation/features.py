@@ -29,8 +29,9 @@ from torch.utils.data import DataLoader, Subset
 import engine
 from feeders.dataset import EvalDataset
 from feeders.store import open_store
-from feeders.streams import resolve_spatial_channels, to_stream
+from feeders.streams import FUSED, resolve_spatial_channels, to_stream
 from models import build_encoder
+from models.unified import encoder_for_stream
 
 ENCODER_FIELDS = ("backbone", "preset", "stream", "clip_len", "spatial_channels", "normalize")
 FALLBACK = {"backbone": "dste", "preset": "paper", "stream": "j", "clip_len": 64,
@@ -92,6 +93,13 @@ def resolve_encoder_config(args, ckpt: dict | None, path=None, store=None,
             out[field] = config[field]
         else:
             out[field] = flag if flag is not None else FALLBACK[field]
+    if "stream" in free_fields and config.get("stream") is not None \
+            and (out["stream"] == FUSED) != (config["stream"] == FUSED):
+        raise CheckpointError(
+            f"--stream {out['stream']} does not fit checkpoint {path}, pretrained on stream "
+            f"{config['stream']!r}: a {FUSED} checkpoint holds a unified encoder (one model for "
+            f"joint, motion and bone), which takes only the {FUSED} input, and the other "
+            f"streams' encoders do not take it")
     if out["spatial_channels"] is None and store is not None:
         out["spatial_channels"] = resolve_spatial_channels(store.channels, None, store.layout.dims)
     return out
@@ -113,8 +121,11 @@ def setup_eval_run(args, free_fields: tuple[str, ...] = ()):
 
 
 def encoder_state(ckpt: dict) -> dict:
-    """Encoder weights of a pretrain (``encoder.`` prefix) or fine-tune checkpoint."""
-    state = {k[len("encoder."):]: v for k, v in ckpt["model"].items() if k.startswith("encoder.")}
+    """Encoder weights of a pretrain or fine-tune checkpoint: the entries under the prefix
+    ``<encoder_key>.`` the checkpoint names (pretrain.py stores its method's ``encoder_key``;
+    ``encoder`` when absent, as in fine-tune checkpoints), or the whole state dict."""
+    prefix = f"{ckpt.get('encoder_key', 'encoder')}."
+    state = {k[len(prefix):]: v for k, v in ckpt["model"].items() if k.startswith(prefix)}
     return state or ckpt["model"]
 
 
@@ -136,11 +147,13 @@ def load_encoder_weights(encoder: nn.Module, ckpt: dict, path, backbone: str) ->
 
 def build_eval_encoder(cfg: dict, store, seed: int, ckpt: dict | None = None, path=None,
                        **overrides) -> nn.Module:
-    """Build ``cfg['backbone']``/``cfg['preset']`` for the store's layout and load the
-    checkpoint's encoder weights (if any). ``overrides`` go to ``build_encoder``."""
+    """Build ``cfg['backbone']``/``cfg['preset']`` for the store's layout (for the ``jmb``
+    stream wrapped in a unified encoder, models/unified.py) and load the checkpoint's encoder
+    weights (if any). ``overrides`` go to ``build_encoder``."""
     encoder = build_encoder(cfg["backbone"], cfg["preset"], layout=store.layout,
                             clip_len=cfg["clip_len"], channels=store.channels,
                             bodies=store.bodies, seed=seed, **overrides)
+    encoder = encoder_for_stream(encoder, cfg["stream"], seed)
     if ckpt is not None:
         load_encoder_weights(encoder, ckpt, path, cfg["backbone"])
     return encoder
