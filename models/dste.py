@@ -12,6 +12,7 @@ from torch import nn
 
 from feeders.layouts import Layout, get_layout
 from models.base import MLP, Attention, DropPath, Stream, TwoStreamTransformer, preset_kwargs
+from models.registry import register_encoder
 
 SHIFT_GAP = 4
 
@@ -128,6 +129,7 @@ class DSTE(TwoStreamTransformer):
         super().__init__(clip_len, joints, bodies, channels, hidden, t_stream, s_stream, seed)
 
 
+@register_encoder("dste", PRESETS)
 def build_dste(
     preset: str, *, layout: Layout | str, clip_len: int, channels: int, bodies: int, **overrides
 ) -> DSTE:

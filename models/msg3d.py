@@ -31,6 +31,7 @@ from models.base import EncoderOutput
 from models.gcn_blocks import (InputNorm, MultiScaleTemporalConv, check_input,
                                disentangled_scales, graph_diameter, init_gcn_weights,
                                pool_gcn_features, spacetime_adjacency)
+from models.registry import register_encoder
 
 _PAPER = dict(stage_channels=(96, 192, 384), stage_strides=(1, 2, 2), num_gcn_scales=None,
               num_g3d_scales=6, windows=(3, 5), window_dilations=(1, 1),
@@ -193,6 +194,7 @@ class MSG3D(nn.Module):
         return pool_gcn_features(f, self.bodies)
 
 
+@register_encoder("msg3d", PRESETS)
 def build_msg3d(preset: str, *, layout: Layout | str, clip_len: int, channels: int,
                 bodies: int, **overrides) -> MSG3D:
     """Build an MS-G3D from a preset (`PRESETS`), overriding any `MSG3D` keyword.

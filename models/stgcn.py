@@ -25,6 +25,7 @@ from feeders.layouts import Layout, get_layout
 from models.base import EncoderOutput
 from models.gcn_blocks import (InputNorm, PartitionGraphConv, check_input, init_gcn_weights,
                                pool_gcn_features, residual_path)
+from models.registry import register_encoder
 
 _PAPER_CHANNELS = (64, 64, 64, 64, 128, 128, 128, 256, 256, 256)
 _PAPER_STRIDES = (1, 1, 1, 1, 2, 1, 1, 2, 1, 1)
@@ -112,6 +113,7 @@ class STGCN(nn.Module):
         return pool_gcn_features(f, self.bodies)
 
 
+@register_encoder("stgcn", PRESETS)
 def build_stgcn(preset: str, *, layout: Layout | str, clip_len: int, channels: int,
                 bodies: int, **overrides) -> STGCN:
     """Build an ST-GCN from a preset (`PRESETS`), overriding any `STGCN` keyword.
