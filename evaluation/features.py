@@ -29,7 +29,7 @@ from torch.utils.data import DataLoader, Subset
 import engine
 from feeders.dataset import EvalDataset
 from feeders.store import open_store
-from feeders.streams import resolve_spatial_channels, to_stream
+from feeders.streams import FUSED, resolve_spatial_channels, to_stream
 from models.checkpoint import (build_configured_encoder, checkpoint_config, encoder_state,
                                state_mismatch)
 
@@ -89,6 +89,13 @@ def resolve_encoder_config(args, ckpt: dict | None, path=None, store=None,
         else:
             out[field] = flag if flag is not None else FALLBACK[field]
     out["encoder_overrides"] = dict(config.get("encoder_overrides") or {})
+    if "stream" in free_fields and config.get("stream") is not None \
+            and (out["stream"] == FUSED) != (config["stream"] == FUSED):
+        raise CheckpointError(
+            f"--stream {out['stream']} does not fit checkpoint {path}, pretrained on stream "
+            f"{config['stream']!r}: a {FUSED} checkpoint holds a unified encoder (one model for "
+            f"joint, motion and bone), which takes only the {FUSED} input, and the other "
+            f"streams' encoders do not take it")
     if out["spatial_channels"] is None and store is not None:
         out["spatial_channels"] = resolve_spatial_channels(store.channels, None, store.layout.dims)
     return out
@@ -122,8 +129,9 @@ def load_encoder_weights(encoder: nn.Module, ckpt: dict, path, backbone: str) ->
 def build_eval_encoder(cfg: dict, store, seed: int, ckpt: dict | None = None, path=None,
                        **overrides) -> nn.Module:
     """Build ``cfg['backbone']``/``cfg['preset']`` (with the checkpoint's
-    ``encoder_overrides``) for the store's layout and load the checkpoint's encoder weights (if
-    any). ``overrides`` go to ``build_encoder``."""
+    ``encoder_overrides``) for the store's layout, for the ``jmb`` stream wrapped in a unified
+    encoder (models/unified.py), and load the checkpoint's encoder weights (if any).
+    ``overrides`` go to ``build_encoder``."""
     encoder = build_configured_encoder(cfg, layout=store.layout, channels=store.channels,
                                        bodies=store.bodies, seed=seed, **overrides)
     if ckpt is not None:

@@ -22,6 +22,7 @@ from torch import nn
 
 from feeders.store import open_store
 from models.registry import build_encoder
+from models.unified import encoder_for_stream
 
 
 class PretrainedError(ValueError):
@@ -69,10 +70,12 @@ def state_mismatch(own: dict, state: dict) -> str:
 def build_configured_encoder(cfg: dict, *, layout, channels: int, bodies: int, seed: int = 0,
                              **overrides) -> nn.Module:
     """The encoder a config describes: ``build_encoder(cfg["backbone"], cfg["preset"], ...)`` with
-    ``cfg["encoder_overrides"]`` (if any) and then ``overrides`` applied; weights from ``seed``."""
+    ``cfg["encoder_overrides"]`` (if any) and then ``overrides`` applied, wrapped in a unified
+    encoder for the ``jmb`` stream (models/unified.py); weights from ``seed``."""
     kwargs = {**(cfg.get("encoder_overrides") or {}), **overrides}
-    return build_encoder(cfg["backbone"], cfg["preset"], layout=layout, clip_len=cfg["clip_len"],
-                         channels=channels, bodies=bodies, seed=seed, **kwargs)
+    encoder = build_encoder(cfg["backbone"], cfg["preset"], layout=layout, clip_len=cfg["clip_len"],
+                            channels=channels, bodies=bodies, seed=seed, **kwargs)
+    return encoder_for_stream(encoder, cfg.get("stream", "j"), seed)
 
 
 def clip_geometry(cfg: dict, path) -> dict:

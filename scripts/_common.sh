@@ -3,7 +3,7 @@
 # RUN_NAME = <dataset>_<protocol>_<stream>_<backbone>, e.g. ntu60_xs_j_dste
 #   dataset : ntu60 ntu120 pku1 pku2 ucla demo kinetics penn   (directory $SKEL_DATA/<dataset>)
 #   protocol: xs (xsub) xv (xview) xe (xset) tv (train/val of kinetics, penn)
-#   stream  : j m b jm bm            (python -m models --list-streams)
+#   stream  : j m b jm bm jmb        (python -m models --list-streams; jmb: --method umurl)
 #   backbone: dste sttr stgcn msg3d  (python -m models --list-encoders: every registered encoder)
 # It maps to --data $SKEL_DATA/<dataset> --split <protocol>_train --stream --backbone
 # --output checkpoint/<RUN_NAME>, plus the per-dataset defaults of `dataset_defaults`; flags given

@@ -10,6 +10,7 @@ from feeders.layouts import get_layout
 from feeders.streams import to_stream
 from feeders.synthetic import write_synthetic
 from models import load_pretrained
+from models.base import sinusoidal_encoding, spatial_tokens, temporal_tokens
 from models.checkpoint import PretrainedError
 from models.convert import main as convert_main
 from models.usdrl import USDRL
@@ -131,3 +132,86 @@ def test_load_pretrained_errors_name_the_file(imported, tmp_path):
     torch.save({"model": {}}, tmp_path / "noconfig.pt")
     with pytest.raises(PretrainedError, match="noconfig.pt: expected a 'model' state dict and a config"):
         load_pretrained(tmp_path / "noconfig.pt")
+
+
+# ----------------------------------------------------------------------------- UmURL
+class _ReleaseEmbedding(torch.nn.Module):
+    """The UmURL release's modality embedding: t_embedding / s_embedding Sequentials."""
+
+    def __init__(self, t_in, s_in, hidden):
+        super().__init__()
+        def mlp(n):
+            return torch.nn.Sequential(torch.nn.Linear(n, hidden), torch.nn.LayerNorm(hidden),
+                                       torch.nn.ReLU(), torch.nn.Linear(hidden, hidden))
+        self.t_embedding, self.s_embedding = mlp(t_in), mlp(s_in)
+
+
+class _ReleaseUmURL(torch.nn.Module):
+    """The release's module tree and forward (HuiGuanLab/UmURL, METHOD.md section 8), written
+    from its state-dict names with torch's TransformerEncoder: the reference for the importer."""
+
+    def __init__(self, t_in, s_in, hidden, clip_len):
+        super().__init__()
+        self.backbone = torch.nn.Module()
+        for m in "jbm":
+            setattr(self.backbone, f"{m}_emb", _ReleaseEmbedding(t_in, s_in, hidden))
+        fusion = torch.nn.Module()
+        fusion.t_fusion = torch.nn.Sequential(torch.nn.Linear(hidden, hidden, bias=False))
+        fusion.s_fusion = torch.nn.Sequential(torch.nn.Linear(hidden, hidden, bias=False))
+        self.backbone.mm_fusion = fusion
+        enc = torch.nn.Module()
+        enc.pe = torch.nn.Module()
+        enc.pe.register_buffer("pe", sinusoidal_encoding(200, hidden)[None])
+        layer = torch.nn.TransformerEncoderLayer(hidden, 1, hidden, dropout=0.0, batch_first=True)
+        enc.t_tr = torch.nn.TransformerEncoder(layer, 1, enable_nested_tensor=False)
+        enc.s_tr = torch.nn.TransformerEncoder(layer, 1, enable_nested_tensor=False)
+        self.backbone.ma_encoder = enc
+        for m in "jbm":
+            setattr(self, f"{m}_projector", torch.nn.Sequential(
+                torch.nn.Linear(2 * hidden, 2 * hidden), torch.nn.BatchNorm1d(2 * hidden)))
+        generator = torch.Generator().manual_seed(3)
+        with torch.no_grad():  # move every weight off its initial value (norms included)
+            for p in self.parameters():
+                p.add_(0.2 * torch.randn(p.shape, generator=generator))
+
+    def fused(self, jmb):
+        """The release's mm_forward on x (N, 3C, L, V, M) = joint, motion, bone -> (N, 2H)."""
+        b = self.backbone
+        parts = dict(zip("jmb", jmb.chunk(3, dim=1)))
+        t = sum(getattr(b, f"{m}_emb").t_embedding(temporal_tokens(parts[m])) for m in "jbm") / 3
+        s = sum(getattr(b, f"{m}_emb").s_embedding(spatial_tokens(parts[m])) for m in "jbm") / 3
+        t, s = b.mm_fusion.t_fusion(t), b.mm_fusion.s_fusion(s)
+        enc = b.ma_encoder
+        t = enc.t_tr(t + enc.pe.pe[:, :t.shape[1]])
+        return torch.cat([t.amax(1), enc.s_tr(s).amax(1)], dim=1)
+
+
+def test_umurl_release_import_computes_the_release_fused_feature(tmp_path):
+    hidden, clip_len = 16, 12
+    ref = _ReleaseUmURL(2 * 25 * 3, clip_len * 3, hidden, clip_len).eval()
+    src = _write(tmp_path / "umurl.pth.tar", {f"module.{k}": v for k, v in ref.state_dict().items()})
+    out = tmp_path / "umurl.pt"
+    convert_main(["--from", "umurl", "--src", str(src), "--out", str(out)])
+    ckpt = torch.load(out, weights_only=True)
+    assert ckpt["config"]["backbone"] == "sttr" and ckpt["config"]["stream"] == "jmb"
+    assert ckpt["config"]["encoder_overrides"] == {"hidden": hidden, "depth": 1}
+    assert (ckpt["config"]["clip_len"], ckpt["config"]["bodies"]) == (clip_len, 2)
+    encoder = load_pretrained(out)
+    x = torch.randn(3, 3, clip_len, 25, 2, generator=torch.Generator().manual_seed(0))
+    x[2, ..., 1] = 0  # one body
+    jmb = to_stream(x, "jmb", get_layout("ntu25").parents, 3)
+    with torch.no_grad():
+        got, want = encoder(jmb).global_feat, ref.fused(jmb)
+    assert (got - want).abs().max() < 1e-5
+
+    data = write_synthetic(tmp_path / "data", 16, seed=0)
+    knn = action_retrieval.main(["--data", str(data), "--pretrained", str(out), "--workers", "0",
+                                 "--precision", "fp32", "--output", str(tmp_path / "knn")])
+    assert json.loads((tmp_path / "knn" / "knn.json").read_text())["stream"] == "jmb"
+    assert 0.0 <= knn["top1"] <= 100.0
+
+    state = {f"module.{k}": v for k, v in ref.state_dict().items()
+             if k != "backbone.mm_fusion.s_fusion.0.weight"}
+    with pytest.raises(SystemExit, match="missing key 'backbone.mm_fusion.s_fusion.0.weight'"):
+        convert_main(["--from", "umurl", "--src", str(_write(tmp_path / "bad.pth.tar", state)),
+                      "--out", str(tmp_path / "bad.pt")])

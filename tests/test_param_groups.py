@@ -99,3 +99,14 @@ def test_bad_declarations_are_errors():
     enc.no_weight_decay = lambda: {"proj.gamma"}
     with pytest.raises(ValueError, match=r"no_weight_decay\(\) names unknown parameters \['proj.gamma'\]"):
         finetune_param_groups(enc, nn.Linear(4, 2), 0.05, 0.8)
+
+
+def test_the_unified_encoder_declares_its_groups():
+    from models.unified import UnifiedEncoder
+    unified = UnifiedEncoder(build_encoder("sttr", "tiny", **KW))
+    ids = encoder_layer_ids(unified)
+    assert unified.num_layers == 2
+    assert ids["t_embed.m.fc1.weight"] == ids["s_fuse.weight"] == ids["s_pos"] == 0
+    assert ids["s_stream.layers.1.ffn.fc2.weight"] == 2
+    assert {"s_pos", "t_embed.b.norm.weight"} <= unified.no_weight_decay()
+    assert "t_fuse.weight" not in unified.no_weight_decay()

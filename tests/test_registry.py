@@ -62,7 +62,7 @@ def test_a_registered_encoder_appears_in_every_choice(dummy_encoder, capsys):
                                                "--preset", "one"])
     assert args.backbone == "dummy"
     main(["--list-encoders", "--list-streams"])  # what scripts/_common.sh reads
-    assert capsys.readouterr().out == "dste sttr stgcn msg3d dummy\nj m b jm bm\n"
+    assert capsys.readouterr().out == "dste sttr stgcn msg3d dummy\nj m b jm bm jmb\n"
     with pytest.raises(ValueError, match="unknown encoder 'vit'; valid encoders: dste, sttr, stgcn, msg3d, dummy"):
         build_encoder("vit", layout="ntu25", clip_len=8, channels=3, bodies=1)
     with pytest.raises(ValueError, match="encoder 'dummy' is registered twice"):
