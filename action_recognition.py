@@ -59,6 +59,7 @@ from evaluation.features import (CheckpointError, build_eval_encoder, cached_ext
                                  checkpoint_config, extract, setup_eval_run, stream_transform)
 from evaluation.fusion import save_scores
 from evaluation.linear import accuracy, make_head, predict, train_linear
+from evaluation.protocol import make_protocol
 from evaluation.subset import stratified_split, stratified_subset
 from feeders.augment import random_flip, random_rotation, random_shear
 from feeders.dataset import EvalDataset, PretrainDataset, make_loader
@@ -395,6 +396,7 @@ def write_outputs(args, store, cfg, tag, logits, best, history, train_pos, val_p
     write_confusion_csv(out / f"{tag}_confusion.csv", cm, store.manifest["class_names"])
     writer.add_image("test/confusion", confusion_image(cm), args.epochs)
     result = {
+        "protocol": make_protocol(args.mode, label_fraction=args.label_fraction),
         "mode": args.mode, "label_fraction": args.label_fraction,
         "checkpoint": str(args.pretrained) if args.pretrained else "scratch",
         "data": str(args.data), "split": args.split, "eval_split": args.eval_split,

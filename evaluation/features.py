@@ -62,8 +62,11 @@ def read_checkpoint(path: str | Path) -> dict:
     except (FileNotFoundError, ValueError) as err:
         raise CheckpointError(f"--pretrained: {err}") from None
     if not isinstance(ckpt, dict) or not isinstance(ckpt.get("model"), dict):
+        hint = (" (a released USDRL / UmURL checkpoint: import it first with python -m "
+                f"models.convert --from usdrl|umurl --src {path} --out OUT.pt)"
+                if isinstance(ckpt, dict) and "state_dict" in ckpt else "")
         raise CheckpointError(f"--pretrained {path}: expected a dict with a 'model' state dict "
-                              f"(a pretrain.py checkpoint)")
+                              f"(a pretrain.py checkpoint){hint}")
     return ckpt
 
 

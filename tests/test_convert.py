@@ -6,6 +6,7 @@ import torch
 
 import action_recognition
 import action_retrieval
+from evaluation.report import main as report_main
 from feeders.layouts import get_layout
 from feeders.streams import to_stream
 from feeders.synthetic import write_synthetic
@@ -70,7 +71,7 @@ def test_imported_model_computes_what_the_release_computes(imported, release):
                 assert (value - want).abs().max() < 1e-5, f"{modality}/{key}"
 
 
-def test_every_entry_point_takes_the_import_as_pretrained(imported, tmp_path):
+def test_every_entry_point_takes_the_import_as_pretrained(imported, tmp_path, capsys):
     data = write_synthetic(tmp_path / "data", 16, seed=0)
     common = ["--data", str(data), "--pretrained", str(imported), "--workers", "0",
               "--precision", "fp32"]
@@ -83,7 +84,18 @@ def test_every_entry_point_takes_the_import_as_pretrained(imported, tmp_path):
     assert (tmp_path / "lin" / "linear.json").is_file()
     action_recognition.main([*common, "--output", str(tmp_path / "ft"), "--mode", "finetune",
                              "--epochs", "1", "--batch-size", "4", "--stream", "b"])
-    assert json.loads((tmp_path / "ft" / "finetune.json").read_text())["pretrained_stream"] == "j"
+    finetune = json.loads((tmp_path / "ft" / "finetune.json").read_text())
+    assert finetune["pretrained_stream"] == "j"
+    # every result carries its protocol, and the report reads the three runs into one table
+    assert saved["protocol"] == {"kind": "knn", "k": 1}
+    assert finetune["protocol"] == {"kind": "finetune", "label_fraction": 1.0}
+    linear = json.loads((tmp_path / "lin" / "linear.json").read_text())
+    assert linear["protocol"] == {"kind": "linear", "label_fraction": 1.0}
+    capsys.readouterr()
+    assert report_main([str(tmp_path / d) for d in ("ft", "knn", "lin")]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split(" | ")[:2] for line in lines[2:]] == [
+        ["| ft", "fine-tune"], ["| knn", "KNN-1"], ["| lin", "linear probe"]]
 
 
 def _write(path, state):
@@ -118,6 +130,15 @@ def test_bad_release_files_name_the_file_and_the_keys(release, tmp_path, capsys)
     assert fails(release[0], "--layout", "ntu26") == 2
     assert "unknown layout 'ntu26'" in capsys.readouterr().err
     assert not (tmp_path / "out.pt").exists()  # nothing half-written
+
+
+def test_the_release_file_itself_is_refused_with_the_import_command(release, tmp_path):
+    from evaluation.features import CheckpointError
+    data = write_synthetic(tmp_path / "data", 16, seed=0)
+    with pytest.raises(CheckpointError, match=r"checkpoint_0450.pth.tar: expected a dict with a "
+                                              r"'model' state dict .* python -m models.convert --from"):
+        action_retrieval.main(["--data", str(data), "--pretrained", str(release[0]),
+                               "--output", str(tmp_path / "o")])
 
 
 def test_load_pretrained_errors_name_the_file(imported, tmp_path):

@@ -92,6 +92,7 @@ def test_semi_supervised_finetune(data, tmp_path):
               "--epochs", "1", "--batch-size", "12", "--label-fraction", "0.5",
               "--layer-decay", "0.8", "--drop-path", "0.2")
     assert res["mode"] == "finetune" and res["label_fraction"] == 0.5
+    assert res["protocol"] == {"kind": "finetune", "label_fraction": 0.5}
     assert (res["num_train"], res["num_val"]) == (12, 0) and "best" not in res
     labelled = (tmp_path / "finetune_0.5_labelled.txt").read_text().split()
     store = open_store(data)
