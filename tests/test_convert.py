@@ -236,3 +236,23 @@ def test_umurl_release_import_computes_the_release_fused_feature(tmp_path):
     with pytest.raises(SystemExit, match="missing key 'backbone.mm_fusion.s_fusion.0.weight'"):
         convert_main(["--from", "umurl", "--src", str(_write(tmp_path / "bad.pth.tar", state)),
                       "--out", str(tmp_path / "bad.pt")])
+
+
+def test_load_pretrained_reads_a_pretrain_checkpoint_geometry_from_its_dataset(tmp_path):
+    import engine
+    from models import build_encoder
+
+    data = write_synthetic(tmp_path / "data", 16, seed=0)
+    encoder = build_encoder("stgcn", "tiny", layout="ntu25", clip_len=12, channels=3, bodies=2, seed=4)
+    config = {"backbone": "stgcn", "preset": "tiny", "stream": "j", "clip_len": 12, "data": str(data)}
+    engine.save_checkpoint(tmp_path / "last.pt", {"model": USDRL(encoder).state_dict(),
+                                                  "meta": {"config": config}})
+    loaded = load_pretrained(tmp_path / "last.pt")
+    assert not loaded.training
+    assert all(torch.equal(a, b) for a, b in zip(encoder.state_dict().values(),
+                                                 loaded.state_dict().values()))
+    config["data"] = str(tmp_path / "gone")
+    engine.save_checkpoint(tmp_path / "moved.pt", {"model": USDRL(encoder).state_dict(),
+                                                   "meta": {"config": config}})
+    with pytest.raises(PretrainedError, match=r"moved.pt stores no clip geometry .*gone cannot be opened"):
+        load_pretrained(tmp_path / "moved.pt")
