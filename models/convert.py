@@ -24,7 +24,8 @@ this suite's UmURL heads: they are left out, and said so).
 
 The output is a checkpoint every entry point takes as `--pretrained` (`model` with `encoder.`
 weights, `config` naming backbone, preset, overrides, stream, clip geometry) and that
-`models.load_pretrained(path)` turns back into the encoder. Written atomically.
+`models.load_pretrained(path)` turns back into the encoder. Written atomically. Both releases
+use single-head attention (the tensors cannot tell the number of heads); so does the import.
 """
 from __future__ import annotations
 
@@ -39,6 +40,7 @@ import torch
 
 from feeders.dataset import NORMALIZATIONS
 from feeders.layouts import get_layout
+from feeders.streams import FUSED, FUSED_PARTS
 from models import dste, sttr
 from models.base import sinusoidal_encoding
 from models.checkpoint import PretrainedError, read_checkpoint_file
@@ -202,9 +204,6 @@ def convert_usdrl(rs: ReleaseState, layout: str) -> tuple[dict, dict]:
 
 
 # ----------------------------------------------------------------------------- UmURL
-UMURL_MODALITIES = {"j": "j", "b": "b", "m": "m"}  # release embedder prefix -> FUSED_PARTS name
-
-
 def _torch_encoder_layer(rs: ReleaseState, layer: str, dst: str) -> dict:
     """torch TransformerEncoderLayer (post-norm, ReLU FFN) -> models.sttr.PostNormLayer names."""
     out = {}
@@ -245,9 +244,9 @@ def convert_umurl(rs: ReleaseState, layout: str) -> tuple[dict, dict]:
                               f"bodies x {joints} joints (--layout {layout}) x 2 or 3 channels")
     bodies, clip_len = t_w.shape[1] // (channels * joints), s_w.shape[1] // channels
     state = {"encoder.s_pos": torch.zeros(bodies * joints, hidden)}  # the release has none
-    for theirs, ours in UMURL_MODALITIES.items():
-        state.update(_embedding(rs, f"backbone.{theirs}_emb.t_embedding", f"encoder.t_embed.{ours}"))
-        state.update(_embedding(rs, f"backbone.{theirs}_emb.s_embedding", f"encoder.s_embed.{ours}"))
+    for m in FUSED_PARTS:  # the release's j_emb, m_emb, b_emb use the same letters
+        state.update(_embedding(rs, f"backbone.{m}_emb.t_embedding", f"encoder.t_embed.{m}"))
+        state.update(_embedding(rs, f"backbone.{m}_emb.s_embedding", f"encoder.s_embed.{m}"))
     state["encoder.t_fuse.weight"] = rs.take("backbone.mm_fusion.t_fusion.0.weight")
     state["encoder.s_fuse.weight"] = rs.take("backbone.mm_fusion.s_fusion.0.weight")
     _check_temporal_table(rs, f"{enc}.pe.pe", clip_len, hidden)
@@ -261,7 +260,7 @@ def convert_umurl(rs: ReleaseState, layout: str) -> tuple[dict, dict]:
     preset, overrides = _preset_and_overrides(sttr.PRESETS, hidden=hidden, depth=depth)
     config = {"backbone": "sttr", "preset": preset, "encoder_overrides": overrides,
               "clip_len": clip_len, "layout": layout, "channels": channels, "bodies": bodies,
-              "spatial_channels": channels, "stream": "jmb"}
+              "spatial_channels": channels, "stream": FUSED}
     return state, config
 
 
