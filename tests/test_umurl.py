@@ -244,3 +244,13 @@ def test_method_and_stream_mismatches_are_clear_errors(umurl_run, tmp_path):
         action_recognition.main(["--mode", "finetune", "--data", str(data), "--output",
                                  str(tmp_path / "ft"), "--pretrained", str(out / "last.pt"),
                                  "--stream", "j", "--epochs", "1", "--workers", "0"])
+
+
+def test_benchmark_script_answers_help_and_refuses_a_missing_folder(tmp_path):
+    import subprocess
+    script = str(engine.ROOT / "benchmarks" / "umurl_vs_fusion.sh")
+    out = subprocess.run(["bash", script, "--help"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and "equal" in out.stdout and "--quick" in out.stdout
+    out = subprocess.run(["bash", script, "--quick", str(tmp_path / "nope")], capture_output=True,
+                         text=True, timeout=60)
+    assert out.returncode == 2 and "not found" in out.stderr
