@@ -12,6 +12,7 @@ Overrides replace any constructor argument (e.g. seed).
 from __future__ import annotations
 
 from models.base import EncoderOutput
+from models.checkpoint import load_pretrained
 from models.registry import (build_encoder, encoder_builder, list_encoders, list_presets,
                              register_encoder)
 
@@ -19,4 +20,4 @@ from models.registry import (build_encoder, encoder_builder, list_encoders, list
 from models import dste, sttr, stgcn, msg3d  # noqa: E402,F401  (isort: skip)
 
 __all__ = ["EncoderOutput", "build_encoder", "encoder_builder", "list_encoders", "list_presets",
-           "register_encoder"]
+           "load_pretrained", "register_encoder"]

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from feeders.layouts import Layout, get_layout
-from models.base import EncoderOutput
+from models.base import EncoderOutput, one_dim_parameter_names
 from models.gcn_blocks import (InputNorm, MultiScaleTemporalConv, check_input,
                                disentangled_scales, graph_diameter, init_gcn_weights,
                                pool_gcn_features, spacetime_adjacency)
@@ -185,6 +185,21 @@ class MSG3D(nn.Module):
         for m in self.modules():
             if isinstance(m, MultiScaleGraphConv):
                 nn.init.uniform_(m.A_res, -1e-6, 1e-6, generator=generator)
+
+    @property
+    def num_layers(self) -> int:
+        """Layer-decay depth: the number of stages."""
+        return len(self.stages)
+
+    def layer_id(self, name: str) -> int:
+        """Layer id of parameter `name` (as in named_parameters()): 0 for the input norm, i + 1 for
+        stage i."""
+        parts = name.split(".")
+        return int(parts[1]) + 1 if parts[0] == "stages" else 0
+
+    def no_weight_decay(self) -> set[str]:
+        """Parameters exempt from weight decay: biases and BatchNorm weights."""
+        return one_dim_parameter_names(self)
 
     def forward(self, x: torch.Tensor) -> EncoderOutput:
         check_input(x, self.channels, self.joints, self.bodies, "MS-G3D")

@@ -24,7 +24,8 @@ from torch import nn
 
 from feeders.streams import FUSED, FUSED_PARTS
 from models.base import (EncoderOutput, TokenEmbedding, TwoStreamTransformer, check_clip,
-                         init_transformer_weights, spatial_tokens, temporal_tokens)
+                         init_transformer_weights, one_dim_parameter_names, spatial_tokens,
+                         temporal_tokens, two_stream_layer_id)
 
 
 class UnifiedEncoder(nn.Module):
@@ -59,6 +60,20 @@ class UnifiedEncoder(nn.Module):
         self.register_buffer("t_pos", base.t_pos, persistent=False)
         fresh = [module for pair in new.values() for module in pair] + [self.t_fuse, self.s_fuse]
         init_transformer_weights(nn.ModuleList(fresh), seed + 1)
+
+    @property
+    def num_layers(self) -> int:
+        """Layer-decay depth: the shared streams' depth (models/param_groups.py)."""
+        return len(self.t_stream.layers)
+
+    def layer_id(self, name: str) -> int:
+        """0 for the embedders, fusion layers and positional table, i + 1 for layer i of either
+        shared stream."""
+        return two_stream_layer_id(name)
+
+    def no_weight_decay(self) -> set[str]:
+        """Biases, LayerNorm weights and the positional table."""
+        return one_dim_parameter_names(self) | {"s_pos"}
 
     def embed(self, x: torch.Tensor, modality: str) -> tuple[torch.Tensor, torch.Tensor]:
         """x (N, C, L, V, M) of one modality -> tokens (N, L, H) and (N, M*V, H)."""
