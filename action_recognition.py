@@ -45,7 +45,6 @@ from __future__ import annotations
 import argparse
 import csv
 import io
-import sys
 from functools import partial
 from pathlib import Path
 
@@ -55,8 +54,10 @@ import torch.nn.functional as F
 from torch import nn
 
 import engine
+from evaluation.checks import require_finite
 from evaluation.features import (CheckpointError, build_eval_encoder, cached_extract,
-                                 checkpoint_config, extract, setup_eval_run, stream_transform)
+                                 checkpoint_config, extract, setup_eval_run, split_names,
+                                 stream_transform)
 from evaluation.fusion import save_scores
 from evaluation.linear import accuracy, make_head, predict, train_linear
 from evaluation.protocol import make_protocol
@@ -297,15 +298,13 @@ def run_finetune(args, store, cfg, ckpt, info, dtype, train_pos, val_pos, run_di
     model.to(info.device)
     loader = finetune_loader(args, store, cfg, info, train_pos)
     state = finetune_state(model, args, len(loader), dtype, info.device)
-    meta = engine.run_metadata(args, info)
-    resume = engine.resume_path(args.resume, run_dir)
-    if resume is not None:
-        last = engine.load_checkpoint(resume)
-        check_head(last, resume, store.num_classes, args.data)
-        state.load(model, last)
-        changed = engine.changed_flags(last.get("meta", {}).get("config", {}), meta["config"])
-        engine.log(info, f"resumed fine-tuning from {resume} at epoch {state.epoch}"
-                   + (f" (changed flags: {', '.join(changed)})" if changed else ""))
+    meta = engine.resume_run(state, model, args, engine.run_metadata(args, info), info,
+                             len(loader), run_dir,
+                             check=lambda ckpt, path: check_head(ckpt, path, store.num_classes,
+                                                                 args.data),
+                             default_of=build_parser().get_default)
+    if info.is_main:
+        engine.write_json(run_dir / "config.json", meta)
 
     split_labels = torch.as_tensor(store.labels[store.split_indices(args.split)], dtype=torch.long)
     ddp_model = engine.wrap_ddp(model, info)
@@ -323,7 +322,10 @@ def run_finetune(args, store, cfg, ckpt, info, dtype, train_pos, val_pos, run_di
 
     def logits_of(split, indices=None):
         feats, labels = extract(model.encoder, store, split, indices=indices, **feat_kw)
-        return predict(model.head, feats.to(info.device)).cpu(), labels
+        logits = predict(model.head, feats.to(info.device)).cpu()
+        require_finite(logits, f"fine-tuned scores of split {split}",
+                       split_names(store, split, indices))
+        return logits, labels
 
     def on_epoch_end(epoch: int) -> dict:
         if not len(val_pos):
@@ -391,6 +393,10 @@ def write_outputs(args, store, cfg, tag, logits, best, history, train_pos, val_p
     names = np.asarray(store.names)[test_seq]
     train_names = np.asarray(store.names)[store.split_indices(args.split)]
     labels_t = torch.as_tensor(labels)
+    require_finite(logits, f"test scores of split {args.eval_split}", names)
+    if best is not None:
+        require_finite(best["logits"], f"test scores of split {args.eval_split} (best epoch)",
+                       names)
     cm = confusion_matrix(logits.argmax(1).numpy(), labels, store.num_classes)
     save_scores(out / f"{tag}_scores.npz", names, labels, logits.numpy())
     write_confusion_csv(out / f"{tag}_confusion.csv", cm, store.manifest["class_names"])
@@ -430,12 +436,17 @@ def main(argv=None) -> dict | None:
     args = parse_args(argv)
     info = engine.init_distributed()
     store, ckpt, cfg = setup_eval_run(args, ("stream",) if args.mode == "finetune" else ())
+    tag = result_tag(args.mode, args.label_fraction)
+    with engine.claim_run_dir(args.output, tag, info):
+        return evaluate(args, store, ckpt, cfg, info, tag)
+
+
+def evaluate(args, store, ckpt, cfg, info, tag) -> dict | None:
+    """The linear probe or fine-tuning once the flags are checked and --output is ours."""
     pretrained_stream = checkpoint_config(ckpt).get("stream") if ckpt is not None else None
     dtype = engine.autocast_dtype(args.precision, info.device)
-    tag = result_tag(args.mode, args.label_fraction)
     run_dir = Path(args.output) / tag
     split_labels = store.labels[store.split_indices(args.split)]
-    store.split_indices(args.eval_split)  # fail early on a bad --eval-split
     train_pos, val_pos = training_positions(split_labels, args)
     engine.log(info, f"{args.mode} of {cfg['backbone']}/{cfg['preset']} "
                f"({args.pretrained or 'from scratch'}) on {args.data} {args.split}: "
@@ -465,7 +476,4 @@ def main(argv=None) -> dict | None:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except (ValueError, FileNotFoundError, engine.NonFiniteLoss) as err:
-        sys.exit(f"action_recognition.py: error: {err}")
+    engine.run_cli(main, "action_recognition.py")
