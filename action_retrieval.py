@@ -96,8 +96,8 @@ def retrieve(args, store, ckpt, cfg, info, name: str) -> dict | None:
                        backend=args.knn_backend, block_size=args.block_size,
                        query_names=names[store.split_indices(args.eval_split)],
                        gallery_names=names[store.split_indices(args.split)])
-    result = {"protocol": make_protocol("knn", k=args.k), "top1": res["top1"], "k": args.k, "recall_at_k": res["recall_at_k"],
-              "backend": args.knn_backend,
+    result = {"protocol": make_protocol("knn", k=args.k), "top1": res["top1"], "k": args.k,
+              "recall_at_k": res["recall_at_k"], "backend": args.knn_backend,
               "checkpoint": str(args.pretrained) if args.pretrained else "scratch",
               "data": str(args.data), "gallery_split": args.split,
               "query_split": args.eval_split, "num_gallery": len(gallery),
