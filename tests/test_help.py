@@ -13,7 +13,7 @@ SCRIPTS = ["pretrain.py", "action_recognition.py", "action_retrieval.py",
            "benchmarks/nwucla_select.py", "benchmarks/pretrain_step.py", "benchmarks/gpu_check.py"]
 MODULES = ["evaluation.baseline", "evaluation.fusion", "evaluation.report", "feeders.export",
            "feeders.inspect", "feeders.layouts", "feeders.prepare", "feeders.synthetic",
-           "feeders.visualize", "models", "models.convert"]
+           "feeders.visualize", "models.__main__", "models.convert"]
 
 
 @pytest.mark.parametrize("target", SCRIPTS + MODULES)
