@@ -26,6 +26,7 @@ import engine
 import recipes
 from evaluation.checks import require_finite
 from evaluation.features import build_eval_encoder, cached_extract, setup_eval_run
+from evaluation.protocol import make_protocol
 from evaluation.knn import BACKENDS, knn_evaluate, l2_normalize
 
 
@@ -115,8 +116,8 @@ def retrieve(args, store, ckpt, cfg, info, name: str) -> dict | None:
                        backend=args.knn_backend, block_size=args.block_size,
                        query_names=names[store.split_indices(args.eval_split)],
                        gallery_names=names[store.split_indices(args.split)])
-    result = {"top1": res["top1"], "k": args.k, "recall_at_k": res["recall_at_k"],
-              "backend": args.knn_backend,
+    result = {"protocol": make_protocol("knn", k=args.k), "top1": res["top1"], "k": args.k,
+              "recall_at_k": res["recall_at_k"], "backend": args.knn_backend,
               "checkpoint": str(args.pretrained) if args.pretrained else "scratch",
               "data": str(args.data), "gallery_split": args.split,
               "query_split": args.eval_split, "num_gallery": len(gallery),

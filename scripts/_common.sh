@@ -6,8 +6,8 @@
 #             may be missing: the scripts then print the command that prepares them
 #   protocol: from the dataset's split names: xs (xsub_train/xsub_val), xv (xview_*), xe (xset_*),
 #             tv (train/val), p (any other p_train/p_val pair)
-#   stream  : j m b jm bm
-#   backbone: dste sttr stgcn msg3d
+#   stream  : j m b jm bm jmb        (python -m models --list-streams; jmb: --method umurl)
+#   backbone: dste sttr stgcn msg3d  (python -m models --list-encoders: every registered encoder)
 # It maps to --data $SKEL_DATA/<dataset> --split <training split> --stream --backbone
 # --output checkpoint/<RUN_NAME> (python -m recipes resolve RUN_NAME); the per-dataset
 # defaults are the Python entry points' own (--defaults auto, recipes.py), so a script and the
@@ -31,10 +31,11 @@ if [ -n "${SKEL_PYTHON:-}" ]; then PY="$SKEL_PYTHON"; else ensure_venv || exit 1
 DATA_ROOT="${SKEL_DATA:-data}"
 CKPT_ROOT="${SKEL_CHECKPOINTS:-checkpoint}"
 
-STREAM_NAMES="j m b jm bm"
-BACKBONE_NAMES="dste sttr stgcn msg3d"
-
 die() { echo "error: $*" >&2; exit 2; }
+
+# Stream and backbone names come from Python (feeders/streams.py, the encoder registry).
+_NAMES="$("$PY" -m models --list-encoders --list-streams)" || die "$PY -m models --list-encoders failed"
+{ read -r BACKBONE_NAMES; read -r STREAM_NAMES; } <<< "$_NAMES"
 
 _in_list() { local x; for x in $2; do [ "$x" = "$1" ] && return 0; done; return 1; }
 

@@ -14,7 +14,7 @@ SCRIPTS = ["pretrain.py", "action_recognition.py", "action_retrieval.py",
            "benchmarks/recipes_bench.py", "benchmarks/gpu_check.py"]
 MODULES = ["evaluation.baseline", "evaluation.fusion", "evaluation.report", "feeders.export",
            "feeders.inspect", "feeders.layouts", "feeders.prepare", "feeders.synthetic",
-           "feeders.visualize", "recipes"]
+           "feeders.visualize", "models.__main__", "models.convert", "recipes"]
 
 
 @pytest.mark.parametrize("target", SCRIPTS + MODULES)
