@@ -149,6 +149,8 @@ def test_method_flags_and_help(capsys):
         pretrain.parse_args(["--method", "nope", "--data", "x", "--output", "y"])
     assert exit_info.value.code == 2
     assert "pretrain.py: error: argument --method: invalid choice: 'nope'" in capsys.readouterr().err
-    args = pretrain.parse_args(["--method", "umurl", "--data", "x", "--output", "y"])
+    # --defaults none: the recipe would open the dataset, and "x" is only a name here
+    args = pretrain.parse_args(["--method", "umurl", "--data", "x", "--output", "y",
+                                "--defaults", "none"])
     assert args.stream == "jmb" and args.w_inv == 5.0
-    assert pretrain.parse_args(["--data", "x", "--output", "y"]).stream == "j"
+    assert pretrain.parse_args(["--data", "x", "--output", "y", "--defaults", "none"]).stream == "j"
