@@ -320,7 +320,8 @@ def test_baseline_and_report_refuse_non_finite_values(data, tmp_path, capsys):
     assert "is the gallery split" in err and "--test 'x': dataset" in err
     run = tmp_path / "run"
     run.mkdir()
-    (run / "linear.json").write_text('{"top1": NaN, "top5": 50.0}')  # json.dumps(nan) writes NaN
+    (run / "linear.json").write_text('{"protocol": {"kind": "linear", "label_fraction": 1.0}, '
+                                      '"top1": NaN, "top5": 50.0}')  # json.dumps(nan) writes NaN
     assert report.main([str(run)]) == 2
     assert "'top1' must be a finite number" in capsys.readouterr().err
 
