@@ -34,8 +34,8 @@ from evaluation.features import extract
 from evaluation.knn import knn_evaluate
 from feeders.dataset import PretrainDataset, make_sampler, worker_init_fn
 from feeders.store import open_store
-from methods import DEFAULT_METHOD, get_method, list_methods
 from models import build_encoder
+from methods import DEFAULT_METHOD, get_method, list_methods
 from models.unified import encoder_for_stream
 
 PROG = "pretrain.py"

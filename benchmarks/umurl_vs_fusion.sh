@@ -35,6 +35,7 @@ GPUS="${GPUS:-cpu}"
 RUNTIME=(--workers "${WORKERS:-1}")
 if [ "$QUICK" = 1 ]; then
     EPOCHS=2; MILESTONE=2; SIZE=(--preset tiny); PROBE=(--epochs 5)
+    RUNTIME+=(--threads 1)   # tiny models on a shared CPU: one thread avoids barrier stalls
 else
     EPOCHS=120; MILESTONE=100; SIZE=(); PROBE=()   # the ucla defaults (scripts/_common.sh)
 fi

@@ -59,7 +59,8 @@ def entry_parsers():
                     sys.path.pop(0)
                 main = ns["main"]
             else:
-                main = importlib.import_module(target).main
+                package_main = f"{target}.__main__" if target == "models" else target
+                main = importlib.import_module(package_main).main
             try:
                 main()
             except _Captured as got:
