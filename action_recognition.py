@@ -23,9 +23,10 @@ layer-wise lr decay, label smoothing, drop path (transformers). Augmentation: th
 temporal crop-and-resize of the pretraining feeder with one view per sample (--no-augment:
 whole sequences), then optional per-clip --shear, --rotate and --flip (one seeded generator
 per step). Layer-wise decay: the lr of a parameter at
-depth d of D is lr * decay ** (D + 1 - d); depth 0 = token embeddings / positional tables /
-input norm, d = i + 1 for DSTE/STTR layer i (the temporal and spatial layer i share a depth),
-for ST-GCN block i and for MS-G3D stage i; the head is at depth D + 1 (full lr).
+layer id d of D is lr * decay ** (D + 1 - d), as the encoder declares them (num_layers,
+layer_id, no_weight_decay: models/param_groups.py): id 0 = token embeddings / positional tables /
+input norm, d = i + 1 for DSTE/STTR layer i (the temporal and spatial layer i share an id),
+for ST-GCN block i and for MS-G3D stage i; the head is at D + 1 (full lr).
 Training state is kept in <output>/<tag>/ (last.pt, best.pt, tb/) and resumes with --resume.
 
 --label-fraction F trains on a per-class stratified subset of the training split (>= 1 per
@@ -44,7 +45,6 @@ from __future__ import annotations
 import argparse
 import csv
 import io
-import re
 import sys
 from functools import partial
 from pathlib import Path
@@ -59,15 +59,16 @@ from evaluation.features import (CheckpointError, build_eval_encoder, cached_ext
                                  checkpoint_config, extract, setup_eval_run, stream_transform)
 from evaluation.fusion import save_scores
 from evaluation.linear import accuracy, make_head, predict, train_linear
+from evaluation.protocol import make_protocol
 from evaluation.subset import stratified_split, stratified_subset
 from feeders.augment import random_flip, random_rotation, random_shear
 from feeders.dataset import EvalDataset, PretrainDataset, make_loader
+from models.param_groups import finetune_param_groups
 
 MODE_DEFAULTS = {
     "linear": {"epochs": 160, "batch_size": 512, "lr": 0.006, "weight_decay": 0.0},
     "finetune": {"epochs": 100, "batch_size": 64, "lr": 3e-4, "weight_decay": 0.05},
 }
-DEPTH_PATTERN = re.compile(r"^encoder\.(?:[ts]_stream\.layers|blocks|stages)\.(\d+)\.")
 
 
 # ----------------------------------------------------------------------------- command line
@@ -215,28 +216,10 @@ class Classifier(nn.Module):
         return self.head(self.encoder(x).global_feat)
 
 
-def parameter_depth(name: str) -> int | None:
-    """Depth of a Classifier parameter for layer-wise decay (None: the head)."""
-    if name.startswith("head."):
-        return None
-    match = DEPTH_PATTERN.match(name)
-    return int(match.group(1)) + 1 if match else 0
-
-
 def param_groups(model: Classifier, weight_decay: float, layer_decay: float) -> list[dict]:
-    """AdamW groups: lr scale layer_decay ** (D + 1 - depth); no decay on 1-D params and
-    positional tables. Each group's ``lr`` is the scale (multiplied by the base lr later)."""
-    named = list(model.named_parameters())
-    depths = {n: parameter_depth(n) for n, _ in named}
-    num_depths = max([d for d in depths.values() if d is not None], default=0)
-    groups: dict[tuple[float, float], list] = {}
-    for name, param in named:
-        depth = num_depths + 1 if depths[name] is None else depths[name]
-        scale = layer_decay ** (num_depths + 1 - depth)
-        decay = 0.0 if param.ndim <= 1 or name.endswith("_pos") else weight_decay
-        groups.setdefault((scale, decay), []).append(param)
-    return [{"params": p, "lr": scale, "weight_decay": decay}
-            for (scale, decay), p in sorted(groups.items())]
+    """AdamW groups of the encoder's declared layer ids and weight-decay exemptions, the head at
+    full lr (models/param_groups.py). Each group's ``lr`` is the scale (times the base lr later)."""
+    return finetune_param_groups(model.encoder, model.head, weight_decay, layer_decay)
 
 
 def check_head(ckpt: dict, path, num_classes: int, data) -> None:
@@ -413,6 +396,7 @@ def write_outputs(args, store, cfg, tag, logits, best, history, train_pos, val_p
     write_confusion_csv(out / f"{tag}_confusion.csv", cm, store.manifest["class_names"])
     writer.add_image("test/confusion", confusion_image(cm), args.epochs)
     result = {
+        "protocol": make_protocol(args.mode, label_fraction=args.label_fraction),
         "mode": args.mode, "label_fraction": args.label_fraction,
         "checkpoint": str(args.pretrained) if args.pretrained else "scratch",
         "data": str(args.data), "split": args.split, "eval_split": args.eval_split,

@@ -24,6 +24,7 @@ import numpy as np
 
 import engine
 from evaluation.features import build_eval_encoder, cached_extract, setup_eval_run
+from evaluation.protocol import make_protocol
 from evaluation.knn import BACKENDS, knn_evaluate, l2_normalize
 
 
@@ -83,7 +84,7 @@ def main(argv=None) -> dict | None:
         return None
     res = knn_evaluate(queries, query_labels, gallery, gallery_labels, k=args.k,
                        backend=args.knn_backend, block_size=args.block_size)
-    result = {"top1": res["top1"], "k": args.k, "recall_at_k": res["recall_at_k"],
+    result = {"protocol": make_protocol("knn", k=args.k), "top1": res["top1"], "k": args.k, "recall_at_k": res["recall_at_k"],
               "backend": args.knn_backend,
               "checkpoint": str(args.pretrained) if args.pretrained else "scratch",
               "data": str(args.data), "gallery_split": args.split,

@@ -35,11 +35,10 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from feeders.dataset import NORMALIZATIONS
+from feeders.streams import STREAMS
+from models import list_encoders, list_presets
 
 ROOT = Path(__file__).resolve().parent
-STREAMS = ("j", "m", "b", "jm", "bm")
-BACKBONES = ("dste", "sttr", "stgcn", "msg3d")
-PRESETS = ("paper", "base", "small", "tiny")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
@@ -64,8 +63,9 @@ def add_common_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     g.add_argument("--eval-split", default=None,
                    help="evaluation split (default: --split with _train -> _val)")
     g.add_argument("--stream", choices=STREAMS, default="j", help="input stream")
-    g.add_argument("--backbone", choices=BACKBONES, default="dste")
-    g.add_argument("--preset", choices=PRESETS, default="paper", help="encoder size")
+    g.add_argument("--backbone", choices=list_encoders(), default="dste",
+                   help="encoder (the registry, models/registry.py)")
+    g.add_argument("--preset", choices=list_presets(), default="paper", help="encoder size")
     g.add_argument("--clip-len", type=int, default=64, help="frames per clip (L)")
     g.add_argument("--spatial-channels", type=int, default=None,
                    help="coordinate channels; default: the layout's dims (3 for Kinect layouts, 2 for "

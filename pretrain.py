@@ -1,13 +1,15 @@
-"""USDRL self-supervised pretraining (docs/METHOD.md sections 1-5).
+"""Self-supervised pretraining with a method of the registry (methods/, default usdrl).
 
     python pretrain.py --data data/ntu60 --split xsub_train --stream j --backbone dste \\
         --output checkpoint/ntu60_xs_j_dste [flags]
+    python pretrain.py --method umurl --data ... --output ...   (--method M --help: its flags)
     torchrun --nproc_per_node=8 pretrain.py ...   (or scripts/pretrain.sh GPUS RUN_NAME)
 
-One step: views (B, 4, C, L, V, M) from PretrainDataset -> spatial augmentation on the device
-(generator seeded from seed, epoch, step, rank; --rotate adds a random rotation per view) ->
-stream conversion -> encoder under autocast on all 4B clips -> three projectors -> embeddings
-gathered over processes -> fp32 loss.
+One step: views (B, K, C, L, V, M) from PretrainDataset (K = the method's number of views) ->
+the method's inputs (its augmentations on the device from a generator seeded by seed, epoch,
+step, rank, and its streams) -> the method's forward (encoder and heads) under autocast -> the
+method's loss, which gathers the embeddings over processes and runs in fp32.
+usdrl: METHOD.md sections 1-5; umurl: section 8 (one model for joint, motion and bone).
 Writes <output>/config.json, <output>/last.pt every epoch, <output>/epoch_NNNN.pt every
 --save-every epochs and TensorBoard logs in <output>/tb. Re-running the same command resumes
 from last.pt (--resume auto).
@@ -23,32 +25,29 @@ from torch.utils.data import DataLoader
 
 import engine
 from evaluation.knn import knn_evaluate
-from feeders.augment import augment_views, random_rotation
 from feeders.dataset import EvalDataset, PretrainDataset, make_sampler, worker_init_fn
 from feeders.store import open_store
 from feeders.streams import to_stream
+from methods import DEFAULT_METHOD, get_method, list_methods
 from models import build_encoder
-from models.usdrl import USDRL, LossWeights, usdrl_loss
+from models.unified import encoder_for_stream
 
-NUM_VIEWS = 4
+PROG = "pretrain.py"
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+def method_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--method", choices=list_methods(), default=DEFAULT_METHOD,
+                        help="pretraining method (methods/); its flags are listed by "
+                             "--method NAME --help")
+
+
+def build_parser(method: str = DEFAULT_METHOD) -> argparse.ArgumentParser:
+    """The common flags, --method and the flags of `method`."""
+    parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     engine.add_common_args(parser)
-    g = parser.add_argument_group("loss (METHOD.md section 4)")
-    d = LossWeights()
-    g.add_argument("--w-inv", type=float, default=d.inv, help="invariance weight")
-    g.add_argument("--w-varcov", type=float, default=d.varcov, help="variance-covariance weight")
-    g.add_argument("--w-xcorr", type=float, default=d.xcorr, help="cross-correlation weight")
-    g.add_argument("--w-std", type=float, default=d.std, help="variance hinge inside varcov")
-    g.add_argument("--w-offdiag", type=float, default=d.offdiag, help="off-diagonal weight in xcorr")
-    g.add_argument("--w-i", type=float, default=d.i, help="instance domain weight")
-    g.add_argument("--w-t", type=float, default=d.t, help="temporal domain weight")
-    g.add_argument("--w-s", type=float, default=d.s, help="spatial domain weight")
-    g.add_argument("--w-eps", type=float, default=d.eps, help="xcorr standardisation epsilon")
-    g.add_argument("--proj-mult", type=int, default=2, help="projector width multiplier")
+    method_arg(parser)
+    get_method(method).add_arguments(parser)
     g = parser.add_argument_group("optimisation")
     g.add_argument("--weight-decay", type=float, default=1e-5, help="Adam (L2) weight decay")
     g.add_argument("--schedule", choices=("step", "cosine"), default="step")
@@ -73,6 +72,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Two passes: --method first (an unknown name is a usage error), then every flag with
+    that method's flags added."""
+    first = argparse.ArgumentParser(prog=PROG, add_help=False)
+    method_arg(first)
+    method = first.parse_known_args(argv)[0].method
+    return build_parser(method).parse_args(argv)
+
+
 def make_train_loader(dataset, args, info: engine.DistInfo) -> DataLoader:
     """Per-process loader of the global --batch-size, reused every epoch: engine.train calls
     set_epoch on the sampler (a permutation seeded by (seed, epoch)) and on the dataset."""
@@ -87,26 +95,19 @@ def make_train_loader(dataset, args, info: engine.DistInfo) -> DataLoader:
                       generator=torch.Generator().manual_seed(args.seed))
 
 
-def pretrain_step(model, weights: LossWeights, args, info: engine.DistInfo, parents,
-                  dtype, batch, epoch: int, step: int):
-    """One forward pass: batch = (views (B, 4, C, L, V, M), index (B,)) -> (loss, scalars)."""
+def pretrain_step(model, args, info: engine.DistInfo, parents, dtype, batch, epoch: int,
+                  step: int):
+    """One forward pass: batch = (views (B, K, C, L, V, M), index (B,)) -> (loss, scalars).
+
+    model: the method (a methods.Method), possibly wrapped in DDP."""
+    method = engine.unwrap(model)
     views = batch[0].to(info.device, non_blocking=True)
     gen = engine.step_generator(args.seed, epoch, step, info.rank)
-    if args.augment:
-        views = augment_views(views, gen, args.spatial_channels)
-    b, k = views.shape[:2]
-    x = views.transpose(0, 1).reshape(k * b, *views.shape[2:])  # view-major (4B, C, L, V, M)
-    if args.rotate:
-        x = random_rotation(x, args.rotate, gen, args.spatial_channels)
-    x = to_stream(x, args.stream, parents, args.spatial_channels)
+    inputs = method.make_inputs(views, gen, args, parents)
     with engine.precision_context(dtype, info.device):
-        z = model(x, num_views=k)
-    z = {d: engine.gather_with_grad(v, dim=1) for d, v in z.items()}  # (4, global B, D)
-    loss, terms = usdrl_loss(z, weights)
-    scalars = {name: v.detach() for name, v in terms.items()}
-    for d, v in z.items():  # collapse indicator: mean per-dimension std over the batch
-        scalars[f"std_{d}"] = v.detach().float().std(dim=1).mean()
-    return loss, scalars
+        z = model(inputs)
+    loss, terms = method.loss(z)  # gathers over processes, fp32
+    return loss, {name: v.detach() for name, v in terms.items()}
 
 
 def knn_monitor(encoder, store, args, info: engine.DistInfo, parents, dtype) -> dict:
@@ -126,20 +127,21 @@ def knn_monitor(encoder, store, args, info: engine.DistInfo, parents, dtype) -> 
 
 
 def main(argv: list[str] | None = None) -> engine.TrainState:
-    args = engine.finish_common_args(build_parser().parse_args(argv))
+    args = engine.finish_common_args(parse_args(argv))
+    method_cls = get_method(args.method)
     if not 0.0 <= args.rotate <= 180.0:
         raise ValueError(f"--rotate must be in [0, 180] degrees, got {args.rotate}")
     if args.min_crop is not None and args.min_crop < 1:
         raise ValueError(f"--min-crop must be >= 1 frame, got {args.min_crop}")
     info = engine.init_distributed()
-    torch.manual_seed(args.seed)  # projector initialisation (the encoder takes the seed itself)
+    torch.manual_seed(args.seed)  # head initialisation (the encoder takes the seed itself)
     dtype = engine.autocast_dtype(args.precision, info.device)
 
     store = open_store(args.data)
     parents = store.layout.parents
     if args.knn_every:
         store.split_indices(args.eval_split)  # fail now, not after the first epoch
-    dataset = PretrainDataset(store, args.split, args.clip_len, args.seed, num_views=NUM_VIEWS,
+    dataset = PretrainDataset(store, args.split, args.clip_len, args.seed, num_views=method_cls.num_views,
                               normalize=args.normalize, spatial_channels=args.spatial_channels,
                               min_crop=args.min_crop)
     args.spatial_channels = dataset.spatial_channels  # resolved from the layout's dims
@@ -150,7 +152,7 @@ def main(argv: list[str] | None = None) -> engine.TrainState:
     encoder = build_encoder(args.backbone, args.preset, layout=store.layout,
                             clip_len=args.clip_len, channels=store.channels,
                             bodies=store.bodies, seed=args.seed)
-    model = USDRL(encoder, args.proj_mult)
+    model = method_cls.from_args(encoder_for_stream(encoder, args.stream, args.seed), args)
     if info.distributed:
         model = engine.convert_batchnorm(model, info.device)
     model.to(info.device)
@@ -173,25 +175,25 @@ def main(argv: list[str] | None = None) -> engine.TrainState:
                    + (f" (changed flags: {', '.join(changed)})" if changed else ""))
     if info.is_main:
         engine.write_json(args.output / "config.json", meta)
-    engine.log(info, f"pretraining {args.backbone}/{args.preset} on {args.data} {args.split} "
+    engine.log(info, f"pretraining ({args.method}) {args.backbone}/{args.preset} on {args.data} {args.split} "
                f"({len(dataset)} sequences, stream {args.stream}), {info.world_size} process(es) "
                f"on {info.device}, precision {args.precision}, lr {lr:g}, epochs "
                f"{state.epoch}..{args.epochs}")
 
     ddp_model = engine.wrap_ddp(model, info)
-    step_fn = partial(pretrain_step, ddp_model, LossWeights.from_args(args), args, info,
-                      parents, dtype)
+    step_fn = partial(pretrain_step, ddp_model, args, info, parents, dtype)
 
     def on_epoch_end(epoch: int) -> dict:
         if not (args.knn_every and (epoch + 1) % args.knn_every == 0 and info.is_main):
             return {}
-        metrics = knn_monitor(model.encoder, store, args, info, parents, dtype)
+        metrics = knn_monitor(getattr(model, model.encoder_key), store, args, info, parents, dtype)
         engine.log(info, f"epoch {epoch + 1}: KNN-1 top-1 {metrics['knn1_top1']:.2f} %")
         return metrics
 
     return engine.train(ddp_model, step_fn, loader, state, epochs=args.epochs, info=info,
                         seed=args.seed, output=args.output, save_every=args.save_every,
-                        extra_state={"meta": meta}, on_epoch_end=on_epoch_end,
+                        extra_state={"meta": meta, "encoder_key": model.encoder_key},
+                        on_epoch_end=on_epoch_end,
                         log_every=args.log_every)
 
 
@@ -199,4 +201,4 @@ if __name__ == "__main__":
     try:
         main()
     except (ValueError, FileNotFoundError, engine.NonFiniteLoss) as err:
-        sys.exit(f"pretrain.py: error: {err}")
+        sys.exit(f"{PROG}: error: {err}")

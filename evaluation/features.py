@@ -29,8 +29,9 @@ from torch.utils.data import DataLoader, Subset
 import engine
 from feeders.dataset import EvalDataset
 from feeders.store import open_store
-from feeders.streams import resolve_spatial_channels, to_stream
-from models import build_encoder
+from feeders.streams import FUSED, resolve_spatial_channels, to_stream
+from models.checkpoint import (build_configured_encoder, checkpoint_config, encoder_state,
+                               state_mismatch)
 
 ENCODER_FIELDS = ("backbone", "preset", "stream", "clip_len", "spatial_channels", "normalize")
 FALLBACK = {"backbone": "dste", "preset": "paper", "stream": "j", "clip_len": 64,
@@ -42,11 +43,6 @@ class CheckpointError(ValueError):
 
 
 # ----------------------------------------------------------------------------- checkpoints
-def checkpoint_config(ckpt: dict) -> dict:
-    """The pretraining flags stored in a checkpoint (``meta.config`` or ``config``), or {}."""
-    return ckpt.get("config") or ckpt.get("meta", {}).get("config", {}) or {}
-
-
 def resolve_pretrained(value: str | None, output: Path) -> Path | None:
     """--pretrained: None / ``none`` / ``scratch`` -> None (random init); ``last`` ->
     <output>/last.pt; a number N -> <output>/epoch_NNNN.pt; anything else is a path."""
@@ -66,8 +62,11 @@ def read_checkpoint(path: str | Path) -> dict:
     except (FileNotFoundError, ValueError) as err:
         raise CheckpointError(f"--pretrained: {err}") from None
     if not isinstance(ckpt, dict) or not isinstance(ckpt.get("model"), dict):
+        hint = (" (a released USDRL / UmURL checkpoint: import it first with python -m "
+                f"models.convert --from usdrl|umurl --src {path} --out OUT.pt)"
+                if isinstance(ckpt, dict) and "state_dict" in ckpt else "")
         raise CheckpointError(f"--pretrained {path}: expected a dict with a 'model' state dict "
-                              f"(a pretrain.py checkpoint)")
+                              f"(a pretrain.py checkpoint){hint}")
     return ckpt
 
 
@@ -92,6 +91,14 @@ def resolve_encoder_config(args, ckpt: dict | None, path=None, store=None,
             out[field] = config[field]
         else:
             out[field] = flag if flag is not None else FALLBACK[field]
+    out["encoder_overrides"] = dict(config.get("encoder_overrides") or {})
+    if "stream" in free_fields and config.get("stream") is not None \
+            and (out["stream"] == FUSED) != (config["stream"] == FUSED):
+        raise CheckpointError(
+            f"--stream {out['stream']} does not fit checkpoint {path}, pretrained on stream "
+            f"{config['stream']!r}: a {FUSED} checkpoint holds a unified encoder (one model for "
+            f"joint, motion and bone), which takes only the {FUSED} input, and the other "
+            f"streams' encoders do not take it")
     if out["spatial_channels"] is None and store is not None:
         out["spatial_channels"] = resolve_spatial_channels(store.channels, None, store.layout.dims)
     return out
@@ -112,35 +119,24 @@ def setup_eval_run(args, free_fields: tuple[str, ...] = ()):
     return store, ckpt, cfg
 
 
-def encoder_state(ckpt: dict) -> dict:
-    """Encoder weights of a pretrain (``encoder.`` prefix) or fine-tune checkpoint."""
-    state = {k[len("encoder."):]: v for k, v in ckpt["model"].items() if k.startswith("encoder.")}
-    return state or ckpt["model"]
-
-
 def load_encoder_weights(encoder: nn.Module, ckpt: dict, path, backbone: str) -> None:
     """Strictly load the checkpoint's encoder weights; CheckpointError on any mismatch."""
     state = encoder_state(ckpt)
-    own = encoder.state_dict()
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    wrong_shape = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
-    if missing or unexpected or wrong_shape:
-        detail = "; ".join(f"{what}: {keys[:4]}{' ...' if len(keys) > 4 else ''}"
-                           for what, keys in (("missing", missing), ("unexpected", unexpected),
-                                              ("shape differs", wrong_shape)) if keys)
+    problem = state_mismatch(encoder.state_dict(), state)
+    if problem:
         raise CheckpointError(f"checkpoint {path} does not hold weights of this {backbone} "
-                              f"encoder for this dataset ({detail})")
+                              f"encoder for this dataset ({problem})")
     encoder.load_state_dict(state)
 
 
 def build_eval_encoder(cfg: dict, store, seed: int, ckpt: dict | None = None, path=None,
                        **overrides) -> nn.Module:
-    """Build ``cfg['backbone']``/``cfg['preset']`` for the store's layout and load the
-    checkpoint's encoder weights (if any). ``overrides`` go to ``build_encoder``."""
-    encoder = build_encoder(cfg["backbone"], cfg["preset"], layout=store.layout,
-                            clip_len=cfg["clip_len"], channels=store.channels,
-                            bodies=store.bodies, seed=seed, **overrides)
+    """Build ``cfg['backbone']``/``cfg['preset']`` (with the checkpoint's
+    ``encoder_overrides``) for the store's layout, for the ``jmb`` stream wrapped in a unified
+    encoder (models/unified.py), and load the checkpoint's encoder weights (if any).
+    ``overrides`` go to ``build_encoder``."""
+    encoder = build_configured_encoder(cfg, layout=store.layout, channels=store.channels,
+                                       bodies=store.bodies, seed=seed, **overrides)
     if ckpt is not None:
         load_encoder_weights(encoder, ckpt, path, cfg["backbone"])
     return encoder

@@ -12,8 +12,9 @@ order), labels or class counts differ, and prints every stream's top-1 and the f
 Fusion adds ``weight * softmax(logits)`` per stream (``--logits``: adds raw logits instead).
 Default weights are equal (1:1:1 for three streams); pyskl's 4-stream convention is
 joint:bone:joint-motion:bone-motion = 2:2:1:1. ``--output`` writes the summary (every
-stream's top-1, their ``stream`` fields when read from results JSONs, the fused top-1 and top-5);
-named ``fusion_<tag>.json`` inside a run directory, ``evaluation.report`` shows it as a row.
+stream's top-1, their ``stream`` fields when read from results JSONs, the fused top-1 and top-5,
+and ``protocol``: a fusion of the inputs' common protocol, or of none when they differ or are
+bare .npz files); inside a run directory ``evaluation.report`` shows it as a row.
 """
 from __future__ import annotations
 
@@ -26,6 +27,8 @@ from typing import NamedTuple
 
 import numpy as np
 
+from evaluation.protocol import make_protocol
+
 
 class ScoreFile(NamedTuple):
     path: str
@@ -33,6 +36,7 @@ class ScoreFile(NamedTuple):
     labels: np.ndarray   # (N,) int64
     scores: np.ndarray   # (N, classes) float32 logits
     stream: str | None = None  # the results JSON's `stream` field (None for a bare .npz)
+    protocol: dict | None = None  # the results JSON's `protocol` field (None for a bare .npz)
 
 
 def save_scores(path: str | Path, names, labels, scores) -> None:
@@ -59,7 +63,7 @@ def load_scores(path: str | Path) -> ScoreFile:
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"{path}: no such score file")
-    npz_path, stream = path, None
+    npz_path, stream, protocol = path, None, None
     if path.suffix == ".json":
         try:
             meta = json.loads(path.read_text())
@@ -69,7 +73,7 @@ def load_scores(path: str | Path) -> ScoreFile:
             raise ValueError(f"{path}: results JSON has no 'scores_file' field "
                              "(per-sample scores are needed for fusion)")
         npz_path = path.parent / meta["scores_file"]
-        stream = meta.get("stream")
+        stream, protocol = meta.get("stream"), meta.get("protocol")
     try:
         with np.load(npz_path, allow_pickle=False) as z:
             arrays = {key: z[key] for key in z.files}
@@ -79,7 +83,7 @@ def load_scores(path: str | Path) -> ScoreFile:
     if missing:
         raise ValueError(f"{npz_path}: missing arrays {sorted(missing)}")
     out = ScoreFile(str(path), arrays["names"].astype(str), arrays["labels"].astype(np.int64),
-                    arrays["scores"].astype(np.float32), stream)
+                    arrays["scores"].astype(np.float32), stream, protocol)
     if out.scores.ndim != 2 or not len(out.names) == len(out.labels) == out.scores.shape[0]:
         raise ValueError(f"{npz_path}: inconsistent shapes names {out.names.shape}, "
                          f"labels {out.labels.shape}, scores {out.scores.shape}")
@@ -161,8 +165,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--logits", action="store_true",
                         help="add raw logits instead of softmax probabilities")
     parser.add_argument("--output", default=None,
-                        help="write the summary as JSON here; name it <run dir>/fusion_<tag>"
-                             ".json (e.g. fusion_finetune.json) for evaluation.report to show it")
+                        help="write the summary as JSON here, e.g. <run dir>/fusion_finetune.json "
+                             "(evaluation.report shows it as a row of that run, by its protocol)")
     args = parser.parse_args(argv)
     try:
         files = [load_scores(p) for p in args.files]
@@ -171,7 +175,10 @@ def main(argv: list[str] | None = None) -> dict:
     except ValueError as err:
         parser.error(str(err))
     labels = files[0].labels
-    summary = {"streams": {f.path: top1(f.scores, labels) for f in files},
+    protocols = [f.protocol for f in files]
+    common = protocols[0] if all(p == protocols[0] for p in protocols) else None
+    summary = {"protocol": make_protocol("fusion", of=common),
+               "streams": {f.path: top1(f.scores, labels) for f in files},
                "stream_names": [f.stream for f in files],
                "weights": weights or [1.0] * len(files),
                "mode": "logits" if args.logits else "softmax",

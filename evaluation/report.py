@@ -1,60 +1,31 @@
-"""Print the evaluation results of a run directory as one table.
+"""Print the evaluation results of one or several run directories as one table.
 
+    python -m evaluation.report checkpoint/*            # every run, one table
     python -m evaluation.report checkpoint/ucla_xv_j_dste \\
         [--baseline "1-NN on raw joints (learning-free)=58.6"] [--baseline "P&C linear=84.9"]
 
-Reads the result JSONs that action_recognition.py and action_retrieval.py write into the run
-directory: linear.json / linear_<F>.json (linear probe), knn.json / knn_k<K>.json (KNN),
-finetune.json / finetune_<F>.json (fine-tuning, F = label fraction), and the score fusions
-that ``evaluation.fusion --output <run dir>/fusion_<tag>.json`` writes (a row below the
-protocol <tag>, e.g. "fine-tune, streams j+b fused"). Each row shows the test top-1 of the last
-epoch and, when a validation split was carved from the training split, the test top-1 of the
-epoch selected on it. --baseline NAME=TOP1 adds reference rows (numbers
-computed or published elsewhere) below the run's rows. Missing result files are skipped;
-a directory without any is an error.
+Reads every ``*.json`` of each run directory that has a ``protocol`` field (evaluation.protocol:
+what action_recognition.py, action_retrieval.py and ``evaluation.fusion --output`` write), not
+file names: linear probe, KNN, fine-tuning (semi-supervised with a label fraction) and score
+fusions (a row below the protocol they fuse, e.g. "fine-tune, fused: streams j+b"). Each row
+shows the run, the protocol, the test top-1 of the last epoch and, when a validation split was
+carved from the training split, the test top-1 of the epoch selected on it. --baseline
+NAME=TOP1 adds reference rows (numbers computed or published elsewhere) at the end. A JSON
+with results but no ``protocol`` (written before the field existed) is skipped with a note on
+stderr; no result at all is an error.
 """
 from __future__ import annotations
 
 import argparse
 import json
-import re
 import sys
 from pathlib import Path
 
-# file stem -> (row order, protocol name); the fraction / k is parsed from the stem.
-_PATTERNS = (
-    (re.compile(r"^linear$"), 0),
-    (re.compile(r"^linear_(?P<fraction>[0-9.e-]+)$"), 1),
-    (re.compile(r"^knn$"), 2),
-    (re.compile(r"^knn_k(?P<k>[0-9]+)$"), 3),
-    (re.compile(r"^finetune$"), 4),
-    (re.compile(r"^finetune_(?P<fraction>[0-9.e-]+)$"), 5),
-)
-_NAMES = {0: "linear probe", 1: "linear probe", 2: "KNN-1", 3: "KNN", 4: "fine-tune",
-          5: "fine-tune"}
+from evaluation.protocol import ProtocolError, check_protocol, protocol_name, protocol_order
 
 
 class ReportError(ValueError):
     """A result file or a --baseline value that cannot be read."""
-
-
-def _protocol(stem: str) -> tuple[tuple, str] | None:
-    """(sort key, protocol name) of a result file stem, None when it is not a result file."""
-    if stem.startswith("fusion_"):
-        parsed = _protocol(stem[len("fusion_"):])
-        return None if parsed is None else ((*parsed[0][:2], 1), parsed[1])
-    for pattern, order in _PATTERNS:
-        match = pattern.match(stem)
-        if match is None:
-            continue
-        groups = match.groupdict()
-        if "fraction" in groups:
-            fraction = float(groups["fraction"])
-            return (order, -fraction, 0), f"{_NAMES[order]}, {100 * fraction:g} % labels"
-        if "k" in groups:
-            return (order, int(groups["k"]), 0), f"KNN-{int(groups['k'])}"
-        return (order, 0.0, 0), _NAMES[order]
-    return None
 
 
 def _number(result: dict, key: str, path: Path) -> float:
@@ -64,51 +35,56 @@ def _number(result: dict, key: str, path: Path) -> float:
     return float(value)
 
 
-def read_rows(run_dir: Path) -> list[dict]:
-    """Rows {protocol, file, top1, top5, selected} of the result JSONs in run_dir, in table order.
-
-    top5 is None for KNN; selected is the test top-1 of the validation-selected epoch or None.
-    """
+def read_rows(run_dir: Path, skipped: list[str] | None = None) -> list[dict]:
+    """Rows {run, protocol, file, top1, top5, selected} of the result JSONs in run_dir (those with
+    a ``protocol`` field), in protocol order. top5 is None for KNN; selected is the test top-1 of
+    the validation-selected epoch or None. JSONs that hold results but no protocol are appended
+    to ``skipped`` (as 'path: reason')."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise ReportError(f"{run_dir}: not a directory")
     found = []
     for path in sorted(run_dir.glob("*.json")):
-        parsed = _protocol(path.stem)
-        if parsed is None:
-            continue
         try:
             result = json.loads(path.read_text())
         except json.JSONDecodeError as exc:
             raise ReportError(f"{path}: not valid JSON ({exc})") from None
         if not isinstance(result, dict):
-            raise ReportError(f"{path}: expected a JSON object, got {type(result).__name__}")
-        key, protocol = parsed
-        if path.stem.startswith("fusion_"):
-            found.append((key, _fusion_row(result, protocol, path)))
+            continue  # not a result file
+        if "protocol" not in result:
+            if skipped is not None and ("top1" in result or "fused_top1" in result):
+                skipped.append(f"{path}: results without a 'protocol' field (re-run the "
+                               "evaluation to include it)")
             continue
-        best = result.get("best")
-        found.append((key, {
-            "protocol": protocol, "file": path.name,
-            "top1": _number(result, "top1", path),
-            "top5": _number(result, "top5", path) if "top5" in result else None,
-            "selected": _number(best, "top1", path) if isinstance(best, dict) else None,
-        }))
-    if not found:
-        raise ReportError(f"{run_dir}: no result files (linear*.json, knn*.json, finetune*.json)")
+        try:
+            protocol = check_protocol(result["protocol"], f"{path}: field 'protocol'")
+        except ProtocolError as exc:
+            raise ReportError(str(exc)) from None
+        row = (_fusion_row(result, protocol, path) if protocol["kind"] == "fusion"
+               else _result_row(result, protocol, path))
+        found.append((protocol_order(protocol), {"run": run_dir.name, **row}))
     return [row for _, row in sorted(found, key=lambda item: item[0])]
 
 
-def _fusion_row(summary: dict, protocol: str, path: Path) -> dict:
+def _result_row(result: dict, protocol: dict, path: Path) -> dict:
+    """The row of an action_recognition.py / action_retrieval.py results JSON."""
+    best = result.get("best")
+    return {"protocol": protocol_name(protocol), "file": path.name,
+            "top1": _number(result, "top1", path),
+            "top5": _number(result, "top5", path) if "top5" in result else None,
+            "selected": _number(best, "top1", path) if isinstance(best, dict) else None}
+
+
+def _fusion_row(summary: dict, protocol: dict, path: Path) -> dict:
     """The row of an ``evaluation.fusion --output`` summary."""
     names = summary.get("stream_names")
     if isinstance(names, list) and names and all(isinstance(n, str) for n in names):
-        streams = f"streams {'+'.join(names)} fused"
+        streams = f"streams {'+'.join(names)}"
     elif isinstance(summary.get("streams"), dict):
-        streams = f"{len(summary['streams'])} streams fused"
+        streams = f"{len(summary['streams'])} streams"
     else:
         raise ReportError(f"{path}: not an evaluation.fusion summary (no 'streams' field)")
-    return {"protocol": f"{protocol}, {streams}", "file": path.name,
+    return {"protocol": f"{protocol_name(protocol)}: {streams}", "file": path.name,
             "top1": _number(summary, "fused_top1", path),
             "top5": _number(summary, "fused_top5", path) if "fused_top5" in summary else None,
             "selected": None}
@@ -131,30 +107,37 @@ def _cell(value: float | None) -> str:
 
 
 def format_table(rows: list[dict], baselines: list[tuple[str, float]] = ()) -> str:
-    """A Markdown table: protocol | top-1 | top-5 | top-1 (val-selected epoch) | source."""
-    lines = ["| protocol | top-1 % | top-5 % | top-1 % (epoch chosen on val) | source |",
-             "|---|---:|---:|---:|---|"]
+    """A Markdown table: run | protocol | top-1 | top-5 | top-1 (val-selected epoch) | source."""
+    lines = ["| run | protocol | top-1 % | top-5 % | top-1 % (epoch chosen on val) | source |",
+             "|---|---|---:|---:|---:|---|"]
     for row in rows:
-        lines.append(f"| {row['protocol']} | {_cell(row['top1'])} | {_cell(row['top5'])} "
-                     f"| {_cell(row['selected'])} | {row['file']} |")
+        lines.append(f"| {row['run']} | {row['protocol']} | {_cell(row['top1'])} "
+                     f"| {_cell(row['top5'])} | {_cell(row['selected'])} | {row['file']} |")
     for name, top1 in baselines:
-        lines.append(f"| {name} | {_cell(top1)} | - | - | reference |")
+        lines.append(f"| - | {name} | {_cell(top1)} | - | - | reference |")
     return "\n".join(lines)
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m evaluation.report",
                                      description=__doc__.split("\n\n")[0])
-    parser.add_argument("run_dir", type=Path, help="run directory holding the result JSONs")
+    parser.add_argument("run_dirs", type=Path, nargs="+", metavar="RUN_DIR",
+                        help="run directories holding result JSONs (e.g. checkpoint/*)")
     parser.add_argument("--baseline", action="append", default=[], metavar="NAME=TOP1",
                         help="reference row (repeatable)")
     args = parser.parse_args(argv)
+    skipped: list[str] = []
     try:
         baselines = [parse_baseline(text) for text in args.baseline]
-        rows = read_rows(args.run_dir)
+        rows = [row for run_dir in args.run_dirs for row in read_rows(run_dir, skipped)]
+        if not rows:
+            raise ReportError(f"no result files (JSONs with a 'protocol' field) in "
+                              f"{', '.join(map(str, args.run_dirs))}")
     except ReportError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    for note in skipped:
+        print(f"note: skipped {note}", file=sys.stderr)
     print(format_table(rows, baselines))
     return 0
 

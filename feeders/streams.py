@@ -10,6 +10,9 @@ Streams:
 - ``b``  bones: ``x[v] - x[parent(v)]``; a root (its own parent) has a zero bone.
 - ``jm`` joint motion: the same as ``m`` (pyskl's name, kept for its 4-stream fusion).
 - ``bm`` bone motion: the motion of the bone stream.
+- ``jmb`` joint, motion and bone together, concatenated along the channels: ``(N, 3C, T, V, M)``
+  (``FUSED_PARTS`` order). The input of a unified encoder (models/unified.py, UmURL, METHOD.md
+  section 8): one model and one forward pass for the three modalities.
 
 Channels: only the first ``spatial_channels`` channels are coordinates and get
 differenced. Any further channel (the detector confidence of 2D+score data, e.g. Kinetics
@@ -24,7 +27,9 @@ from typing import Sequence
 
 import torch
 
-STREAMS = ("j", "m", "b", "jm", "bm")
+FUSED = "jmb"
+FUSED_PARTS = ("j", "m", "b")
+STREAMS = ("j", "m", "b", "jm", "bm", FUSED)
 
 
 def resolve_spatial_channels(channels: int, spatial_channels: int | None, dims: int = 3) -> int:
@@ -70,7 +75,8 @@ def bones(x: torch.Tensor, parents: Sequence[int], spatial_channels: int | None 
 def to_stream(
     x: torch.Tensor, stream: str, parents: Sequence[int], spatial_channels: int | None = None
 ) -> torch.Tensor:
-    """Convert a joint clip ``(N, C, T, V, M)`` to ``stream`` (one of ``STREAMS``); same shape."""
+    """Convert a joint clip ``(N, C, T, V, M)`` to ``stream`` (one of ``STREAMS``); same shape,
+    except ``jmb``: ``(N, 3C, T, V, M)``, the ``FUSED_PARTS`` streams one after the other."""
     if x.dim() != 5:
         raise ValueError(f"to_stream expects x of shape (N, C, T, V, M), got shape {tuple(x.shape)}")
     if stream == "j":
@@ -81,4 +87,6 @@ def to_stream(
         return bones(x, parents, spatial_channels)
     if stream == "bm":
         return motion(bones(x, parents, spatial_channels), spatial_channels)
+    if stream == FUSED:
+        return torch.cat([to_stream(x, part, parents, spatial_channels) for part in FUSED_PARTS], dim=1)
     raise ValueError(f"unknown stream {stream!r}; valid streams are {', '.join(STREAMS)}")

@@ -155,19 +155,39 @@ def add_table(x: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
     return x + table.to(x.dtype)
 
 
-def init_transformer_weights(module: nn.Module, seed: int) -> None:
-    """Seeded initialisation from one torch.Generator, in module order.
+class PointwiseConv(nn.Linear):
+    """A kernel-1 convolution over tokens, (..., in) -> (..., out): a Linear that keeps PyTorch's
+    Conv1d / Linear initialisation (Kaiming-uniform weight, uniform bias) in
+    `init_transformer_weights`, as the USDRL release's Conv1d does (METHOD.md section 10)."""
 
-    Linear weights and learned tables (any other parameter, e.g. a positional table): trunc-normal
-    (std 0.02, cut at 2 std); Linear biases 0; LayerNorm weight 1 and bias 0. Parameters on the
-    meta device are left alone (used for instant parameter counting).
+
+def init_transformer_weights(module: nn.Module, seed: int) -> None:
+    """The USDRL release's initialisation (METHOD.md section 10), from one seeded torch.Generator,
+    in module order:
+
+    - every Linear weight, attention output projections included: normal std 0.02 truncated at
+      +-2 (absolute, so in effect untruncated); its bias 0;
+    - attention input projections (Attention.qkv): Xavier-uniform weight (bound
+      sqrt(6 / (H + 3H))), bias 0 (torch's MultiheadAttention in the release);
+    - PointwiseConv: PyTorch's default, weight and bias ~ U(-1/sqrt(in), 1/sqrt(in));
+    - LayerNorm weight 1 and bias 0;
+    - any other parameter (a learned positional table): normal std 0.02 truncated at +-2.
+
+    Parameters on the meta device are left alone (used for instant parameter counting).
     """
     generator = torch.Generator().manual_seed(seed)
+    qkv = {sub.qkv for sub in module.modules() if isinstance(sub, Attention)}
 
-    def trunc_normal(param: nn.Parameter) -> None:
+    def draw(param: nn.Parameter, init) -> None:
         values = torch.empty(param.shape)
-        nn.init.trunc_normal_(values, std=0.02, a=-0.04, b=0.04, generator=generator)
+        init(values)
         param.copy_(values)
+
+    def trunc_normal(values):
+        nn.init.trunc_normal_(values, std=0.02, a=-2.0, b=2.0, generator=generator)
+
+    def uniform(bound):
+        return lambda values: nn.init.uniform_(values, -bound, bound, generator=generator)
 
     with torch.no_grad():
         for sub in module.modules():
@@ -176,10 +196,29 @@ def init_transformer_weights(module: nn.Module, seed: int) -> None:
                     continue
                 if isinstance(sub, nn.LayerNorm):
                     param.fill_(1.0 if name == "weight" else 0.0)
+                elif isinstance(sub, PointwiseConv):
+                    draw(param, uniform(1.0 / math.sqrt(sub.in_features)))
                 elif isinstance(sub, nn.Linear) and name == "bias":
                     param.zero_()
+                elif sub in qkv:
+                    draw(param, lambda values: nn.init.xavier_uniform_(values, generator=generator))
                 else:
-                    trunc_normal(param)
+                    draw(param, trunc_normal)
+
+
+def two_stream_layer_id(name: str) -> int:
+    """Layer-decay id of a two-stream encoder's parameter `name`: i + 1 for layer i of either
+    stream (`t_stream.layers.i.*`, `s_stream.layers.i.*`), 0 for everything else (token
+    embeddings, positional table)."""
+    parts = name.split(".")
+    if parts[0] in ("t_stream", "s_stream") and parts[1] == "layers":
+        return int(parts[2]) + 1
+    return 0
+
+
+def one_dim_parameter_names(module: nn.Module) -> set[str]:
+    """Names of the parameters with at most one dimension (biases, norm scales and shifts)."""
+    return {name for name, param in module.named_parameters() if param.ndim <= 1}
 
 
 def count_parameters(module: nn.Module) -> int:
@@ -250,6 +289,19 @@ class TwoStreamTransformer(nn.Module):
         self.t_stream = t_stream
         self.s_stream = s_stream
         init_transformer_weights(self, seed)
+
+    @property
+    def num_layers(self) -> int:
+        """Layer-decay depth: the stream depth (temporal and spatial layer i share a layer id)."""
+        return len(self.t_stream.layers)
+
+    def layer_id(self, name: str) -> int:
+        """Layer id of parameter `name` (as in named_parameters()): see two_stream_layer_id."""
+        return two_stream_layer_id(name)
+
+    def no_weight_decay(self) -> set[str]:
+        """Parameters exempt from weight decay: biases, LayerNorm weights, the positional table."""
+        return one_dim_parameter_names(self) | {"s_pos"}
 
     def forward(self, x: torch.Tensor) -> EncoderOutput:
         """x: (N, C, L, V, M)."""

@@ -11,7 +11,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from feeders.layouts import Layout, get_layout
-from models.base import MLP, Attention, DropPath, Stream, TwoStreamTransformer, preset_kwargs
+from models.base import (MLP, Attention, DropPath, PointwiseConv, Stream, TwoStreamTransformer,
+                         preset_kwargs)
+from models.registry import register_encoder
 
 SHIFT_GAP = 4
 
@@ -32,7 +34,7 @@ class ConvAttention(nn.Module):
 
     def __init__(self, dim: int, drop_path: float):
         super().__init__()
-        self.pointwise = nn.Linear(dim, dim)  # a kernel-1 convolution over tokens
+        self.pointwise = PointwiseConv(dim, dim)
         self.norm1 = nn.LayerNorm(dim)
         self.norm2 = nn.LayerNorm(dim)
         self.mlp = MLP(dim, 2 * dim)
@@ -128,6 +130,7 @@ class DSTE(TwoStreamTransformer):
         super().__init__(clip_len, joints, bodies, channels, hidden, t_stream, s_stream, seed)
 
 
+@register_encoder("dste", PRESETS)
 def build_dste(
     preset: str, *, layout: Layout | str, clip_len: int, channels: int, bodies: int, **overrides
 ) -> DSTE:

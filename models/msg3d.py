@@ -27,10 +27,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from feeders.layouts import Layout, get_layout
-from models.base import EncoderOutput
+from models.base import EncoderOutput, one_dim_parameter_names
 from models.gcn_blocks import (InputNorm, MultiScaleTemporalConv, check_input,
                                disentangled_scales, graph_diameter, init_gcn_weights,
                                pool_gcn_features, spacetime_adjacency)
+from models.registry import register_encoder
 
 _PAPER = dict(stage_channels=(96, 192, 384), stage_strides=(1, 2, 2), num_gcn_scales=None,
               num_g3d_scales=6, windows=(3, 5), window_dilations=(1, 1),
@@ -185,6 +186,21 @@ class MSG3D(nn.Module):
             if isinstance(m, MultiScaleGraphConv):
                 nn.init.uniform_(m.A_res, -1e-6, 1e-6, generator=generator)
 
+    @property
+    def num_layers(self) -> int:
+        """Layer-decay depth: the number of stages."""
+        return len(self.stages)
+
+    def layer_id(self, name: str) -> int:
+        """Layer id of parameter `name` (as in named_parameters()): 0 for the input norm, i + 1 for
+        stage i."""
+        parts = name.split(".")
+        return int(parts[1]) + 1 if parts[0] == "stages" else 0
+
+    def no_weight_decay(self) -> set[str]:
+        """Parameters exempt from weight decay: biases and BatchNorm weights."""
+        return one_dim_parameter_names(self)
+
     def forward(self, x: torch.Tensor) -> EncoderOutput:
         check_input(x, self.channels, self.joints, self.bodies, "MS-G3D")
         f = self.input_norm(x)                                   # (N*M, C, T, V)
@@ -193,6 +209,7 @@ class MSG3D(nn.Module):
         return pool_gcn_features(f, self.bodies)
 
 
+@register_encoder("msg3d", PRESETS)
 def build_msg3d(preset: str, *, layout: Layout | str, clip_len: int, channels: int,
                 bodies: int, **overrides) -> MSG3D:
     """Build an MS-G3D from a preset (`PRESETS`), overriding any `MSG3D` keyword.

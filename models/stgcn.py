@@ -22,9 +22,10 @@ import torch
 from torch import nn
 
 from feeders.layouts import Layout, get_layout
-from models.base import EncoderOutput
+from models.base import EncoderOutput, one_dim_parameter_names
 from models.gcn_blocks import (InputNorm, PartitionGraphConv, check_input, init_gcn_weights,
                                pool_gcn_features, residual_path)
+from models.registry import register_encoder
 
 _PAPER_CHANNELS = (64, 64, 64, 64, 128, 128, 128, 256, 256, 256)
 _PAPER_STRIDES = (1, 1, 1, 1, 2, 1, 1, 2, 1, 1)
@@ -104,6 +105,21 @@ class STGCN(nn.Module):
         self.feature_dim = 2 * block_channels[-1]
         init_gcn_weights(self, torch.Generator().manual_seed(seed))
 
+    @property
+    def num_layers(self) -> int:
+        """Layer-decay depth: the number of blocks."""
+        return len(self.blocks)
+
+    def layer_id(self, name: str) -> int:
+        """Layer id of parameter `name` (as in named_parameters()): 0 for the input norm, i + 1 for
+        block i."""
+        parts = name.split(".")
+        return int(parts[1]) + 1 if parts[0] == "blocks" else 0
+
+    def no_weight_decay(self) -> set[str]:
+        """Parameters exempt from weight decay: biases and BatchNorm weights."""
+        return one_dim_parameter_names(self)
+
     def forward(self, x: torch.Tensor) -> EncoderOutput:
         check_input(x, self.channels, self.joints, self.bodies, "ST-GCN")
         f = self.input_norm(x)                                   # (N*M, C, T, V)
@@ -112,6 +128,7 @@ class STGCN(nn.Module):
         return pool_gcn_features(f, self.bodies)
 
 
+@register_encoder("stgcn", PRESETS)
 def build_stgcn(preset: str, *, layout: Layout | str, clip_len: int, channels: int,
                 bodies: int, **overrides) -> STGCN:
     """Build an ST-GCN from a preset (`PRESETS`), overriding any `STGCN` keyword.

@@ -10,6 +10,7 @@ from torch import nn
 
 from feeders.layouts import Layout, get_layout
 from models.base import MLP, Attention, DropPath, Stream, TwoStreamTransformer, preset_kwargs
+from models.registry import register_encoder
 
 PRESETS = {
     "paper": dict(hidden=1024, depth=2, num_heads=1, drop_path=0.1),
@@ -59,6 +60,7 @@ class STTR(TwoStreamTransformer):
         super().__init__(clip_len, joints, bodies, channels, hidden, t_stream, s_stream, seed)
 
 
+@register_encoder("sttr", PRESETS)
 def build_sttr(
     preset: str, *, layout: Layout | str, clip_len: int, channels: int, bodies: int, **overrides
 ) -> STTR:

@@ -3,8 +3,8 @@
 # RUN_NAME = <dataset>_<protocol>_<stream>_<backbone>, e.g. ntu60_xs_j_dste
 #   dataset : ntu60 ntu120 pku1 pku2 ucla demo kinetics penn   (directory $SKEL_DATA/<dataset>)
 #   protocol: xs (xsub) xv (xview) xe (xset) tv (train/val of kinetics, penn)
-#   stream  : j m b jm bm
-#   backbone: dste sttr stgcn msg3d
+#   stream  : j m b jm bm jmb        (python -m models --list-streams; jmb: --method umurl)
+#   backbone: dste sttr stgcn msg3d  (python -m models --list-encoders: every registered encoder)
 # It maps to --data $SKEL_DATA/<dataset> --split <protocol>_train --stream --backbone
 # --output checkpoint/<RUN_NAME>, plus the per-dataset defaults of `dataset_defaults`; flags given
 # after the run name come last and win.
@@ -27,11 +27,12 @@ if [ -n "${SKEL_PYTHON:-}" ]; then PY="$SKEL_PYTHON"; else ensure_venv || exit 1
 DATA_ROOT="${SKEL_DATA:-data}"
 CKPT_ROOT="${SKEL_CHECKPOINTS:-checkpoint}"
 
-DATASETS="ntu60 ntu120 pku1 pku2 ucla demo kinetics penn"
-STREAM_NAMES="j m b jm bm"
-BACKBONE_NAMES="dste sttr stgcn msg3d"
-
 die() { echo "error: $*" >&2; exit 2; }
+
+DATASETS="ntu60 ntu120 pku1 pku2 ucla demo kinetics penn"
+# Stream and backbone names come from Python (feeders/streams.py, the encoder registry).
+_NAMES="$("$PY" -m models --list-encoders --list-streams)" || die "$PY -m models --list-encoders failed"
+{ read -r BACKBONE_NAMES; read -r STREAM_NAMES; } <<< "$_NAMES"
 
 _in_list() { local x; for x in $2; do [ "$x" = "$1" ] && return 0; done; return 1; }
 

@@ -6,6 +6,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
+SHARED_FIXTURES = ROOT.parent / "shared" / "fixtures"
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
@@ -31,3 +32,11 @@ def out_root(tmp_path_factory) -> Path:
     """An empty folder for outputs outside ``tmp_path``, for tests whose ``--src`` is
     ``tmp_path`` itself (an output inside the source is refused)."""
     return tmp_path_factory.mktemp("out")
+
+
+@pytest.fixture(scope="session")
+def shared_fixtures() -> Path:
+    """The reference files of ../shared/fixtures (e.g. usdrl_release); skips when absent."""
+    if not SHARED_FIXTURES.is_dir():
+        pytest.skip(f"shared fixtures not found at {SHARED_FIXTURES}")
+    return SHARED_FIXTURES

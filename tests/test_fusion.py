@@ -108,8 +108,9 @@ def test_fusion_script_by_run_names_and_by_prefix(tmp_path):
         run = tmp_path / f"demo_xs_{stream}_dste"
         run.mkdir()
         save_scores(run / "linear_scores.npz", NAMES, LABELS, logits)
-        (run / "linear.json").write_text(json.dumps({"scores_file": "linear_scores.npz",
-                                                     "stream": stream, "top1": 50.0}))
+        (run / "linear.json").write_text(json.dumps({
+            "protocol": {"kind": "linear", "label_fraction": 1.0},
+            "scores_file": "linear_scores.npz", "stream": stream, "top1": 50.0}))
     env = {**os.environ, "SKEL_CHECKPOINTS": str(tmp_path)}
 
     def fusion(*argv):
@@ -131,6 +132,8 @@ def test_fusion_script_by_run_names_and_by_prefix(tmp_path):
     assert res.returncode == 0, res.stderr
     rows = format_table(read_rows(tmp_path / "demo_xs_j_dste")).splitlines()
     assert rows[2:] == [
-        "| linear probe | 50.0 | - | - | linear.json |",
-        "| linear probe, streams j+b fused | 75.0 | 100.0 | - | fusion_linear.json |"]
+        "| demo_xs_j_dste | linear probe | 50.0 | - | - | linear.json |",
+        "| demo_xs_j_dste | linear probe, fused: streams j+b | 75.0 | 100.0 | - | fusion_linear.json |"]
+    summary = json.loads((tmp_path / "demo_xs_j_dste" / "fusion_linear.json").read_text())
+    assert summary["protocol"] == {"kind": "fusion", "of": {"kind": "linear", "label_fraction": 1.0}}
     assert fusion().returncode == 2 and "Usage: bash scripts/fusion.sh" in fusion().stderr

@@ -84,7 +84,8 @@ def test_the_stream_reaches_the_encoder(monkeypatch, data, tmp_path):
 
 
 def test_non_finite_loss_stops_with_a_message(monkeypatch, data, tmp_path):
-    real_loss = pretrain.usdrl_loss
+    import methods.usdrl
+    real_loss = methods.usdrl.usdrl_loss
     calls = []
 
     def poisoned(z, w):
@@ -95,7 +96,7 @@ def test_non_finite_loss_stops_with_a_message(monkeypatch, data, tmp_path):
             total = total + terms["xcorr_t"]
         return total, terms
 
-    monkeypatch.setattr(pretrain, "usdrl_loss", poisoned)
+    monkeypatch.setattr(methods.usdrl, "usdrl_loss", poisoned)
     out = tmp_path / "nan"
     with pytest.raises(engine.NonFiniteLoss, match=r"epoch 1 step 1 .*xcorr_t=nan.*last\.pt"):
         pretrain.main(flags(data, out, "--epochs", "3"))
@@ -136,29 +137,22 @@ def test_min_crop_reaches_the_dataset(monkeypatch, data, tmp_path):
 def test_rotate_turns_each_view_after_the_augmentations():
     """--rotate: every view (B x 4 clips) turned by its own rotation drawn after the method's
     augmentations from the step generator, before the stream conversion; --rotate 0 draws
-    nothing, so runs without it are unchanged."""
+    nothing, so runs without it are unchanged. (The usdrl method's inputs, as pretrain_step
+    makes them.)"""
     import argparse
 
     from feeders.augment import augment_views, random_rotation
     from feeders.layouts import NTU25
     from feeders.streams import bones
-    seen = []
+    from methods.usdrl import USDRLMethod
 
-    def probe(x, num_views):
-        seen.append(x)
-        z = torch.randn(num_views, x.shape[0] // num_views, 8, generator=torch.Generator().manual_seed(0))
-        return {d: z.clone().requires_grad_() for d in ("t", "s", "i")}
-
-    info = engine.DistInfo(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
     views = torch.randn(3, 4, 3, 8, 25, 2, generator=torch.Generator().manual_seed(1))
-    batch = (views, torch.arange(3))
 
     def step(stream, rotate, augment=True):
         args = argparse.Namespace(augment=augment, rotate=rotate, seed=7, spatial_channels=3,
                                   stream=stream)
-        pretrain.pretrain_step(probe, pretrain.LossWeights(), args, info, NTU25.parents, None,
-                               batch, 2, 5)
-        return seen[-1]
+        gen = engine.step_generator(7, 2, 5, 0)
+        return USDRLMethod.make_inputs(None, views, gen, args, NTU25.parents)
 
     def view_major(v):
         return v.transpose(0, 1).reshape(12, 3, 8, 25, 2)

@@ -92,6 +92,7 @@ def test_semi_supervised_finetune(data, tmp_path):
               "--epochs", "1", "--batch-size", "12", "--label-fraction", "0.5",
               "--layer-decay", "0.8", "--drop-path", "0.2")
     assert res["mode"] == "finetune" and res["label_fraction"] == 0.5
+    assert res["protocol"] == {"kind": "finetune", "label_fraction": 0.5}
     assert (res["num_train"], res["num_val"]) == (12, 0) and "best" not in res
     labelled = (tmp_path / "finetune_0.5_labelled.txt").read_text().split()
     store = open_store(data)
@@ -117,26 +118,6 @@ def test_finetune_min_crop_reaches_the_training_crops(data):
                               "--batch-size", "4", "--workers", "0", *flag])
         loader = ar.finetune_loader(args, store, cfg, info, np.arange(8))
         assert loader.dataset.min_crop == expected and loader.dataset.num_views == 1
-
-
-def test_layer_decay_groups():
-    enc = build_encoder("dste", "tiny", layout="ntu25", clip_len=8, channels=3, bodies=2, seed=0)
-    model = ar.Classifier(enc, 5, seed=0)
-    assert ar.parameter_depth("encoder.t_embed.fc1.weight") == 0
-    assert ar.parameter_depth("encoder.s_stream.layers.1.ca.conv.weight") == 2
-    assert ar.parameter_depth("encoder.blocks.0.gcn.weight") == 1
-    assert ar.parameter_depth("head.weight") is None
-    groups = ar.param_groups(model, weight_decay=0.05, layer_decay=0.5)
-    scale = {id(p): (g["lr"], g["weight_decay"]) for g in groups for p in g["params"]}
-    params = dict(model.named_parameters())
-    assert scale[id(params["head.weight"])] == (1.0, 0.05)
-    assert scale[id(params["head.bias"])] == (1.0, 0.0)
-    assert scale[id(params["encoder.s_pos"])] == (0.125, 0.0)         # depth 0 of 2: 0.5 ** 3
-    assert scale[id(params["encoder.t_embed.fc1.weight"])] == (0.125, 0.05)
-    layer1 = [n for n in params if n.startswith("encoder.t_stream.layers.1.") and
-              params[n].ndim == 2][0]
-    assert scale[id(params[layer1])] == (0.5, 0.05)
-    assert sum(len(g["params"]) for g in groups) == len(params)
 
 
 def test_confusion_matrix_and_image():
@@ -202,7 +183,9 @@ def test_free_fields_of_the_encoder_config():
     with pytest.raises(CheckpointError, match=r"--stream bm conflicts"):
         resolve_encoder_config(args, ckpt, "x.pt")
     cfg = resolve_encoder_config(args, ckpt, "x.pt", free_fields=("stream",))
-    assert cfg == {**ckpt["config"], "stream": "bm"}
+    assert cfg == {**ckpt["config"], "stream": "bm", "encoder_overrides": {}}
+    ckpt["config"]["encoder_overrides"] = {"hidden": 24}  # an imported model's width (models.convert)
+    assert resolve_encoder_config(args, ckpt, "x.pt", free_fields=("stream",))["encoder_overrides"] == {"hidden": 24}
     args.stream = None  # unset: the checkpoint's
     assert resolve_encoder_config(args, ckpt, "x.pt", free_fields=("stream",))["stream"] == "j"
 

@@ -4,7 +4,8 @@ import torch
 
 import models
 from feeders.layouts import get_layout
-from models import ENCODERS, build_encoder, list_encoders, list_presets
+from models import build_encoder, encoder_builder, list_encoders, list_presets, register_encoder
+from models.registry import unregister_encoder
 from models.dste import build_dste
 from models.msg3d import build_msg3d
 from models.stgcn import build_stgcn
@@ -15,9 +16,69 @@ NAMES = ["dste", "sttr", "stgcn", "msg3d"]
 
 def test_all_four_encoders_and_presets_are_registered():
     assert list_encoders() == NAMES
-    assert ENCODERS == {"dste": build_dste, "sttr": build_sttr, "stgcn": build_stgcn, "msg3d": build_msg3d}
+    builders = {"dste": build_dste, "sttr": build_sttr, "stgcn": build_stgcn, "msg3d": build_msg3d}
+    assert {name: encoder_builder(name) for name in NAMES} == builders
     for name in NAMES:
         assert list_presets(name) == ["paper", "base", "small", "tiny"]
+    assert list_presets() == ["paper", "base", "small", "tiny"]
+
+
+class _Dummy(torch.nn.Module):
+    """A minimal encoder for the registration test."""
+
+    def __init__(self, width):
+        super().__init__()
+        self.proj = torch.nn.Linear(1, width)
+        self.temporal_dim = self.spatial_dim = width
+        self.feature_dim = 2 * width
+
+
+@pytest.fixture
+def dummy_encoder():
+    """Register encoder 'dummy' (presets 'one', 'huge') for one test."""
+    @register_encoder("dummy", {"one": {"width": 1}, "huge": {"width": 9}})
+    def build_dummy(preset, *, layout, clip_len, channels, bodies, **overrides):
+        return _Dummy({"one": 1, "huge": 9}[preset])
+    yield build_dummy
+    unregister_encoder("dummy")
+    assert "dummy" not in list_encoders()
+
+
+def test_a_registered_encoder_appears_in_every_choice(dummy_encoder, capsys):
+    import action_recognition
+    import action_retrieval
+    import pretrain
+    from models.__main__ import main
+
+    assert list_encoders() == NAMES + ["dummy"]
+    assert list_presets() == ["paper", "base", "small", "tiny", "one", "huge"]
+    model = build_encoder("dummy", "huge", layout="ntu25", clip_len=8, channels=3, bodies=1)
+    assert model.feature_dim == 18
+    for parser in (pretrain.build_parser(), action_recognition.build_parser(),
+                   action_retrieval.build_parser()):
+        backbone = next(a for a in parser._actions if a.dest == "backbone")
+        assert list(backbone.choices) == NAMES + ["dummy"]
+    args = pretrain.build_parser().parse_args(["--data", "d", "--output", "o", "--backbone", "dummy",
+                                               "--preset", "one"])
+    assert args.backbone == "dummy"
+    main(["--list-encoders", "--list-streams"])  # what scripts/_common.sh reads
+    assert capsys.readouterr().out == "dste sttr stgcn msg3d dummy\nj m b jm bm jmb\n"
+    with pytest.raises(ValueError, match="unknown encoder 'vit'; valid encoders: dste, sttr, stgcn, msg3d, dummy"):
+        build_encoder("vit", layout="ntu25", clip_len=8, channels=3, bodies=1)
+    with pytest.raises(ValueError, match="encoder 'dummy' is registered twice"):
+        register_encoder("dummy", ("one",))(dummy_encoder)
+
+
+def test_models_cli_lists_and_rejects_bad_names(capsys):
+    from models.__main__ import main
+    main(["--list-presets", "dste"])
+    assert capsys.readouterr().out == "paper base small tiny\n"
+    with pytest.raises(SystemExit) as err:
+        main(["--list-presets", "vit"])
+    assert err.value.code == 2
+    assert "error: unknown encoder 'vit'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main([])
 
 
 @pytest.mark.parametrize("name", NAMES)

@@ -75,7 +75,10 @@ def test_bad_run_name_explains_the_grammar(name, problem):
     assert res.returncode == 2
     assert f"bad run name '{name}': {problem}" in res.stderr
     assert "<dataset>_<protocol>_<stream>_<backbone>" in res.stderr
-    assert "backbone: dste sttr stgcn msg3d" in res.stderr
+    from feeders.streams import STREAMS
+    from models import list_encoders
+    assert f"backbone: {' '.join(list_encoders())}" in res.stderr  # the registry's names
+    assert f"stream  : {' '.join(STREAMS)}" in res.stderr
 
 
 def test_missing_dataset_prints_the_prepare_command(tmp_path):
