@@ -23,7 +23,9 @@ from pathlib import Path
 import numpy as np
 
 import engine
-from evaluation.features import build_eval_encoder, cached_extract, setup_eval_run
+from models.stgcn import add_study_arguments
+from evaluation.features import (add_multiclip_arguments, build_eval_encoder, cached_extract,
+                                 setup_eval_run)
 from evaluation.protocol import make_protocol
 from evaluation.knn import BACKENDS, knn_evaluate, l2_normalize
 
@@ -32,6 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="KNN retrieval with frozen features.",
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     engine.add_common_args(parser)
+    add_study_arguments(parser)
     parser.set_defaults(backbone=None, preset=None, stream=None, clip_len=None, normalize=None)
     g = parser.add_argument_group("retrieval")
     g.add_argument("--pretrained", default=None,
@@ -45,6 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--cache-dir", type=Path, default=None,
                    help="feature cache; None: <output>/features")
     g.add_argument("--no-cache", action="store_true")
+    add_multiclip_arguments(g)
     g.add_argument("--export-embeddings", type=Path, default=None, metavar="DIR",
                    help="write L2-normalised <split>_embeddings.npy, <split>_names.txt and "
                         "<split>_labels.npy for gallery and queries")
@@ -72,6 +76,9 @@ def main(argv=None) -> dict | None:
     store, ckpt, cfg = setup_eval_run(args)
     if args.k < 1:
         raise ValueError(f"--k must be >= 1, got {args.k}")
+    if args.num_clips < 1 or not 0.0 < args.clip_fraction <= 1.0:
+        raise ValueError(f"--num-clips must be >= 1 and --clip-fraction in (0, 1], got "
+                         f"{args.num_clips} and {args.clip_fraction}")
     dtype = engine.autocast_dtype(args.precision, info.device)
     encoder = build_eval_encoder(cfg, store, args.seed, ckpt, args.pretrained)
     cache = None if args.no_cache else (args.cache_dir or Path(args.output) / "features")
@@ -79,13 +86,18 @@ def main(argv=None) -> dict | None:
               spatial_channels=cfg["spatial_channels"], info=info, dtype=dtype,
               batch_size=args.eval_batch_size, workers=args.workers, cache_dir=cache)
     gallery, gallery_labels = cached_extract(encoder, store, args.split, **kw)
-    queries, query_labels = cached_extract(encoder, store, args.eval_split, **kw)
+    queries, query_labels = cached_extract(encoder, store, args.eval_split, **kw,
+                                           num_clips=args.num_clips,
+                                           clip_fraction=args.clip_fraction)
+    if queries.dim() == 3:  # multi-clip: the queries' crop features averaged before retrieval
+        queries = queries.mean(dim=1)
     if not info.is_main:
         return None
     res = knn_evaluate(queries, query_labels, gallery, gallery_labels, k=args.k,
                        backend=args.knn_backend, block_size=args.block_size)
     result = {"protocol": make_protocol("knn", k=args.k), "top1": res["top1"], "k": args.k, "recall_at_k": res["recall_at_k"],
-              "backend": args.knn_backend,
+              "backend": args.knn_backend, "num_clips": args.num_clips,
+              "clip_fraction": args.clip_fraction,
               "checkpoint": str(args.pretrained) if args.pretrained else "scratch",
               "data": str(args.data), "gallery_split": args.split,
               "query_split": args.eval_split, "num_gallery": len(gallery),

@@ -30,6 +30,7 @@ from feeders.store import open_store
 from feeders.streams import to_stream
 from methods import DEFAULT_METHOD, get_method, list_methods
 from models import build_encoder
+from models.stgcn import add_study_arguments, study_overrides
 from models.unified import encoder_for_stream
 
 PROG = "pretrain.py"
@@ -54,7 +55,7 @@ def build_parser(method: str = DEFAULT_METHOD) -> argparse.ArgumentParser:
     g.add_argument("--milestones", type=int, nargs="*", default=[351], help="step schedule epochs")
     g.add_argument("--gamma", type=float, default=0.1, help="step schedule factor")
     g.add_argument("--warmup-epochs", type=float, default=0.0)
-    g.add_argument("--linear-scaling", action="store_true", help="lr *= global batch / 256")
+    engine.add_lr_scaling_arg(g, "the paper: 356 for NTU pretraining, 512 for PKU-MMD II")
     g.add_argument("--augment", action=argparse.BooleanOptionalAction, default=True,
                    help="spatial augmentations of METHOD.md section 1 (--no-augment skips them; temporal crops stay)")
     g.add_argument("--min-crop", type=int, default=None, metavar="FRAMES",
@@ -64,6 +65,7 @@ def build_parser(method: str = DEFAULT_METHOD) -> argparse.ArgumentParser:
                    help="also turn each view by its own random rotation, angles about x, y and z "
                         "each up to this many degrees, after the augmentations above (0: off, "
                         "the paper)")
+    add_study_arguments(parser)
     g = parser.add_argument_group("monitoring")
     g.add_argument("--save-every", type=int, default=50, help="keep epoch_NNNN.pt every K epochs")
     g.add_argument("--knn-every", type=int, default=0,
@@ -129,6 +131,8 @@ def knn_monitor(encoder, store, args, info: engine.DistInfo, parents, dtype) -> 
 def main(argv: list[str] | None = None) -> engine.TrainState:
     args = engine.finish_common_args(parse_args(argv))
     method_cls = get_method(args.method)
+    # the study flags become the checkpoint's encoder_overrides (restored by every evaluation)
+    args.encoder_overrides = study_overrides(args, args.backbone)
     if not 0.0 <= args.rotate <= 180.0:
         raise ValueError(f"--rotate must be in [0, 180] degrees, got {args.rotate}")
     if args.min_crop is not None and args.min_crop < 1:
@@ -151,13 +155,13 @@ def main(argv: list[str] | None = None) -> engine.TrainState:
                          f"than one batch of {args.batch_size}: lower --batch-size")
     encoder = build_encoder(args.backbone, args.preset, layout=store.layout,
                             clip_len=args.clip_len, channels=store.channels,
-                            bodies=store.bodies, seed=args.seed)
+                            bodies=store.bodies, seed=args.seed, **args.encoder_overrides)
     model = method_cls.from_args(encoder_for_stream(encoder, args.stream, args.seed), args)
     if info.distributed:
         model = engine.convert_batchnorm(model, info.device)
     model.to(info.device)
 
-    lr = engine.scaled_lr(args.lr, args.batch_size, args.linear_scaling)
+    lr = engine.apply_lr_scaling(args)
     # fused: one kernel over all parameters (about 7x faster than foreach on this CPU)
     optimizer = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=args.weight_decay,
                                  fused=True)
@@ -177,7 +181,9 @@ def main(argv: list[str] | None = None) -> engine.TrainState:
         engine.write_json(args.output / "config.json", meta)
     engine.log(info, f"pretraining ({args.method}) {args.backbone}/{args.preset} on {args.data} {args.split} "
                f"({len(dataset)} sequences, stream {args.stream}), {info.world_size} process(es) "
-               f"on {info.device}, precision {args.precision}, lr {lr:g}, epochs "
+               f"on {info.device}, precision {args.precision}, lr {lr:g}"
+               + (f" (--lr {args.lr:g} at batch {args.lr_scale_base}, scaled to batch "
+                  f"{args.batch_size})" if args.lr_scale_base else "") + f", epochs "
                f"{state.epoch}..{args.epochs}")
 
     ddp_model = engine.wrap_ddp(model, info)
