@@ -27,16 +27,16 @@ def shared_data() -> Path:
     return SHARED_DATA
 
 
-@pytest.fixture
-def out_root(tmp_path_factory) -> Path:
-    """An empty folder for outputs outside ``tmp_path``, for tests whose ``--src`` is
-    ``tmp_path`` itself (an output inside the source is refused)."""
-    return tmp_path_factory.mktemp("out")
-
-
 @pytest.fixture(scope="session")
 def shared_fixtures() -> Path:
     """The reference files of ../shared/fixtures (e.g. usdrl_release); skips when absent."""
     if not SHARED_FIXTURES.is_dir():
         pytest.skip(f"shared fixtures not found at {SHARED_FIXTURES}")
     return SHARED_FIXTURES
+
+
+@pytest.fixture
+def out_root(tmp_path_factory) -> Path:
+    """An empty folder for outputs outside ``tmp_path``, for tests whose ``--src`` is
+    ``tmp_path`` itself (an output inside the source is refused)."""
+    return tmp_path_factory.mktemp("out")

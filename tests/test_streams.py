@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from feeders.streams import STREAMS, to_stream
+from feeders.streams import FUSED, FUSED_PARTS, STREAMS, to_stream
 
 # METHOD.md section 1: NTU (child, parent) pairs, 1-based.
 NTU_PAIRS = [
@@ -62,8 +62,10 @@ def test_confidence_channel_passes_through():
     x = ntu_clip(seed=2)  # channels (x, y, score)
     for stream in STREAMS:
         out = to_stream(x, stream, NTU_PARENTS, spatial_channels=2)
-        assert out.shape == x.shape
-        assert torch.equal(out[:, 2], x[:, 2]), stream
+        parts = out.chunk(len(FUSED_PARTS), dim=1) if stream == FUSED else (out,)  # jmb: 3 x C
+        for part in parts:
+            assert part.shape == x.shape
+            assert torch.equal(part[:, 2], x[:, 2]), stream
     b = to_stream(x, "b", NTU_PARENTS, spatial_channels=2)
     assert torch.equal(b[:, :2, :, 21], x[:, :2, :, 21] - x[:, :2, :, 22])
 
