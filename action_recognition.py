@@ -45,7 +45,6 @@ from __future__ import annotations
 import argparse
 import csv
 import io
-import sys
 from functools import partial
 from pathlib import Path
 
@@ -55,9 +54,10 @@ import torch.nn.functional as F
 from torch import nn
 
 import engine
-from models.stgcn import add_study_arguments
+from evaluation.checks import require_finite
 from evaluation.features import (CheckpointError, add_multiclip_arguments, build_eval_encoder,
                                  cached_extract, checkpoint_config, extract, setup_eval_run,
+                                 split_names,
                                  stream_transform)
 from evaluation.fusion import save_scores
 from evaluation.dtn import (BranchClassifier, MutualClassifier, branch_loss, mutual_loss,
@@ -70,6 +70,7 @@ from feeders.dataset import EvalDataset, PretrainDataset, make_loader
 from feeders.streams import STREAMS
 from models.base import EncoderOutput
 from models.param_groups import finetune_param_groups
+from models.stgcn import add_study_arguments
 from models.tpn import AUX_WEIGHT, TPNEncoder
 
 MODE_DEFAULTS = {
@@ -397,15 +398,13 @@ def run_finetune(args, store, cfg, ckpt, info, dtype, train_pos, val_pos, run_di
     model.to(info.device)
     loader = finetune_loader(args, store, cfg, info, train_pos)
     state = finetune_state(model, args, len(loader), dtype, info.device)
-    meta = engine.run_metadata(args, info)
-    resume = engine.resume_path(args.resume, run_dir)
-    if resume is not None:
-        last = engine.load_checkpoint(resume)
-        check_head(last, resume, store.num_classes, args.data)
-        state.load(model, last)
-        changed = engine.changed_flags(last.get("meta", {}).get("config", {}), meta["config"])
-        engine.log(info, f"resumed fine-tuning from {resume} at epoch {state.epoch}"
-                   + (f" (changed flags: {', '.join(changed)})" if changed else ""))
+    meta = engine.resume_run(state, model, args, engine.run_metadata(args, info), info,
+                             len(loader), run_dir,
+                             check=lambda ckpt, path: check_head(ckpt, path, store.num_classes,
+                                                                 args.data),
+                             default_of=build_parser().get_default)
+    if info.is_main:
+        engine.write_json(run_dir / "config.json", meta)
 
     split_labels = torch.as_tensor(store.labels[store.split_indices(args.split)], dtype=torch.long)
     ddp_model = engine.wrap_ddp(model, info)
@@ -427,10 +426,15 @@ def run_finetune(args, store, cfg, ckpt, info, dtype, train_pos, val_pos, run_di
         if isinstance(model, Classifier):
             feats, labels = extract(model.encoder, store, split, indices=indices, **feat_kw,
                                     **clip_kw)
-            return average_clips(predict(model.head, feats.to(info.device))).cpu(), labels
-        kw = {**feat_kw, "stream": "j"} if getattr(model, "takes_raw", False) else feat_kw
-        logits, labels = extract(Predictor(model), store, split, indices=indices, **kw, **clip_kw)
-        return average_clips(logits), labels
+            logits = average_clips(predict(model.head, feats.to(info.device))).cpu()
+        else:
+            kw = {**feat_kw, "stream": "j"} if getattr(model, "takes_raw", False) else feat_kw
+            logits, labels = extract(Predictor(model), store, split, indices=indices, **kw,
+                                     **clip_kw)
+            logits = average_clips(logits)
+        require_finite(logits, f"fine-tuned scores of split {split}",
+                       split_names(store, split, indices))
+        return logits, labels
 
     def on_epoch_end(epoch: int) -> dict:
         if not len(val_pos):
@@ -518,6 +522,10 @@ def write_outputs(args, store, cfg, tag, logits, best, history, train_pos, val_p
     names = np.asarray(store.names)[test_seq]
     train_names = np.asarray(store.names)[store.split_indices(args.split)]
     labels_t = torch.as_tensor(labels)
+    require_finite(logits, f"test scores of split {args.eval_split}", names)
+    if best is not None:
+        require_finite(best["logits"], f"test scores of split {args.eval_split} (best epoch)",
+                       names)
     cm = confusion_matrix(logits.argmax(1).numpy(), labels, store.num_classes)
     save_scores(out / f"{tag}_scores.npz", names, labels, logits.numpy())
     write_confusion_csv(out / f"{tag}_confusion.csv", cm, store.manifest["class_names"])
@@ -561,12 +569,17 @@ def main(argv=None) -> dict | None:
     engine.apply_lr_scaling(args)
     info = engine.init_distributed()
     store, ckpt, cfg = setup_eval_run(args, ("stream",) if args.mode == "finetune" else ())
+    tag = result_tag(args.mode, args.label_fraction)
+    with engine.claim_run_dir(args.output, tag, info):
+        return evaluate(args, store, ckpt, cfg, info, tag)
+
+
+def evaluate(args, store, ckpt, cfg, info, tag) -> dict | None:
+    """The linear probe or fine-tuning once the flags are checked and --output is ours."""
     pretrained_stream = checkpoint_config(ckpt).get("stream") if ckpt is not None else None
     dtype = engine.autocast_dtype(args.precision, info.device)
-    tag = result_tag(args.mode, args.label_fraction)
     run_dir = Path(args.output) / tag
     split_labels = store.labels[store.split_indices(args.split)]
-    store.split_indices(args.eval_split)  # fail early on a bad --eval-split
     train_pos, val_pos = training_positions(split_labels, args)
     engine.log(info, f"{args.mode} of {cfg['backbone']}/{cfg['preset']} "
                f"({args.pretrained or 'from scratch'}) on {args.data} {args.split}: "
@@ -599,7 +612,4 @@ def main(argv=None) -> dict | None:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except (ValueError, FileNotFoundError, engine.NonFiniteLoss) as err:
-        sys.exit(f"action_recognition.py: error: {err}")
+    engine.run_cli(main, "action_recognition.py")

@@ -17,17 +17,17 @@ Encoder flags default to the --pretrained checkpoint's config, as in action_reco
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 import numpy as np
 
 import engine
-from models.stgcn import add_study_arguments
+from evaluation.checks import require_finite
 from evaluation.features import (add_multiclip_arguments, build_eval_encoder, cached_extract,
                                  setup_eval_run)
 from evaluation.protocol import make_protocol
 from evaluation.knn import BACKENDS, knn_evaluate, l2_normalize
+from models.stgcn import add_study_arguments
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -63,7 +63,9 @@ def save_npy(path: Path, array: np.ndarray) -> None:
 
 
 def export_embeddings(out_dir: Path, split: str, feats, labels, names) -> None:
-    """Write normalised embeddings (N, D) float32, labels (N,) int64 and names (atomically)."""
+    """Write normalised embeddings (N, D) float32, labels (N,) int64 and names (atomically);
+    non-finite features are refused (NonFiniteError naming the samples)."""
+    require_finite(feats, f"embeddings of split {split}", names)
     save_npy(out_dir / f"{split}_embeddings.npy", l2_normalize(feats).numpy().astype(np.float32))
     save_npy(out_dir / f"{split}_labels.npy", labels.numpy().astype(np.int64))
     engine.atomic_write_bytes_via(out_dir / f"{split}_names.txt",
@@ -72,13 +74,20 @@ def export_embeddings(out_dir: Path, split: str, feats, labels, names) -> None:
 
 def main(argv=None) -> dict | None:
     args = build_parser().parse_args(argv)
-    info = engine.init_distributed()
-    store, ckpt, cfg = setup_eval_run(args)
     if args.k < 1:
         raise ValueError(f"--k must be >= 1, got {args.k}")
     if args.num_clips < 1 or not 0.0 < args.clip_fraction <= 1.0:
         raise ValueError(f"--num-clips must be >= 1 and --clip-fraction in (0, 1], got "
                          f"{args.num_clips} and {args.clip_fraction}")
+    info = engine.init_distributed()
+    store, ckpt, cfg = setup_eval_run(args)
+    name = "knn" if args.k == 1 else f"knn_k{args.k}"
+    with engine.claim_run_dir(args.output, name, info):
+        return retrieve(args, store, ckpt, cfg, info, name)
+
+
+def retrieve(args, store, ckpt, cfg, info, name: str) -> dict | None:
+    """Features, search and outputs once the flags are checked and --output is ours."""
     dtype = engine.autocast_dtype(args.precision, info.device)
     encoder = build_eval_encoder(cfg, store, args.seed, ckpt, args.pretrained)
     cache = None if args.no_cache else (args.cache_dir or Path(args.output) / "features")
@@ -93,19 +102,20 @@ def main(argv=None) -> dict | None:
         queries = queries.mean(dim=1)
     if not info.is_main:
         return None
+    names = np.asarray(store.names)
     res = knn_evaluate(queries, query_labels, gallery, gallery_labels, k=args.k,
-                       backend=args.knn_backend, block_size=args.block_size)
-    result = {"protocol": make_protocol("knn", k=args.k), "top1": res["top1"], "k": args.k, "recall_at_k": res["recall_at_k"],
-              "backend": args.knn_backend, "num_clips": args.num_clips,
-              "clip_fraction": args.clip_fraction,
+                       backend=args.knn_backend, block_size=args.block_size,
+                       query_names=names[store.split_indices(args.eval_split)],
+                       gallery_names=names[store.split_indices(args.split)])
+    result = {"protocol": make_protocol("knn", k=args.k), "top1": res["top1"], "k": args.k,
+              "recall_at_k": res["recall_at_k"], "backend": args.knn_backend,
+              "num_clips": args.num_clips, "clip_fraction": args.clip_fraction,
               "checkpoint": str(args.pretrained) if args.pretrained else "scratch",
               "data": str(args.data), "gallery_split": args.split,
               "query_split": args.eval_split, "num_gallery": len(gallery),
               "num_queries": len(queries), **cfg}
-    name = "knn.json" if args.k == 1 else f"knn_k{args.k}.json"
-    engine.write_json(Path(args.output) / name, result)
+    engine.write_json(Path(args.output) / f"{name}.json", result)
     if args.export_embeddings is not None:
-        names = np.asarray(store.names)
         for split, feats, labels in ((args.split, gallery, gallery_labels),
                                      (args.eval_split, queries, query_labels)):
             export_embeddings(args.export_embeddings, split, feats, labels,
@@ -116,7 +126,4 @@ def main(argv=None) -> dict | None:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except (ValueError, FileNotFoundError) as err:
-        sys.exit(f"action_retrieval.py: error: {err}")
+    engine.run_cli(main, "action_retrieval.py")

@@ -12,22 +12,23 @@ method's loss, which gathers the embeddings over processes and runs in fp32.
 usdrl: METHOD.md sections 1-5; umurl: section 8 (one model for joint, motion and bone).
 Writes <output>/config.json, <output>/last.pt every epoch, <output>/epoch_NNNN.pt every
 --save-every epochs and TensorBoard logs in <output>/tb. Re-running the same command resumes
-from last.pt (--resume auto).
+from last.pt (--resume auto); a rerun with flags that change the run is refused unless
+--resume-changed, which applies and records them. --output must be new, empty or a run
+directory of the suite, and only one pretraining writes it at a time.
 """
 from __future__ import annotations
 
 import argparse
-import sys
 from functools import partial
 
 import torch
 from torch.utils.data import DataLoader
 
 import engine
+from evaluation.features import extract
 from evaluation.knn import knn_evaluate
-from feeders.dataset import EvalDataset, PretrainDataset, make_sampler, worker_init_fn
+from feeders.dataset import PretrainDataset, make_sampler, worker_init_fn
 from feeders.store import open_store
-from feeders.streams import to_stream
 from methods import DEFAULT_METHOD, get_method, list_methods
 from models import build_encoder
 from models.stgcn import add_study_arguments, study_overrides
@@ -101,7 +102,9 @@ def pretrain_step(model, args, info: engine.DistInfo, parents, dtype, batch, epo
                   step: int):
     """One forward pass: batch = (views (B, K, C, L, V, M), index (B,)) -> (loss, scalars).
 
-    model: the method (a methods.Method), possibly wrapped in DDP."""
+    model: the method (a methods.Method), possibly wrapped in DDP. `scalars` are the loss
+    module's terms in its order (engine.train names the first non-finite one; usdrl puts its
+    collapse indicators std_t, std_s, std_i first)."""
     method = engine.unwrap(model)
     views = batch[0].to(info.device, non_blocking=True)
     gen = engine.step_generator(args.seed, epoch, step, info.rank)
@@ -112,39 +115,54 @@ def pretrain_step(model, args, info: engine.DistInfo, parents, dtype, batch, epo
     return loss, {name: v.detach() for name, v in terms.items()}
 
 
-def knn_monitor(encoder, store, args, info: engine.DistInfo, parents, dtype) -> dict:
-    """KNN-1 (cosine) top-1 of --eval-split against --split, whole sequences resampled."""
-    def features(split):
-        dataset = EvalDataset(store, split, args.clip_len, normalize=args.normalize,
-                              spatial_channels=args.spatial_channels)
-        loader = DataLoader(dataset, batch_size=args.batch_size, num_workers=args.workers,
-                            worker_init_fn=worker_init_fn if args.workers else None)
-        transform = partial(to_stream, stream=args.stream, parents=parents,
-                            spatial_channels=args.spatial_channels)
-        return engine.extract_features(encoder, loader, transform, info.device, dtype)
-
-    gallery, gallery_labels = features(args.split)
-    queries, query_labels = features(args.eval_split)
+def knn_monitor(encoder, store, args, info: engine.DistInfo, dtype) -> dict:
+    """KNN-1 (cosine) top-1 of --eval-split against --split, whole sequences resampled; run by
+    rank 0 alone (so its features are not sharded over the processes)."""
+    alone = engine.DistInfo(0, 1, 0, info.device)
+    kw = dict(stream=args.stream, clip_len=args.clip_len, normalize=args.normalize,
+              spatial_channels=args.spatial_channels, info=alone, dtype=dtype,
+              batch_size=args.batch_size, workers=args.workers)
+    gallery, gallery_labels = extract(encoder, store, args.split, **kw)
+    queries, query_labels = extract(encoder, store, args.eval_split, **kw)
     return {"knn1_top1": knn_evaluate(queries, query_labels, gallery, gallery_labels, k=1)["top1"]}
 
 
-def main(argv: list[str] | None = None) -> engine.TrainState:
-    args = engine.finish_common_args(parse_args(argv))
-    method_cls = get_method(args.method)
-    # the study flags become the checkpoint's encoder_overrides (restored by every evaluation)
-    args.encoder_overrides = study_overrides(args, args.backbone)
+def check_args(args) -> None:
+    """ValueError naming the first pretraining flag with an impossible value."""
     if not 0.0 <= args.rotate <= 180.0:
         raise ValueError(f"--rotate must be in [0, 180] degrees, got {args.rotate}")
     if args.min_crop is not None and args.min_crop < 1:
         raise ValueError(f"--min-crop must be >= 1 frame, got {args.min_crop}")
-    info = engine.init_distributed()
-    torch.manual_seed(args.seed)  # head initialisation (the encoder takes the seed itself)
-    dtype = engine.autocast_dtype(args.precision, info.device)
+    if getattr(args, "proj_mult", 1) < 1:  # a flag of the usdrl and umurl methods
+        raise ValueError(f"--proj-mult must be >= 1, got {args.proj_mult}")
+    if args.gamma <= 0:
+        raise ValueError(f"--gamma must be > 0 (the step schedule's lr factor), got {args.gamma}")
+    if args.log_every < 1:
+        raise ValueError(f"--log-every must be >= 1 step, got {args.log_every}")
+    engine.check_nonnegative(args, "save_every", "knn_every", "warmup_epochs")
 
+
+def main(argv: list[str] | None = None) -> engine.TrainState:
+    args = engine.finish_common_args(parse_args(argv))
+    check_args(args)
+    # the study flags become the checkpoint's encoder_overrides (restored by every evaluation)
+    args.encoder_overrides = study_overrides(args, args.backbone)
+    info = engine.init_distributed()
     store = open_store(args.data)
+    engine.require_split(store, args.split, "--split")
+    if args.knn_every:  # fail now, not after the first epoch
+        engine.require_split(store, args.eval_split, "--eval-split")
+        engine.require_distinct_splits(args.split, args.eval_split)
+    with engine.claim_run_dir(args.output, "pretrain", info):
+        return pretrain(args, store, info)
+
+
+def pretrain(args, store, info: engine.DistInfo) -> engine.TrainState:
+    """The run itself, once the flags are checked and --output is ours."""
+    torch.manual_seed(args.seed)  # head initialisation (the encoder takes the seed itself)
+    method_cls = get_method(args.method)
+    dtype = engine.autocast_dtype(args.precision, info.device)
     parents = store.layout.parents
-    if args.knn_every:
-        store.split_indices(args.eval_split)  # fail now, not after the first epoch
     dataset = PretrainDataset(store, args.split, args.clip_len, args.seed, num_views=method_cls.num_views,
                               normalize=args.normalize, spatial_channels=args.spatial_channels,
                               min_crop=args.min_crop)
@@ -169,22 +187,16 @@ def main(argv: list[str] | None = None) -> engine.TrainState:
                                       epochs=args.epochs, warmup_epochs=args.warmup_epochs,
                                       milestones=args.milestones, gamma=args.gamma)
     state = engine.TrainState(optimizer, scheduler, engine.make_scaler(dtype, info.device))
-    meta = engine.run_metadata(args, info)
-    ckpt_path = engine.resume_path(args.resume, args.output)
-    if ckpt_path is not None:
-        ckpt = engine.load_checkpoint(ckpt_path)
-        changed = engine.changed_flags(ckpt.get("meta", {}).get("config", {}), meta["config"])
-        state.load(model, ckpt)
-        engine.log(info, f"resumed from {ckpt_path} at epoch {state.epoch}"
-                   + (f" (changed flags: {', '.join(changed)})" if changed else ""))
+    meta = engine.resume_run(state, model, args, engine.run_metadata(args, info), info,
+                             len(loader), args.output, default_of=build_parser(args.method).get_default)
     if info.is_main:
         engine.write_json(args.output / "config.json", meta)
-    engine.log(info, f"pretraining ({args.method}) {args.backbone}/{args.preset} on {args.data} {args.split} "
-               f"({len(dataset)} sequences, stream {args.stream}), {info.world_size} process(es) "
-               f"on {info.device}, precision {args.precision}, lr {lr:g}"
-               + (f" (--lr {args.lr:g} at batch {args.lr_scale_base}, scaled to batch "
-                  f"{args.batch_size})" if args.lr_scale_base else "") + f", epochs "
-               f"{state.epoch}..{args.epochs}")
+    engine.log(info, f"pretraining ({args.method}) {args.backbone}/{args.preset} on {args.data} "
+               f"{args.split} ({len(dataset)} sequences, stream {args.stream}), "
+               f"{info.world_size} process(es) on {info.device}, precision {args.precision}, "
+               f"lr {lr:g}" + (f" (--lr {args.lr:g} at batch {args.lr_scale_base}, scaled to "
+                              f"batch {args.batch_size})" if args.lr_scale_base else "")
+               + f", epochs {state.epoch}..{args.epochs}")
 
     ddp_model = engine.wrap_ddp(model, info)
     step_fn = partial(pretrain_step, ddp_model, args, info, parents, dtype)
@@ -192,7 +204,7 @@ def main(argv: list[str] | None = None) -> engine.TrainState:
     def on_epoch_end(epoch: int) -> dict:
         if not (args.knn_every and (epoch + 1) % args.knn_every == 0 and info.is_main):
             return {}
-        metrics = knn_monitor(getattr(model, model.encoder_key), store, args, info, parents, dtype)
+        metrics = knn_monitor(getattr(model, model.encoder_key), store, args, info, dtype)
         engine.log(info, f"epoch {epoch + 1}: KNN-1 top-1 {metrics['knn1_top1']:.2f} %")
         return metrics
 
@@ -204,7 +216,4 @@ def main(argv: list[str] | None = None) -> engine.TrainState:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except (ValueError, FileNotFoundError, engine.NonFiniteLoss) as err:
-        sys.exit(f"{PROG}: error: {err}")
+    engine.run_cli(main, "pretrain.py")

@@ -28,7 +28,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--presets", nargs="+", default=["paper"])
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--iters", type=int, default=3, help="timed iterations (after one warm-up)")
-    p.add_argument("--layout", default="ntu25")
+    p.add_argument("--layout", default="ntu25", help="built-in layout name or layout JSON file")
     p.add_argument("--clip-len", type=int, default=64)
     p.add_argument("--channels", type=int, default=3)
     p.add_argument("--bodies", type=int, default=2)

@@ -138,7 +138,7 @@ def main(argv=None) -> list[dict]:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--backbone", default="dste")
     parser.add_argument("--preset", default="paper")
-    parser.add_argument("--layout", default="ntu25")
+    parser.add_argument("--layout", default="ntu25", help="built-in layout name or layout JSON file")
     parser.add_argument("--clip-len", type=int, default=64)
     parser.add_argument("--precisions", nargs="+", default=["fp32", "auto"], choices=engine.PRECISIONS)
     parser.add_argument("--steps", type=int, default=3, help="timed steps")

@@ -21,6 +21,7 @@ import json
 from functools import partial
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
@@ -28,6 +29,7 @@ from torch.utils.data import DataLoader, Subset
 
 import engine
 from feeders.augment import CLIP_FRACTION
+from evaluation.checks import require_finite
 from feeders.dataset import EvalDataset
 from feeders.store import open_store
 from feeders.streams import FUSED, resolve_spatial_channels, to_stream
@@ -139,8 +141,8 @@ def add_study_overrides(cfg: dict, args, config: dict, path) -> None:
 def setup_eval_run(args, free_fields: tuple[str, ...] = ()):
     """Shared start of the evaluation entry points: open --data, resolve --pretrained and read
     it, take the encoder flags from the checkpoint (set on ``args``; ``free_fields`` may differ
-    from it, see ``resolve_encoder_config``), finish the common flags.
-    Returns ``(store, ckpt or None, cfg)``."""
+    from it, see ``resolve_encoder_config``), finish the common flags, check that both splits
+    exist and differ. Returns ``(store, ckpt or None, cfg)``."""
     store = open_store(args.data)
     args.pretrained = resolve_pretrained(args.pretrained, args.output)
     ckpt = read_checkpoint(args.pretrained) if args.pretrained else None
@@ -148,6 +150,9 @@ def setup_eval_run(args, free_fields: tuple[str, ...] = ()):
     for key, value in cfg.items():
         setattr(args, key, value)
     engine.finish_common_args(args)
+    engine.require_split(store, args.split, "--split")
+    engine.require_split(store, args.eval_split, "--eval-split")
+    engine.require_distinct_splits(args.split, args.eval_split)
     return store, ckpt, cfg
 
 
@@ -212,8 +217,24 @@ def extract(encoder: nn.Module, store, split: str, *, stream: str, clip_len: int
     transform = stream_transform(stream, store.layout.parents, spatial_channels)
     encoder.to(info.device)
     feats, labels = engine.extract_features(encoder, loader, transform, info.device, dtype)
-    return (gather_in_order(feats, len(dataset), info),
-            gather_in_order(labels, len(dataset), info))
+    feats = gather_in_order(feats, len(dataset), info)
+    check_features(feats, store, split, indices)
+    return feats, gather_in_order(labels, len(dataset), info)
+
+
+def split_names(store, split: str | None, indices=None) -> np.ndarray:
+    """Sample names (N,) of ``split`` (None: every sequence), or of the positions ``indices``
+    within it, in that order."""
+    seq = np.arange(len(store)) if split is None else store.split_indices(split)
+    names = np.asarray(store.names)[seq]
+    return names if indices is None else names[np.asarray(indices, dtype=np.int64)]
+
+
+def check_features(feats: torch.Tensor, store, split: str | None, indices=None) -> None:
+    """NonFiniteError naming the split and its first samples whose features (N, D) are not
+    finite (a broken sequence, a diverged encoder): they must never reach a probe or KNN."""
+    require_finite(feats, f"features of split {split} of {store.root}",
+                   split_names(store, split, indices))
 
 
 def weights_digest(module: nn.Module) -> str:
@@ -254,10 +275,13 @@ def cached_extract(encoder: nn.Module, store, split: str, *, cache_dir: Path | N
     if path.is_file():
         try:
             blob = torch.load(path, map_location="cpu", weights_only=True)
-            engine.log(info, f"features: {split} from cache {path}")
-            return blob["features"], blob["labels"]
+            feats, labels = blob["features"], blob["labels"]
         except Exception as err:  # a damaged cache entry is recomputed, never trusted
             engine.log(info, f"features: ignoring unreadable cache {path} ({err})")
+        else:
+            check_features(feats, store, split)
+            engine.log(info, f"features: {split} from cache {path}")
+            return feats, labels
     feats, labels = extract(encoder, store, split, info=info, **kwargs)
     if info.is_main:
         engine.save_checkpoint(path, {"features": feats, "labels": labels, "key": key})

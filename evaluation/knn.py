@@ -19,6 +19,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from evaluation.checks import require_finite
+
 BACKENDS = ("torch", "faiss-flat", "faiss-ivf", "faiss-hnsw")
 
 
@@ -133,12 +135,17 @@ def vote(neighbour_labels: torch.Tensor, neighbour_sims: torch.Tensor,
 
 def knn_evaluate(query_feats: torch.Tensor, query_labels: torch.Tensor,
                  gallery_feats: torch.Tensor, gallery_labels: torch.Tensor, k: int = 1,
-                 backend: str = "torch", block_size: int = 1024) -> dict:
+                 backend: str = "torch", block_size: int = 1024, query_names=None,
+                 gallery_names=None) -> dict:
     """KNN classification of queries against a labelled gallery.
 
+    Non-finite features are refused (NonFiniteError naming the first samples: ``*_names``
+    (N,), or positions when None): a NaN query would still get a neighbour and a vote.
     Returns dict: ``pred`` (Q,) int64, ``neighbours`` (Q, k) gallery indices, ``sims`` (Q, k),
     ``top1`` (accuracy of the vote, %) and ``recall_at_k`` (% of queries with at least one
     same-class sample among their k neighbours)."""
+    require_finite(query_feats, "KNN queries", query_names)
+    require_finite(gallery_feats, "KNN gallery", gallery_names)
     num_classes = int(max(gallery_labels.max(), query_labels.max())) + 1
     sims, nbrs = search(query_feats, gallery_feats, k, backend=backend, block_size=block_size)
     nbr_labels = gallery_labels.long()[nbrs]

@@ -4,7 +4,7 @@
 
 Each sequence becomes one pyskl annotation: ``frame_dir`` (the sequence name), ``label``,
 ``total_frames`` and ``keypoint`` float16 ``(M, T, V, C)``. For 2D data with a confidence
-channel (layouts coco17 / openpose18 / penn13 with 3 channels) the last channel is written as
+channel (a 2D layout, ``layout.dims == 2``, with 3 channels) the last channel is written as
 ``keypoint_score`` float16 ``(M, T, V)`` and ``keypoint`` keeps ``(x, y)``. The store's named
 splits become the ``split`` dict (frame_dir lists, in the store's order).
 
@@ -30,7 +30,6 @@ import numpy as np
 from feeders.store import (OutputError, check_outside, clean_leftovers, error_message,
                             open_store)
 
-TWO_D_LAYOUTS = ("coco17", "openpose18", "penn13")
 CREATED_BY = "feeders.export (pyskl)"
 _MARK_BYTES = 256  # the mark is within the first bytes of every pickle written here
 
@@ -78,7 +77,7 @@ def to_pyskl(store_dir, out_path, score_channel: bool | None = None) -> Path:
     check_replaceable_file(out_path)
     store = open_store(store_dir)
     if score_channel is None:
-        score_channel = store.layout.name in TWO_D_LAYOUTS and store.channels == 3
+        score_channel = store.layout.dims == 2 and store.channels == 3
     if score_channel and store.channels < 2:
         raise ValueError(f"{store_dir}: {store.channels} channel(s), cannot split off a score")
     names = [str(n) for n in store.names]

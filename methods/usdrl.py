@@ -32,10 +32,10 @@ class USDRLLoss(nn.Module):
 
     def forward(self, z: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         z = {d: engine.gather_with_grad(v, dim=1) for d, v in z.items()}  # (4, global B, D)
+        # the collapse indicators first: engine.train names the first non-finite scalar
+        stds = {f"std_{d}": v.detach().float().std(dim=1).mean() for d, v in z.items()}
         total, terms = usdrl_loss(z, self.weights)
-        for d, v in z.items():
-            terms[f"std_{d}"] = v.detach().float().std(dim=1).mean()
-        return total, terms
+        return total, {**stds, **terms}
 
 
 @register_method("usdrl")

@@ -12,7 +12,8 @@ SCRIPTS = ["pretrain.py", "action_recognition.py", "action_retrieval.py",
            "benchmarks/data_bench.py", "benchmarks/encoders.py", "benchmarks/eval_bench.py",
            "benchmarks/nwucla_select.py", "benchmarks/pretrain_step.py", "benchmarks/stgcn_study.py"]
 MODULES = ["evaluation.baseline", "evaluation.fusion", "evaluation.report", "feeders.export",
-           "feeders.inspect", "feeders.prepare", "feeders.synthetic", "models", "models.convert"]
+           "feeders.inspect", "feeders.layouts", "feeders.prepare", "feeders.synthetic",
+           "feeders.visualize", "models", "models.convert"]
 
 
 @pytest.mark.parametrize("target", SCRIPTS + MODULES)

@@ -134,20 +134,21 @@ def test_confusion_matrix_and_image():
 
 def test_checkpoint_errors(data, pretrained, tmp_path):
     path, _ = pretrained
+    out = tmp_path / "run"  # the checkpoints below are the user's files in tmp_path
     with pytest.raises(CheckpointError, match="does not exist"):
-        run(data, tmp_path, "--pretrained", str(tmp_path / "nope.pt"))
+        run(data, out, "--pretrained", str(tmp_path / "nope.pt"))
     bad = tmp_path / "corrupt.pt"
     bad.write_bytes(path.read_bytes()[:200])
     with pytest.raises(CheckpointError, match="corrupt.pt could not be loaded"):
-        run(data, tmp_path, "--pretrained", str(bad))
+        run(data, out, "--pretrained", str(bad))
     with pytest.raises(CheckpointError, match=r"--stream j conflicts .*stream='b'"):
-        run(data, tmp_path, "--pretrained", str(path), "--stream", "j")
+        run(data, out, "--pretrained", str(path), "--stream", "j")
     # weights of another backbone without a config to warn first
     other = build_encoder("sttr", "tiny", layout="ntu25", clip_len=16, channels=3, bodies=2)
     foreign = tmp_path / "sttr.pt"
     engine.save_checkpoint(foreign, {"model": USDRL(other).state_dict()})
     with pytest.raises(CheckpointError, match="does not hold weights of this dste encoder"):
-        run(data, tmp_path, "--pretrained", str(foreign), "--preset", "tiny")
+        run(data, out, "--pretrained", str(foreign), "--preset", "tiny")
 
 
 def test_finetune_may_change_the_stream(data, pretrained, tmp_path, capsys):

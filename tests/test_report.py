@@ -130,7 +130,7 @@ def test_errors_name_file_and_field(tmp_path, capsys):
     assert main([str(tmp_path)]) == 2
     assert "no result files" in capsys.readouterr().err
     _write(tmp_path / "linear.json", {"protocol": LINEAR, "top1": "high"})
-    with pytest.raises(ReportError, match=r"linear\.json: field 'top1' must be a number"):
+    with pytest.raises(ReportError, match=r"linear\.json: field 'top1' must be a finite number"):
         read_rows(tmp_path)
     _write(tmp_path / "linear.json", {"protocol": {"kind": "linear"}, "top1": 1.0})
     with pytest.raises(ReportError, match=r"linear\.json: field 'protocol': a linear protocol has"):
