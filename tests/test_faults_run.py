@@ -320,7 +320,8 @@ def test_baseline_and_report_refuse_non_finite_values(data, tmp_path, capsys):
     assert "is the gallery split" in err and "--test 'x': dataset" in err
     run = tmp_path / "run"
     run.mkdir()
-    (run / "linear.json").write_text('{"top1": NaN, "top5": 50.0}')  # json.dumps(nan) writes NaN
+    (run / "linear.json").write_text('{"protocol": {"kind": "linear", "label_fraction": 1.0}, '
+                                     '"top1": NaN, "top5": 50.0}')  # json.dumps(nan) writes NaN
     assert report.main([str(run)]) == 2
     assert "'top1' must be a finite number" in capsys.readouterr().err
 
@@ -355,13 +356,15 @@ def test_a_non_finite_loss_names_the_first_term_computed():
 
 
 def test_pretraining_names_the_embeddings_when_the_encoder_gives_nan(monkeypatch, data, tmp_path):
-    real_forward = pretrain.USDRL.forward
+    from models.usdrl import USDRL  # the usdrl method's forward (methods/usdrl.py) calls it
+
+    real_forward = USDRL.forward
 
     def poisoned(self, x, num_views):
         z = real_forward(self, x, num_views=num_views)
         return {d: v * float("nan") if d == "s" else v for d, v in z.items()}
 
-    monkeypatch.setattr(pretrain.USDRL, "forward", poisoned)
+    monkeypatch.setattr(USDRL, "forward", poisoned)
     with pytest.raises(engine.NonFiniteLoss, match=r"epoch 0 step 0 .*is std_s=nan \(then "
                                                    r"also inv_s, varcov_s"):
         pretrain.main(flags(data, tmp_path / "run", "--epochs", "1"))
