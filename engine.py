@@ -743,9 +743,13 @@ def claim_run_dir(output: Path, job: str, info: DistInfo):
 # computes (length, parallelism, logging and monitoring, evaluation-only settings).
 RESUME_EXEMPT = ("epochs", "resume", "resume_changed", "output", "workers", "threads",
                  "log_every", "save_every", "knn_every", "eval_split", "eval_batch_size",
-                 "cache_dir", "no_cache")
+                 "cache_dir", "no_cache", "num_clips", "clip_fraction",
+                 # derived from flags compared themselves (lr, batch size, study flags)
+                 "lr_used", "encoder_overrides")
 # Flags that define the model's shape: a checkpoint with other values cannot be resumed.
-RESUME_FIXED = ("backbone", "preset", "clip_len", "proj_mult", "spatial_channels")
+RESUME_FIXED = ("backbone", "preset", "clip_len", "proj_mult", "spatial_channels",
+                "partition", "edge_importance", "residual",          # the ST-GCN study's
+                "neck", "branches", "branch_weights", "mutual_stream")  # fine-tuning variants
 
 
 def config_changes(old: dict, new: dict, ignore: tuple[str, ...] = RESUME_EXEMPT,

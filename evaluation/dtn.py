@@ -50,10 +50,12 @@ def parse_branches(text: str) -> tuple[int, ...]:
     try:
         lengths = tuple(int(part) for part in text.split(","))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"--branches expects frame counts separated by commas (e.g. 16,32,48), "
+        raise argparse.ArgumentTypeError(f"--branches expects frame counts separated by "
+                                         f"commas (e.g. 16,32,48), "
                          f"got {text!r}") from None
     if len(lengths) < 2 or min(lengths) < 1:
-        raise argparse.ArgumentTypeError(f"--branches needs at least two lengths >= 1 frame, got {text!r}")
+        raise argparse.ArgumentTypeError(f"--branches needs at least two lengths >= 1 frame, "
+                                         f"got {text!r}")
     return lengths
 
 

@@ -48,7 +48,8 @@ class CheckpointError(ValueError):
 
 # ----------------------------------------------------------------------------- command line
 def add_multiclip_arguments(g) -> None:
-    """--num-clips / --clip-fraction (multi-clip testing), for action_recognition.py and action_retrieval.py."""
+    """--num-clips / --clip-fraction (multi-clip testing) of action_recognition.py and
+    action_retrieval.py, added to the argument group ``g``."""
     g.add_argument("--num-clips", type=int, default=1, metavar="N",
                    help="multi-clip testing: N evenly spaced crops of each test sequence "
                         "(1: the whole sequence); probe / fine-tune average the N softmax "

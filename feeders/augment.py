@@ -320,13 +320,14 @@ def study_augment(x: torch.Tensor, generator: torch.Generator, mirror: Sequence[
     s = resolve_spatial_channels(c, spatial_channels)
     d = draw_study(b, s, generator)
     ops = d.ops.to(x.device)[:, :, None, None, None, None]  # (B, 4, 1, 1, 1, 1)
-    present = (x[:, :s] != 0).any(dim=1, keepdim=True)     # (B, 1, L, V, M)
     x = torch.where(ops[:, 0], mirror_clips(x, mirror), x)
     if s == 3:
         mats = rotation_matrices(d.angles)
     else:
-        mats = rotation_matrices(d.angles * torch.tensor([0.0, 0.0, 1.0], dtype=torch.float64))[:, :2, :2]
+        in_plane = d.angles * torch.tensor([0.0, 0.0, 1.0], dtype=torch.float64)
+        mats = rotation_matrices(in_plane)[:, :2, :2]
     x = torch.where(ops[:, 1], apply_view_transforms(x, mats[:, None].expand(b, v, s, s), s), x)
+    present = (x[:, :s] != 0).any(dim=1, keepdim=True)     # (B, 1, L, V, M), after the flip
     shift = d.offsets.to(x.device, x.dtype)[:, :, None, None, None] * present
     moved = torch.cat([x[:, :s] + shift, x[:, s:]], dim=1)
     x = torch.where(ops[:, 2], moved, x)

@@ -258,7 +258,8 @@ def study_overrides(args: argparse.Namespace, backbone: str) -> dict:
     given = {kw: getattr(args, flag) for flag, kw in STUDY_FLAGS.items()
              if getattr(args, flag, None) is not None}
     if given and backbone != "stgcn":
-        flags = ", ".join("--" + f.replace("_", "-") for f, kw in STUDY_FLAGS.items() if kw in given)
+        flags = ", ".join("--" + f.replace("_", "-") for f, kw in STUDY_FLAGS.items()
+                          if kw in given)
         raise ValueError(f"{flags}: ST-GCN study flags apply to --backbone stgcn only, not "
                          f"{backbone}")
     if "dropout" in given and not 0.0 <= given["dropout"] < 1.0:

@@ -75,7 +75,8 @@ class TPNNeck(nn.Module):
             raise ValueError(f"TPN: flow must be one of {FLOWS}, got {flow!r}")
         rates = tuple(rates) if rates is not None else (1,) * len(level_channels)
         if len(rates) != len(level_channels) or min(rates) < 1:
-            raise ValueError(f"TPN: need one rate >= 1 per level ({len(level_channels)}), got {rates}")
+            raise ValueError(f"TPN: need one rate >= 1 per level ({len(level_channels)}), "
+                             f"got {rates}")
         self.rates, self.flow, self.bodies = rates, flow, bodies
         self.semantic = nn.ModuleList(_conv_bn_relu(c, width) for c in level_channels)
         self.aux_head = nn.Linear(width, num_classes)

@@ -117,7 +117,8 @@ def test_teacher_temperature_cosine_schedule():
     assert teacher_temperature(0.0) == pytest.approx(0.04)
     assert teacher_temperature(1.0) == pytest.approx(0.07)
     assert teacher_temperature(0.5) == pytest.approx(0.055)
-    assert teacher_temperature(0.25) == pytest.approx(0.07 - 0.03 * 0.5 * (1 + math.cos(math.pi / 4)))
+    quarter = 0.07 - 0.03 * 0.5 * (1 + math.cos(math.pi / 4))
+    assert teacher_temperature(0.25) == pytest.approx(quarter)
     assert teacher_temperature(2.0) == pytest.approx(0.07)
 
 
@@ -195,7 +196,8 @@ def test_branches_and_mutual_finetune_end_to_end(data, tmp_path):
     common = ["--data", str(data), "--mode", "finetune", "--backbone", "stgcn", "--preset",
               "tiny", "--epochs", "1", "--batch-size", "12", *TINY]
     res = ar.main(common + ["--output", str(tmp_path / "br"), "--branches", "8,16,24"])
-    assert res["variant"]["branches"] == [8, 16, 24] and res["variant"]["branch_weights"] == "shared"
+    assert res["variant"]["branches"] == [8, 16, 24]
+    assert res["variant"]["branch_weights"] == "shared"
     res = ar.main(common + ["--output", str(tmp_path / "mu"), "--mutual-stream", "b"])
     assert res["variant"]["mutual_stream"] == "b"
     with pytest.raises(ValueError, match="choose one fine-tuning variant"):

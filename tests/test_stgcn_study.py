@@ -134,7 +134,7 @@ def test_study_flags_from_scratch_and_for_other_backbones(data, tmp_path):
     saved = engine.load_checkpoint(tmp_path / "finetune" / "last.pt")
     assert saved["meta"]["config"]["encoder_overrides"] == OVERRIDES
     assert "encoder.final_norm.0.weight" in saved["model"]
-    with pytest.raises(ValueError, match="--residual: ST-GCN study flags apply to --backbone stgcn"):
+    with pytest.raises(ValueError, match="--residual: ST-GCN study flags apply to --backbone"):
         pretrain.main(["--data", str(data), "--output", str(tmp_path / "x"), "--backbone", "dste",
                        "--preset", "tiny", "--residual", "preact"])
     with pytest.raises(ValueError, match="--gcn-dropout must be in"):
@@ -173,3 +173,20 @@ def test_study_augment_by_hand():
         assert len(ops) in (0, 2)
     assert torch.equal(out[:, :, :, :, 1], torch.zeros_like(out[:, :, :, :, 1]))
     assert apply.any() and not apply.all()  # both cases occur with this seed
+
+
+def test_resume_refuses_another_structure_and_ignores_derived_fields(tmp_path):
+    old = {"backbone": "stgcn", "preset": "tiny", "residual": "original", "lr": 1e-3,
+           "lr_used": 1e-3, "encoder_overrides": {}}
+    ckpt = {"meta": {"config": old}}
+    new = {**old, "residual": "preact", "encoder_overrides": {"residual": "preact"}}
+    with pytest.raises(ValueError, match="holds another model .*--residual: original -> preact"):
+        engine.check_resume_config(ckpt, tmp_path / "last.pt", new, resume_changed=True)
+    for flag, value in (("neck", "tpn"), ("branches", (16, 32)), ("mutual_stream", "b")):
+        with pytest.raises(ValueError, match="holds another model"):
+            engine.check_resume_config(ckpt, tmp_path / "last.pt", {**old, flag: value},
+                                       resume_changed=True)
+    # a run from before --lr-scale-base / the study flags: their derived fields are no change
+    older = {"meta": {"config": {k: v for k, v in old.items()
+                                 if k not in ("lr_used", "encoder_overrides")}}}
+    assert engine.check_resume_config(older, tmp_path / "last.pt", old, resume_changed=False) == {}
