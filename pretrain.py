@@ -103,8 +103,8 @@ def pretrain_step(model, args, info: engine.DistInfo, parents, dtype, batch, epo
     """One forward pass: batch = (views (B, K, C, L, V, M), index (B,)) -> (loss, scalars).
 
     model: the method (a methods.Method), possibly wrapped in DDP. `scalars` are the loss
-    module's terms in its order (engine.train names the first non-finite one; usdrl puts its
-    collapse indicators std_t, std_s, std_i first)."""
+    module's terms in its order (engine.train names the first non-finite one): the methods put
+    their collapse indicators std_<...> first."""
     method = engine.unwrap(model)
     views = batch[0].to(info.device, non_blocking=True)
     gen = engine.step_generator(args.seed, epoch, step, info.rank)
@@ -133,8 +133,6 @@ def check_args(args) -> None:
         raise ValueError(f"--rotate must be in [0, 180] degrees, got {args.rotate}")
     if args.min_crop is not None and args.min_crop < 1:
         raise ValueError(f"--min-crop must be >= 1 frame, got {args.min_crop}")
-    if getattr(args, "proj_mult", 1) < 1:  # a flag of the usdrl and umurl methods
-        raise ValueError(f"--proj-mult must be >= 1, got {args.proj_mult}")
     if args.gamma <= 0:
         raise ValueError(f"--gamma must be > 0 (the step schedule's lr factor), got {args.gamma}")
     if args.log_every < 1:
@@ -159,8 +157,8 @@ def main(argv: list[str] | None = None) -> engine.TrainState:
 
 def pretrain(args, store, info: engine.DistInfo) -> engine.TrainState:
     """The run itself, once the flags are checked and --output is ours."""
-    torch.manual_seed(args.seed)  # head initialisation (the encoder takes the seed itself)
     method_cls = get_method(args.method)
+    torch.manual_seed(args.seed)  # head initialisation (the encoder takes the seed itself)
     dtype = engine.autocast_dtype(args.precision, info.device)
     parents = store.layout.parents
     dataset = PretrainDataset(store, args.split, args.clip_len, args.seed, num_views=method_cls.num_views,
@@ -216,4 +214,4 @@ def pretrain(args, store, info: engine.DistInfo) -> engine.TrainState:
 
 
 if __name__ == "__main__":
-    engine.run_cli(main, "pretrain.py")
+    engine.run_cli(main, PROG)

@@ -39,9 +39,9 @@ class UmURLLoss(nn.Module):
     """z: modality m -> `(2, B_local, D)` (row 0: z_m of the uni-modal view, row 1: z_um, the
     multi-modal feature through m's projector) -> (total, terms) on the gathered batch.
 
-    terms: `intra` = sum_m MSE(z_m, z_um), `inter` = sum_m MSE(z_m, C), `varcov` = the
-    variance-covariance term summed over the six embeddings, `total`, and the collapse
-    indicators `std_<m>` (mean per-dimension std of z_m over the batch). MSE is the mean over
+    terms, in this order: the collapse indicators `std_<m>` (mean per-dimension std of z_m over
+    the batch), `intra` = sum_m MSE(z_m, z_um), `inter` = sum_m MSE(z_m, C), `varcov` = the
+    variance-covariance term summed over the six embeddings, `total`. MSE is the mean over
     B x D. Computed in fp32 with autocast off (float64 stays float64).
     """
 
@@ -62,9 +62,8 @@ class UmURLLoss(nn.Module):
             every = torch.cat(list(z.values()))  # the six embeddings (6, B, D)
             varcov = varcov_penalty(every - every.mean(1, keepdim=True), self.std)
             total = self.inv * (intra + inter) + self.varcov * varcov
-        terms = {"intra": intra, "inter": inter, "varcov": varcov, "total": total}
-        for m, v in z.items():
-            terms[f"std_{m}"] = v[0].detach().std(dim=0).mean()
+        terms = {f"std_{m}": v[0].detach().std(dim=0).mean() for m, v in z.items()}
+        terms.update(intra=intra, inter=inter, varcov=varcov, total=total)
         return total, terms
 
 
@@ -99,6 +98,8 @@ class UmURL(Method):
 
     @classmethod
     def from_args(cls, encoder: nn.Module, args: argparse.Namespace) -> "UmURL":
+        if args.proj_mult < 1:
+            raise ValueError(f"--proj-mult must be >= 1, got {args.proj_mult}")
         if args.stream != FUSED:
             raise ValueError(f"--method umurl learns one model for joint, motion and bone: "
                              f"--stream must be {FUSED}, got {args.stream}")

@@ -22,8 +22,10 @@ class USDRLLoss(nn.Module):
     """z: domain -> embeddings `(4, B_local, D)` -> (total, terms) on the gathered batch.
 
     The embeddings of every process are concatenated along the batch (`engine.gather_with_grad`:
-    gradients flow back to each process's slice), then `usdrl_loss`. The terms also hold the
-    collapse indicators `std_<domain>`: the mean per-dimension std over the global batch.
+    gradients flow back to each process's slice), then `usdrl_loss`. The terms start with the
+    collapse indicators `std_<domain>` (the mean per-dimension std over the global batch;
+    non-finite when the encoder or a projector produced NaN or inf, so they are named first),
+    then usdrl_loss's terms in its order.
     """
 
     def __init__(self, weights: LossWeights | None = None):
@@ -32,10 +34,10 @@ class USDRLLoss(nn.Module):
 
     def forward(self, z: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         z = {d: engine.gather_with_grad(v, dim=1) for d, v in z.items()}  # (4, global B, D)
-        # the collapse indicators first: engine.train names the first non-finite scalar
-        stds = {f"std_{d}": v.detach().float().std(dim=1).mean() for d, v in z.items()}
-        total, terms = usdrl_loss(z, self.weights)
-        return total, {**stds, **terms}
+        terms = {f"std_{d}": v.detach().float().std(dim=1).mean() for d, v in z.items()}
+        total, loss_terms = usdrl_loss(z, self.weights)
+        terms.update(loss_terms)
+        return total, terms
 
 
 @register_method("usdrl")
@@ -68,6 +70,8 @@ class USDRLMethod(USDRL, Method):
 
     @classmethod
     def from_args(cls, encoder: nn.Module, args: argparse.Namespace) -> "USDRLMethod":
+        if args.proj_mult < 1:
+            raise ValueError(f"--proj-mult must be >= 1, got {args.proj_mult}")
         if args.stream == FUSED:
             raise ValueError(f"--method usdrl trains one stream per model; --stream {FUSED} "
                              f"(joint, motion and bone in one model) is --method umurl's input")
