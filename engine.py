@@ -1,7 +1,8 @@
 """Training engine shared by pretraining and fine-tuning (docs/design.md, "engine").
 
 - distributed setup from the `torchrun` environment (gloo on CPU, NCCL on CUDA),
-- precision (`auto` = bf16 autocast on CPU, fp16 autocast + GradScaler on CUDA),
+- precision (`auto`: on CPU the faster of fp32 and bf16 in a timed trial of the run's step,
+  cached per CPU model; on CUDA bf16 where supported, else fp16 autocast + GradScaler; TF32),
 - batch statistics and gradient-preserving gathers across processes,
 - learning-rate schedules (step, cosine, linear warmup, linear-scaling rule),
 - atomic checkpoints and run metadata,
@@ -9,7 +10,8 @@
   job), cleaned of killed writers' temporary files,
 - honest resume (changed flags refused, or applied and recorded with --resume-changed),
 - `run_cli`: one-line `prog: error: ...` with exit status 2 for bad flags and environments,
-- `train(...)`: the one training loop (tqdm, TensorBoard, non-finite loss guard).
+- `train(...)`: the one training loop (tqdm on a terminal, <output>/log.txt, TensorBoard,
+  non-finite loss guard).
 
 Batch size convention: `--batch-size` is the *global* batch; each of the W processes loads
 batch_size / W samples per step, so a run means the same thing on 1 CPU or 8 GPUs.
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import ctypes
 import errno
 import fcntl
@@ -46,6 +49,7 @@ from torch.nn.parallel import DistributedDataParallel
 from feeders.dataset import NORMALIZATIONS
 from feeders.streams import STREAMS
 from models import list_encoders, list_presets
+from progress import progress_bar
 
 ROOT = Path(__file__).resolve().parent
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
@@ -70,10 +74,10 @@ def add_common_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     g.add_argument("--data", type=Path, required=True, help="dataset directory (feeders.store)")
     g.add_argument("--split", default="xsub_train", help="training split")
     g.add_argument("--eval-split", default=None,
-                   help="evaluation split (default: --split with _train -> _val)")
+                   help="evaluation split; None: --split with _train -> _val")
     g.add_argument("--stream", choices=STREAMS, default="j", help="input stream")
     g.add_argument("--backbone", choices=list_encoders(), default="dste",
-                   help="encoder (the registry, models/registry.py)")
+                   help="encoder architecture (the registry, models/registry.py)")
     g.add_argument("--preset", choices=list_presets(), default="paper", help="encoder size")
     g.add_argument("--clip-len", type=int, default=64, help="frames per clip (L)")
     g.add_argument("--spatial-channels", type=int, default=None,
@@ -83,19 +87,24 @@ def add_common_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                    help="coordinates: first_frame (subtract body 1's centre joint at its first "
                         "frame), view (also turn 3D skeletons about the vertical axis to face the "
                         "camera: for cross-view benchmarks), none")
-    g.add_argument("--epochs", type=int, default=451)
+    g.add_argument("--epochs", type=int, default=451, help="training epochs")
     g.add_argument("--batch-size", type=int, default=356,
                    help="global batch size, split evenly over the processes")
-    g.add_argument("--lr", type=float, default=5e-4)
+    g.add_argument("--lr", type=float, default=5e-4, help="base learning rate")
     g.add_argument("--precision", choices=PRECISIONS, default="auto",
-                   help="auto: bf16 autocast on CPU, fp16 autocast + GradScaler on CUDA")
+                   help="auto: on CUDA bf16 where the GPU supports it, else fp16 + GradScaler; on "
+                        "the CPU pretraining times a few of its steps in fp32 and bf16 and keeps "
+                        "the faster (cached per CPU model, torch version and model in "
+                        "~/.cache/skelssl/precision.json), evaluations take their checkpoint's; a "
+                        "resumed run keeps its precision")
     g.add_argument("--workers", type=int, default=DEFAULT_WORKERS,
-                   help="DataLoader workers per process (default: min(4, CPU cores - 1))")
+                   help="DataLoader workers per process (here min(4, CPU cores - 1))")
     g.add_argument("--threads", type=int, default=0,
                    help="torch CPU threads per process (0: torch's default, one per core). On a "
                         "CPU shared with other jobs, or for tiny/small presets, 1 can be several "
                         "times faster: every parallel region waits for its slowest thread")
-    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--seed", type=int, default=0,
+                   help="run seed: every random draw derives from it")
     g.add_argument("--output", type=Path, required=True, help="run directory (checkpoints, tb)")
     g.add_argument("--resume", default="auto",
                    help="auto (resume from <output>/last.pt when it exists) | never | PATH")
@@ -354,11 +363,157 @@ def unwrap(model: nn.Module) -> nn.Module:
 
 
 # ----------------------------------------------------------------------------- precision
-def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype of a precision flag on a device; None for fp32."""
+def cuda_auto_precision(device: torch.device) -> str:
+    """`--precision auto` on a GPU: bf16 where the GPU supports it (Ampere and later), else fp16
+    (with a GradScaler, make_scaler)."""
+    return "bf16" if torch.cuda.is_bf16_supported(including_emulation=False) else "fp16"
+
+
+def autocast_dtype(precision: str, device: torch.device,
+                   recorded: str | None = None) -> torch.dtype | None:
+    """The autocast dtype of a precision flag on a device; None for fp32.
+
+    `auto` is `recorded` when given (the precision a pretraining run chose and recorded, see
+    `choose_precision`; evaluations pass their checkpoint's), else on CUDA
+    `cuda_auto_precision`, on the CPU bf16."""
     if precision == "auto":
-        return torch.float16 if device.type == "cuda" else torch.bfloat16
+        precision = recorded or (cuda_auto_precision(device) if device.type == "cuda" else "bf16")
     return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+
+
+def recorded_precision(ckpt: dict | None) -> str | None:
+    """The precision a checkpoint's run trained in (`choose_precision`'s record), or None."""
+    meta = (ckpt or {}).get("meta") or {}
+    return (meta.get("precision_choice") or {}).get("precision")
+
+
+def enable_tf32(device: torch.device, precision: str) -> bool:
+    """TF32 matrix products and convolutions on CUDA for autocast runs. Safe there: what
+    still runs in fp32 (the loss of the bf16/fp16 embeddings, optimizer-side products) gets
+    inputs of at most 10 mantissa bits, which TF32 keeps. `--precision fp32` keeps full fp32.
+    Returns whether TF32 is on."""
+    if device.type != "cuda" or precision == "fp32":
+        return False
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
+    return True
+
+
+def cpu_model() -> str:
+    """The CPU's model name (/proc/cpuinfo), or platform.processor()."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown cpu"
+
+
+def precision_cache_path() -> Path:
+    """$SKELSSL_CACHE_DIR/precision.json (default ~/.cache/skelssl/precision.json)."""
+    root = os.environ.get("SKELSSL_CACHE_DIR", Path.home() / ".cache" / "skelssl")
+    return Path(root) / "precision.json"
+
+
+def precision_cache_key(workload: str) -> str:
+    """Cache key of a CPU precision trial: CPU model, torch version, threads and the workload
+    (model preset / backbone, clip length, per-process batch)."""
+    return (f"{cpu_model()} | torch {torch.__version__} | {torch.get_num_threads()} threads | "
+            f"{workload}")
+
+
+@contextlib.contextmanager
+def states_restored(model: nn.Module, optimizer: torch.optim.Optimizer):
+    """Run a block (e.g. timed trial steps) and put back the model's weights and buffers, the
+    optimizer's state and every global RNG exactly as they were."""
+    model_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    optim_state = copy.deepcopy(optimizer.state_dict())
+    rng = rng_state()
+    try:
+        yield
+    finally:
+        model.load_state_dict(model_state)
+        optimizer.load_state_dict(optim_state)
+        optimizer.zero_grad(set_to_none=True)
+        set_rng_state(rng)
+
+
+def trial_speeds(step_loss: Callable[[torch.dtype | None], torch.Tensor], model: nn.Module,
+                 optimizer: torch.optim.Optimizer, samples: int, precisions=("fp32", "bf16"),
+                 steps: int = 2, warmup: int = 1) -> dict[str, float]:
+    """samples/s of the run's own training step on the CPU in each precision.
+
+    step_loss(dtype) -> loss of one forward pass of the run on a fixed batch of `samples`
+    samples; each precision runs `warmup` untimed then `steps` timed steps (backward +
+    optimizer step). Weights, optimizer state and RNG streams are restored afterwards
+    (`states_restored`), so the run continues exactly as without the trial."""
+    speeds = {}
+    with states_restored(model, optimizer):
+        for precision in precisions:
+            dtype = autocast_dtype(precision, torch.device("cpu"))
+            for i in range(warmup + steps):
+                if i == warmup:
+                    tic = time.perf_counter()
+                optimizer.zero_grad(set_to_none=True)
+                step_loss(dtype).backward()
+                optimizer.step()
+            speeds[precision] = samples * steps / (time.perf_counter() - tic)
+    return speeds
+
+
+def choose_precision(requested: str, device: torch.device, *, workload: str,
+                     trial: Callable[[], dict[str, float]] | None = None,
+                     recorded: str | None = None, info: DistInfo | None = None) -> dict:
+    """The precision a run trains in, as a record for its config:
+    {"precision", "source", "samples_per_s" (CPU trial), "key" (cache key)}.
+
+    - not `auto`: the flag (source `flag`);
+    - `recorded` (a resumed run's choice): kept (source `resumed`);
+    - CUDA: `cuda_auto_precision` (source `cuda`);
+    - CPU: the cached trial result of this CPU model, torch version, threads and `workload`
+      (source `cache`), else `trial()` -> samples/s per precision, the faster kept, printed
+      and cached in precision_cache_path() (source `trial`). In a multi-process CPU run rank 0
+      decides (without a cached result: bf16) and the choice is broadcast.
+    """
+    if requested != "auto":
+        return {"precision": requested, "source": "flag"}
+    if recorded:
+        return {"precision": recorded, "source": "resumed"}
+    if device.type == "cuda":
+        return {"precision": cuda_auto_precision(device), "source": "cuda"}
+    key = precision_cache_key(workload)
+    path = precision_cache_path()
+    try:
+        cache = json.loads(path.read_text()) if path.is_file() else {}
+    except (OSError, ValueError):
+        cache = {}  # an unreadable cache is measured again
+    if key in cache:
+        choice = {**cache[key], "source": "cache", "key": key}
+    elif info is not None and info.distributed:
+        choice = {"precision": "bf16", "source": "default (no cached trial; multi-process)",
+                  "key": key}
+    else:
+        speeds = trial()
+        best = max(speeds, key=speeds.get)
+        choice = {"precision": best, "samples_per_s": {k: round(v, 2) for k, v in speeds.items()},
+                  "source": "trial", "key": key}
+        cache[key] = {"precision": best, "samples_per_s": choice["samples_per_s"],
+                      "measured": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())}
+        write_json(path, cache)
+    if info is not None and info.distributed:
+        shared = [choice]
+        dist.broadcast_object_list(shared, src=0)
+        choice = shared[0]
+    return choice
+
+
+def describe_precision(choice: dict) -> str:
+    """One line: 'precision bf16 (trial: fp32 12.1, bf16 30.8 samples/s)'."""
+    speeds = choice.get("samples_per_s")
+    detail = (": " + ", ".join(f"{k} {v:.1f}" for k, v in speeds.items()) + " samples/s"
+              if speeds else "")
+    return f"precision {choice['precision']} ({choice['source']}{detail})"
 
 
 def precision_context(dtype: torch.dtype | None, device: torch.device):
@@ -835,14 +990,16 @@ def apply_settings(state: "TrainState", settings: list[dict], steps_per_epoch: i
 def resume_run(state: "TrainState", model: nn.Module, args: argparse.Namespace, meta: dict,
                info: DistInfo, steps_per_epoch: int, run_dir: Path,
                check: Callable[[dict, Path], None] | None = None,
-               default_of: Callable[[str], object] | None = None) -> dict:
+               default_of: Callable[[str], object] | None = None,
+               ckpt: dict | None = None) -> dict:
     """Resume from the checkpoint `--resume` names (auto: <run_dir>/last.pt), if any.
 
     The run's flags are compared with the checkpoint's (`check_resume_config`): a change is
     refused unless --resume-changed, and then really applied (`apply_settings`: learning
     rates, weight decay, schedule; every other flag acts through the rebuilt data, model and
     step function). `check(ckpt, path)` may refuse the checkpoint first; `default_of` (the
-    parser's get_default) lets runs older than a new flag resume with it at its default.
+    parser's get_default) lets runs older than a new flag resume with it at its default;
+    `ckpt`: the checkpoint at that path when the caller has already loaded it.
     Returns `meta` with `resumes` extended by {epoch, checkpoint, changed: flag -> [old, new],
     git_commit, command}, so config.json and the checkpoints say what the run does from
     which epoch on.
@@ -850,7 +1007,7 @@ def resume_run(state: "TrainState", model: nn.Module, args: argparse.Namespace, 
     path = resume_path(args.resume, run_dir)
     if path is None:
         return meta
-    ckpt = load_checkpoint(path)
+    ckpt = load_checkpoint(path) if ckpt is None else ckpt
     if check is not None:
         check(ckpt, path)
     check_resume_config(ckpt, path, meta["config"], args.resume_changed, default_of)
@@ -877,12 +1034,14 @@ def extract_features(encoder: nn.Module, loader, transform: Callable, device: to
     loader yields (clip (N, C, L, V, M), label (N,), index (N,)); transform(clip) -> encoder
     input (e.g. the stream conversion). Returns (features (S, Dt + Ds) float32 on the CPU,
     labels (S,) int64). Multi-clip items (N, K, C, L, V, M) give features (S, K, Dt + Ds).
-    The encoder is put in eval mode and restored afterwards.
+    The encoder is put in eval mode and restored afterwards. A progress bar of the batches on
+    a terminal.
     """
     was_training = encoder.training
     encoder.eval()
     feats, labels = [], []
-    for clip, label, _ in loader:
+    for clip, label, _ in progress_bar(loader, desc="features", total=len(loader), unit="batch",
+                                       leave=False):
         clips = clip.flatten(0, 1) if clip.dim() == 6 else clip
         with precision_context(dtype, device):
             out = encoder(transform(clips.to(device, non_blocking=True)))
@@ -958,10 +1117,37 @@ def _check_finite(loss: torch.Tensor, scalars: dict, info: DistInfo, epoch: int,
                         f"{detail}; stopping, last.pt of the previous epoch is left intact")
 
 
+def format_duration(seconds: float) -> str:
+    """3725 -> '1h02m05s', 83 -> '1m23s', 4.2 -> '4s'."""
+    seconds = int(round(seconds))
+    h, rest = divmod(seconds, 3600)
+    m, s = divmod(rest, 60)
+    return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s" if m else f"{s}s"
+
+
+def append_log(output: Path | None, text: str, info: DistInfo | None = None) -> None:
+    """Append one line `<UTC time>  <text>` to <output>/log.txt (rank 0; no-op without output)."""
+    if output is None or (info is not None and not info.is_main):
+        return
+    stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime())
+    Path(output).mkdir(parents=True, exist_ok=True)
+    with open(Path(output) / "log.txt", "a", encoding="utf-8") as f:
+        f.write(f"{stamp}  {text}\n")
+
+
+def epoch_line(epoch: int, epochs: int, means: dict, lr: float, samples_per_s: float,
+               elapsed: float, eta: float, metrics: dict | None = None) -> str:
+    """One readable line per epoch: every loss term (epoch means), lr, speed, elapsed, ETA."""
+    terms = "  ".join(f"{k} {v:.4g}" for k, v in means.items())
+    extra = "".join(f"  {k} {v:.4g}" for k, v in (metrics or {}).items())
+    return (f"epoch {epoch}/{epochs}  {terms}  lr {lr:.3g}  samples/s {samples_per_s:.1f}  "
+            f"elapsed {format_duration(elapsed)}  eta {format_duration(eta)}{extra}")
+
+
 def train(model: nn.Module, step_fn: Callable, loader, state: TrainState, *, epochs: int,
           info: DistInfo, seed: int, output: Path | None = None, save_every: int = 0,
           extra_state: dict | None = None, on_epoch_end: Callable | None = None,
-          log_every: int = 10, progress: bool = True) -> TrainState:
+          log_every: int = 10, progress: bool | None = None) -> TrainState:
     """The training loop.
 
     step_fn(batch, epoch, step) -> (loss, scalars): the forward pass on one batch (the caller
@@ -971,12 +1157,19 @@ def train(model: nn.Module, step_fn: Callable, loader, state: TrainState, *, epo
     After each epoch: `on_epoch_end(epoch) -> dict of metrics` (logged), then on rank 0
     `<output>/last.pt` and every `save_every` epochs `<output>/epoch_NNNN.pt` (NNNN = completed
     epochs). `extra_state` is stored in every checkpoint (e.g. run metadata).
+    Rank 0 prints one line per epoch (`epoch_line`) and appends it, with the start / resume /
+    stop events, to `<output>/log.txt`; the tqdm bar of the steps shows only on a terminal
+    (`progress=None`; True / False force it).
     """
     writer = None
     if output is not None and info.is_main:
         from torch.utils.tensorboard import SummaryWriter
         writer = SummaryWriter(str(Path(output) / "tb"))
     steps_per_epoch = len(loader)
+    first, start = state.epoch, time.perf_counter()
+    event = f"resume at epoch {first} of {epochs}" if first else f"start: {epochs} epochs"
+    append_log(output, f"{event}, {steps_per_epoch} steps per epoch, {info.world_size} "
+               f"process(es) on {info.device}", info)
     try:
         for epoch in range(state.epoch, epochs):
             for obj in (getattr(loader, "sampler", None), getattr(loader, "dataset", None)):
@@ -984,8 +1177,9 @@ def train(model: nn.Module, step_fn: Callable, loader, state: TrainState, *, epo
                     obj.set_epoch(epoch)
             seed_epoch(seed, epoch, info.rank)
             model.train()
-            _train_epoch(model, step_fn, loader, state, info, epoch, steps_per_epoch, writer,
-                         log_every, progress and info.is_main)
+            bar = progress if info.is_main else False  # None: on a terminal
+            means, speed, lr = _train_epoch(model, step_fn, loader, state, info, epoch,
+                                            steps_per_epoch, writer, log_every, bar)
             state.epoch = epoch + 1
             metrics = on_epoch_end(epoch) if on_epoch_end is not None else {}
             if writer is not None:
@@ -997,35 +1191,54 @@ def train(model: nn.Module, step_fn: Callable, loader, state: TrainState, *, epo
                 save_checkpoint(Path(output) / "last.pt", ckpt)
                 if save_every and state.epoch % save_every == 0:
                     save_checkpoint(Path(output) / f"epoch_{state.epoch:04d}.pt", ckpt)
+            elapsed = time.perf_counter() - start
+            eta = elapsed / (state.epoch - first) * (epochs - state.epoch)
+            line = epoch_line(state.epoch, epochs, means, lr, speed, elapsed, eta, metrics)
+            log(info, line)
+            append_log(output, line, info)
             barrier(info)
+    except BaseException as err:
+        append_log(output, f"stopped at epoch {state.epoch} of {epochs} after "
+                   f"{format_duration(time.perf_counter() - start)}: {type(err).__name__}: {err}",
+                   info)
+        raise
     finally:
         if writer is not None:
             writer.close()
+    append_log(output, f"stop: epoch {state.epoch} of {epochs} done in "
+               f"{format_duration(time.perf_counter() - start)}", info)
     return state
 
 
 def _train_epoch(model, step_fn, loader, state: TrainState, info: DistInfo, epoch: int,
-                 steps_per_epoch: int, writer, log_every: int, progress: bool) -> None:
-    from tqdm import tqdm
-
-    bar = tqdm(loader, total=steps_per_epoch, desc=f"epoch {epoch}", disable=not progress,
-               dynamic_ncols=True, leave=False)
-    tic, seen = time.perf_counter(), 0
-    for step, batch in enumerate(bar):
+                 steps_per_epoch: int, writer, log_every: int, bar: bool | None
+                 ) -> tuple[dict, float, float]:
+    """One epoch of steps (a tqdm bar: see progress_bar's `enable`). Returns (the epoch means of
+    the loss and the step scalars, samples/s over the epoch, the lr of the last step)."""
+    steps = progress_bar(loader, desc=f"epoch {epoch}", total=steps_per_epoch, unit="step",
+                         enable=bar, leave=False)
+    tic, seen, sums = time.perf_counter(), 0, {}
+    for step, batch in enumerate(steps):
         loss, scalars = step_fn(batch, epoch, step)
         _check_finite(loss, scalars, info, epoch, step)
         state.optimizer.zero_grad(set_to_none=True)
         state.scaler.scale(loss).backward()
         state.scaler.step(state.optimizer)
         state.scaler.update()
+        lr = state.optimizer.param_groups[0]["lr"]
         state.scheduler.step()
         seen += len(batch[0]) * info.world_size
+        for k, v in {"loss": loss, **scalars}.items():  # summed on the device: no sync per step
+            sums[k] = sums.get(k, 0.0) + (v.detach().float() if torch.is_tensor(v) else float(v))
         if step % log_every == 0 or step == steps_per_epoch - 1:
             speed = seen / (time.perf_counter() - tic)
-            bar.set_postfix(loss=f"{float(loss.detach()):.4g}", samples_s=f"{speed:.1f}")
+            if hasattr(steps, "set_postfix"):
+                steps.set_postfix(loss=f"{float(loss.detach()):.4g}", samples_s=f"{speed:.1f}")
             if writer is not None:
                 global_step = epoch * steps_per_epoch + step
                 for k, v in scalars.items():
                     writer.add_scalar(f"train/{k}", float(v), global_step)
                 writer.add_scalar("train/lr", state.optimizer.param_groups[0]["lr"], global_step)
                 writer.add_scalar("train/samples_per_s", speed, global_step)
+    means = {k: float(v) / max(steps_per_epoch, 1) for k, v in sums.items()}
+    return means, seen / max(time.perf_counter() - tic, 1e-9), lr

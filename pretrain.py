@@ -19,10 +19,11 @@ directory of the suite, and only one pretraining writes it at a time.
 from __future__ import annotations
 
 import argparse
+import itertools
 from functools import partial
 
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, default_collate
 
 import engine
 from evaluation.features import extract
@@ -52,15 +53,15 @@ def build_parser(method: str = DEFAULT_METHOD) -> argparse.ArgumentParser:
     get_method(method).add_arguments(parser)
     g = parser.add_argument_group("optimisation")
     g.add_argument("--weight-decay", type=float, default=1e-5, help="Adam (L2) weight decay")
-    g.add_argument("--schedule", choices=("step", "cosine"), default="step")
+    g.add_argument("--schedule", choices=("step", "cosine"), default="step", help="lr schedule")
     g.add_argument("--milestones", type=int, nargs="*", default=[351], help="step schedule epochs")
     g.add_argument("--gamma", type=float, default=0.1, help="step schedule factor")
-    g.add_argument("--warmup-epochs", type=float, default=0.0)
+    g.add_argument("--warmup-epochs", type=float, default=0.0, help="linear lr warmup epochs")
     engine.add_lr_scaling_arg(g, "the paper: 356 for NTU pretraining, 512 for PKU-MMD II")
     g.add_argument("--augment", action=argparse.BooleanOptionalAction, default=True,
-                   help="spatial augmentations of METHOD.md section 1 (--no-augment skips them; temporal crops stay)")
+                   help="spatial augmentations of docs/METHOD.md section 1 (--no-augment skips them; temporal crops stay)")
     g.add_argument("--min-crop", type=int, default=None, metavar="FRAMES",
-                   help="shortest temporal crop in frames (None: --clip-len, METHOD.md section 1, "
+                   help="shortest temporal crop in frames (None: --clip-len, docs/METHOD.md section 1, "
                         "so sequences no longer than a clip are never cropped)")
     g.add_argument("--rotate", type=float, default=0.0,
                    help="also turn each view by its own random rotation, angles about x, y and z "
@@ -115,6 +116,23 @@ def pretrain_step(model, args, info: engine.DistInfo, parents, dtype, batch, epo
     return loss, {name: v.detach() for name, v in terms.items()}
 
 
+def precision_trial(model, optimizer, loader, args, info: engine.DistInfo, parents) -> dict:
+    """samples/s of this run's own pretraining step in fp32 and bf16 on its first batch
+    (engine.trial_speeds: weights, optimizer state and RNG streams are restored after; the
+    batch is read through the sampler's seeded order without touching the loader)."""
+    first = list(itertools.islice(iter(loader.sampler), loader.batch_size))
+    batch = default_collate([loader.dataset[i] for i in first])
+    per_process = len(first)
+    def step_loss(dtype):
+        return pretrain_step(model, args, info, parents, dtype, batch, 0, 0)[0]
+
+    engine.log(info, "precision auto: timing fp32 and bf16 training steps ...")
+    speeds = engine.trial_speeds(step_loss, model, optimizer, per_process)
+    engine.log(info, "precision trial: " + ", ".join(f"{k} {v:.1f} samples/s"
+                                                     for k, v in speeds.items()))
+    return speeds
+
+
 def knn_monitor(encoder, store, args, info: engine.DistInfo, dtype) -> dict:
     """KNN-1 (cosine) top-1 of --eval-split against --split, whole sequences resampled; run by
     rank 0 alone (so its features are not sharded over the processes)."""
@@ -159,7 +177,6 @@ def pretrain(args, store, info: engine.DistInfo) -> engine.TrainState:
     """The run itself, once the flags are checked and --output is ours."""
     method_cls = get_method(args.method)
     torch.manual_seed(args.seed)  # head initialisation (the encoder takes the seed itself)
-    dtype = engine.autocast_dtype(args.precision, info.device)
     parents = store.layout.parents
     dataset = PretrainDataset(store, args.split, args.clip_len, args.seed, num_views=method_cls.num_views,
                               normalize=args.normalize, spatial_channels=args.spatial_channels,
@@ -184,16 +201,27 @@ def pretrain(args, store, info: engine.DistInfo) -> engine.TrainState:
     scheduler = engine.make_scheduler(optimizer, len(loader), schedule=args.schedule,
                                       epochs=args.epochs, warmup_epochs=args.warmup_epochs,
                                       milestones=args.milestones, gamma=args.gamma)
+    ckpt_path = engine.resume_path(args.resume, args.output)
+    ckpt = engine.load_checkpoint(ckpt_path) if ckpt_path is not None else None
+    choice = engine.choose_precision(
+        args.precision, info.device, recorded=engine.recorded_precision(ckpt), info=info,
+        workload=f"pretrain {args.backbone}/{args.preset} clip {args.clip_len} batch "
+                 f"{args.batch_size // info.world_size}",
+        trial=partial(precision_trial, model, optimizer, loader, args, info, parents))
+    dtype = engine.autocast_dtype(choice["precision"], info.device)
+    engine.enable_tf32(info.device, choice["precision"])
     state = engine.TrainState(optimizer, scheduler, engine.make_scaler(dtype, info.device))
-    meta = engine.resume_run(state, model, args, engine.run_metadata(args, info), info,
-                             len(loader), args.output, default_of=build_parser(args.method).get_default)
+    meta = {**engine.run_metadata(args, info), "precision_choice": choice}
+    meta = engine.resume_run(state, model, args, meta, info, len(loader), args.output,
+                             default_of=build_parser(args.method).get_default, ckpt=ckpt)
     if info.is_main:
         engine.write_json(args.output / "config.json", meta)
     engine.log(info, f"pretraining ({args.method}) {args.backbone}/{args.preset} on {args.data} "
                f"{args.split} ({len(dataset)} sequences, stream {args.stream}), "
-               f"{info.world_size} process(es) on {info.device}, precision {args.precision}, "
-               f"lr {lr:g}" + (f" (--lr {args.lr:g} at batch {args.lr_scale_base}, scaled to "
-                              f"batch {args.batch_size})" if args.lr_scale_base else "")
+               f"{info.world_size} process(es) on {info.device}, "
+               f"{engine.describe_precision(choice)}, lr {lr:g}"
+               + (f" (--lr {args.lr:g} at batch {args.lr_scale_base}, scaled to batch "
+                  f"{args.batch_size})" if args.lr_scale_base else "")
                + f", epochs {state.epoch}..{args.epochs}")
 
     ddp_model = engine.wrap_ddp(model, info)

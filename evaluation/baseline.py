@@ -1,4 +1,4 @@
-"""The learning-free floor: cosine 1-nearest-neighbour on raw coordinates (DATA.md section 3).
+"""The learning-free floor: cosine 1-nearest-neighbour on raw coordinates (docs/DATA.md section 3).
 
 Each sequence is resampled as a whole to ``clip_len`` frames (32 by default), centred on the
 layout's centre joint of body 1 in the first frame (the evaluation feeder's normalisation;

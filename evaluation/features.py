@@ -1,5 +1,8 @@
 """Frozen encoders for evaluation: loading pretrained weights, feature extraction, caching.
 
+- ``read_checkpoint``: a pretrain.py / fine-tune checkpoint (``.pt``) or an encoder file of
+  ``python -m models.export`` (``.safetensors``: weights + config); ``FILE#sha256=HEX`` checks
+  the file's SHA-256 first.
 - ``resolve_encoder_config`` / ``build_eval_encoder``: an evaluation run takes backbone, preset,
   stream, clip length and spatial channels from the pretraining checkpoint's config; a flag
   that contradicts it is an error.
@@ -72,8 +75,62 @@ def resolve_pretrained(value: str | None, output: Path) -> Path | None:
     return Path(value)
 
 
+ENCODER_FILE_FORMAT = "skelssl-encoder"  # safetensors metadata "format" of models.export files
+
+
+def file_sha256(path: Path) -> str:
+    """Hex SHA-256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def split_sha256(path: str | Path) -> tuple[Path, str | None]:
+    """``FILE#sha256=HEX`` -> (FILE, hex in lower case); a plain path -> (path, None)."""
+    text = str(path)
+    if "#sha256=" not in text:
+        return Path(text), None
+    file, _, want = text.partition("#sha256=")
+    if len(want) != 64 or any(c not in "0123456789abcdef" for c in want.lower()):
+        raise CheckpointError(f"--pretrained {text}: expected #sha256= and 64 hex digits")
+    return Path(file), want.lower()
+
+
+def read_encoder_file(path: Path) -> dict:
+    """A ``models.export`` safetensors file as a checkpoint dict: ``model`` (``encoder.``
+    weights), ``config`` (the encoder flags), ``epoch``."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            state = {f"encoder.{k}": f.get_tensor(k) for k in f.keys()}
+    except Exception as err:  # a truncated or foreign file
+        raise CheckpointError(f"--pretrained {path}: not a readable safetensors file "
+                              f"({err})") from None
+    if meta.get("format") != ENCODER_FILE_FORMAT:
+        raise CheckpointError(f"--pretrained {path}: metadata 'format' is {meta.get('format')!r}, "
+                              f"expected {ENCODER_FILE_FORMAT!r} (python -m models.export)")
+    return {"model": state, "config": json.loads(meta["config"]),
+            "epoch": int(meta.get("epoch", 0))}
+
+
 def read_checkpoint(path: str | Path) -> dict:
-    """``engine.load_checkpoint`` with a CheckpointError naming the file."""
+    """``engine.load_checkpoint`` (or ``read_encoder_file`` for ``.safetensors``) with a
+    CheckpointError naming the file. ``FILE#sha256=HEX`` first checks the file's SHA-256."""
+    path, want = split_sha256(path)
+    if want is not None:
+        if not path.is_file():
+            raise CheckpointError(f"--pretrained: checkpoint {path} does not exist")
+        got = file_sha256(path)
+        if got != want:
+            raise CheckpointError(f"--pretrained {path}: SHA-256 is {got}, expected {want}")
+    if path.suffix == ".safetensors":
+        if not path.is_file():
+            raise CheckpointError(f"--pretrained: checkpoint {path} does not exist")
+        return read_encoder_file(path)
     try:
         ckpt = engine.load_checkpoint(Path(path))
     except (FileNotFoundError, ValueError) as err:

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from evaluation.checks import require_finite
+from progress import progress_bar
 
 BACKENDS = ("torch", "faiss-flat", "faiss-ivf", "faiss-hnsw")
 
@@ -46,7 +47,8 @@ def torch_topk(queries: torch.Tensor, gallery: torch.Tensor, k: int = 1,
     """Exact cosine top-k by a blocked matrix product.
 
     queries (Q, D), gallery (G, D) float -> (similarities (Q, k) float32 descending,
-    gallery indices (Q, k) int64). Extra memory: one (block_size, G) buffer.
+    gallery indices (Q, k) int64). Extra memory: one (block_size, G) buffer. A progress bar
+    of the blocks on a terminal.
     """
     _check_pair(queries, gallery, k)
     queries = queries.float()
@@ -59,7 +61,7 @@ def torch_topk(queries: torch.Tensor, gallery: torch.Tensor, k: int = 1,
     on_cpu = queries.device.type == "cpu"
     if on_cpu:  # numpy's OpenBLAS sgemm: 1.4-3x torch's MKL on AMD CPUs, on par on Intel
         gallery_np, buf_np = gallery_t.numpy(), buf.numpy()
-    for start in range(0, num_q, block_size):
+    for start in progress_bar(range(0, num_q, block_size), desc="knn", unit="block", leave=False):
         block = queries[start:start + block_size]
         if on_cpu:
             np.matmul(block.numpy(), gallery_np, out=buf_np[:block.shape[0]])

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from evaluation.checks import NonFiniteError
+from progress import progress_bar
 
 
 def make_head(feature_dim: int, num_classes: int, seed: int) -> nn.Linear:
@@ -81,7 +82,7 @@ def train_linear(batch_features: Callable[[torch.Tensor], torch.Tensor],
     order_gen = torch.Generator().manual_seed(seed)
     loss_fn = nn.CrossEntropyLoss()
     history, best = [], {"top1": -1.0, "head": None, "epoch": None}
-    for epoch in range(epochs):
+    for epoch in progress_bar(range(epochs), desc="linear probe", unit="epoch", leave=False):
         for group in opt.param_groups:
             group["lr"] = step_lr(lr, epoch, milestones)
         head.train()

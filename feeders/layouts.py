@@ -152,7 +152,7 @@ def _layout(name, joints, parents, center, graph_center, pairs, dims=3):
     return Layout(name, tuple(joints), tuple(parents), center, graph_center, tuple(mirror), dims)
 
 
-# NTU RGB+D (Kinect v2): the 25 bone pairs of METHOD.md §1, written 1-based as (child, parent).
+# NTU RGB+D (Kinect v2): the 25 bone pairs of docs/METHOD.md §1, written 1-based as (child, parent).
 _NTU_PAIRS_1BASED = [(1, 2), (2, 21), (3, 21), (4, 3), (5, 21), (6, 5), (7, 6), (8, 7), (9, 21),
                      (10, 9), (11, 10), (12, 11), (13, 1), (14, 13), (15, 14), (16, 15), (17, 1),
                      (18, 17), (19, 18), (20, 19), (21, 21), (22, 23), (23, 8), (24, 25), (25, 12)]

@@ -29,6 +29,7 @@ from feeders.formats import FORMATS, Source, describe, get_format
 from feeders.layouts import get_layout
 from feeders.store import (DTYPES, Record, StoreWriter, check_outside, check_replaceable,
                             error_message)
+from progress import on_terminal
 
 FLOAT16_MAX = float(np.finfo(np.float16).max)
 
@@ -84,7 +85,8 @@ def _chunksize(num_items: int, workers: int) -> int:
 def iter_read(source: Source, workers: int, progress: bool) -> Iterator[tuple[object, list]]:
     """Yield ``(item, records)`` in item order, reading in ``workers`` processes if allowed."""
     read = functools.partial(_read_item, source.read)
-    bar = tqdm(total=len(source.items), unit="item", disable=not progress, file=sys.stderr)
+    bar = tqdm(total=len(source.items), unit="item", file=sys.stderr,
+               disable=not (progress and on_terminal()))  # redirected output: no bar
     try:
         if workers > 1 and source.parallel and len(source.items) > 1:
             with multiprocessing.get_context("fork").Pool(workers) as pool:

@@ -356,15 +356,14 @@ def test_a_non_finite_loss_names_the_first_term_computed():
 
 
 def test_pretraining_names_the_embeddings_when_the_encoder_gives_nan(monkeypatch, data, tmp_path):
-    from models.usdrl import USDRL  # the usdrl method's forward (methods/usdrl.py) calls it
+    from methods.usdrl import USDRLMethod  # pretrain.py's default --method
+    real_forward = USDRLMethod.forward
 
-    real_forward = USDRL.forward
-
-    def poisoned(self, x, num_views):
-        z = real_forward(self, x, num_views=num_views)
+    def poisoned(self, views):
+        z = real_forward(self, views)
         return {d: v * float("nan") if d == "s" else v for d, v in z.items()}
 
-    monkeypatch.setattr(USDRL, "forward", poisoned)
+    monkeypatch.setattr(USDRLMethod, "forward", poisoned)
     with pytest.raises(engine.NonFiniteLoss, match=r"epoch 0 step 0 .*is std_s=nan \(then "
                                                    r"also inv_s, varcov_s"):
         pretrain.main(flags(data, tmp_path / "run", "--epochs", "1"))

@@ -1,4 +1,4 @@
-"""2s-AGCN / UmURL / USDRL / AimCLR ``.npy`` + ``.pkl`` (DATA.md §1.4).
+"""2s-AGCN / UmURL / USDRL / AimCLR ``.npy`` + ``.pkl`` (docs/DATA.md §1.4).
 
 A folder with, per split ``train`` and ``val``: ``<split>_data_joint.npy`` ``(N, C, T, V, M)``
 (NTU: ``(N, 3, 300, 25, 2)``, zero-padded in time), ``<split>_label.pkl`` = the pickled pair

@@ -1,4 +1,4 @@
-"""CTR-GCN / SGN / MAMP ``.npz`` (DATA.md §1.3).
+"""CTR-GCN / SGN / MAMP ``.npz`` (docs/DATA.md §1.3).
 
 Arrays: ``x_train`` ``(N, T, M*V*C)`` float32, zero-padded in time (NTU: ``(N, 300, 150)``, per
 frame body 1's 25 x 3 values then body 2's), ``y_train`` ``(N, K)`` one-hot, ``x_test``,

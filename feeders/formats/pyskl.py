@@ -1,4 +1,4 @@
-"""pyskl / mmaction2 annotation pickle (DATA.md §1.2).
+"""pyskl / mmaction2 annotation pickle (docs/DATA.md §1.2).
 
 The file is one pickled dict ``{'split': {name: [frame_dir, ...]}, 'annotations': [...]}``.
 Each annotation holds ``frame_dir`` (str), ``label`` (0-based int), ``total_frames`` and
