@@ -61,17 +61,24 @@ from torch import nn
 import engine
 import recipes
 from evaluation.checks import require_finite
-from evaluation.features import (CheckpointError, build_eval_encoder, cached_extract,
-                                 checkpoint_config, extract, setup_eval_run, split_names,
+from evaluation.features import (CheckpointError, add_multiclip_arguments, build_eval_encoder,
+                                 cached_extract, checkpoint_config, extract, setup_eval_run,
+                                 split_names,
                                  stream_transform)
 from evaluation.fusion import save_scores
-from evaluation.linear import accuracy, make_head, predict, train_linear
+from evaluation.dtn import (BranchClassifier, MutualClassifier, branch_loss, mutual_loss,
+                            parse_branches)
+from evaluation.linear import accuracy, average_clips, make_head, predict, train_linear
 from evaluation.plots import confusion_figure, save_figure
 from evaluation.protocol import make_protocol
 from evaluation.subset import stratified_split, stratified_subset
-from feeders.augment import random_flip, random_rotation, random_shear
+from feeders.augment import random_flip, random_rotation, random_shear, study_augment
 from feeders.dataset import EvalDataset, PretrainDataset, make_loader
+from feeders.streams import STREAMS
+from models.base import EncoderOutput
 from models.param_groups import finetune_param_groups
+from models.stgcn import add_study_arguments
+from models.tpn import AUX_WEIGHT, TPNEncoder
 
 MODE_DEFAULTS = {
     "linear": {"epochs": 160, "batch_size": 512, "lr": 0.006, "weight_decay": 0.0},
@@ -91,6 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
                "--stream may differ from it, and only with --mode finetune.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     engine.add_common_args(parser)
+    add_study_arguments(parser)
     parser.set_defaults(epochs=None, batch_size=None, lr=None, backbone=None, preset=None,
                         stream=None, clip_len=None, normalize=None)
     g = parser.add_argument_group("evaluation")
@@ -107,10 +115,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="carve this stratified fraction of the training samples for model "
                         "selection (0: report the last epoch only)")
     g.add_argument("--weight-decay", type=float, default=None, help="None: the mode default (below)")
+    engine.add_lr_scaling_arg(g, "the paper's linear probe: 512; fine-tuning has no paper batch")
     g.add_argument("--eval-batch-size", type=int, default=256, help="feature extraction batch")
     g.add_argument("--cache-dir", type=Path, default=None,
                    help="feature cache; None: <output>/features")
     g.add_argument("--no-cache", action="store_true", help="do not read or write the cache")
+    add_multiclip_arguments(g)
     g = parser.add_argument_group("linear probe")
     g.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
     g.add_argument("--milestones", type=int, nargs="*", default=[120, 140],
@@ -147,6 +157,23 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--flip", type=float, default=0.0,
                    help="fine-tune: mirror each clip left-right (x negated, left and right "
                         "joints swapped) with this probability, after --rotate (0: off)")
+    g.add_argument("--study-augment", action="store_true",
+                   help="the ST-GCN study's augmentation, after --flip: with probability 0.5 two "
+                        "of horizontal flip, rotation, translation, scaling "
+                        "(feeders.augment.study_augment)")
+    g = parser.add_argument_group("fine-tuning variants (METHOD.md section 9; one at a time)")
+    g.add_argument("--neck", choices=("none", "tpn"), default="none",
+                   help="tpn: a temporal pyramid neck over the GCN encoder's stages "
+                        "(models/tpn.py), its auxiliary head's loss weighted 0.5")
+    g.add_argument("--branches", type=parse_branches, default=None, metavar="L1,L2,...",
+                   help="DTN-style multi-scale branches, e.g. 16,32,48: the clip resampled to "
+                        "each length through the encoder, losses 1 (fused) / 0.5 per branch, "
+                        "distillation from the fused prediction (evaluation/dtn.py)")
+    g.add_argument("--branch-weights", choices=("shared", "separate"), default="shared",
+                   help="--branches: one encoder for every branch, or a copy per branch")
+    g.add_argument("--mutual-stream", choices=STREAMS, default=None,
+                   help="mutual distillation with a second stream of the same encoder, e.g. b "
+                        "with --stream j (evaluation/dtn.py); reported: the averaged scores")
     return parser
 
 
@@ -155,6 +182,23 @@ def recipe_purpose(args) -> str:
     if args.mode == "linear":
         return "linear"
     return "semi" if args.label_fraction < 1.0 else "finetune"
+
+
+def check_variants(args) -> None:
+    """ValueError naming the flag for a fine-tuning variant that does not fit the run."""
+    chosen = [flag for flag, on in (("--neck tpn", args.neck == "tpn"),
+                                    ("--branches", args.branches is not None),
+                                    ("--mutual-stream", args.mutual_stream is not None)) if on]
+    if chosen and args.mode != "finetune":
+        raise ValueError(f"{chosen[0]} applies to --mode finetune only")
+    if len(chosen) > 1:
+        raise ValueError(f"{' and '.join(chosen)}: choose one fine-tuning variant at a time")
+    if args.study_augment and args.mode != "finetune":
+        raise ValueError("--study-augment applies to --mode finetune only")
+    if args.num_clips < 1:
+        raise ValueError(f"--num-clips must be >= 1, got {args.num_clips}")
+    if not 0.0 < args.clip_fraction <= 1.0:
+        raise ValueError(f"--clip-fraction must be in (0, 1], got {args.clip_fraction}")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -181,6 +225,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         raise ValueError(f"--min-crop must be >= 1 frame, got {args.min_crop}")
     if args.lp_epochs < 0:
         raise ValueError(f"--lp-epochs must be >= 0, got {args.lp_epochs}")
+    check_variants(args)
     return args
 
 
@@ -211,7 +256,8 @@ def run_linear(args, store, cfg, ckpt, info, dtype, train_pos, val_pos, run_dir,
               spatial_channels=cfg["spatial_channels"], info=info, dtype=dtype,
               batch_size=args.eval_batch_size, workers=args.workers, cache_dir=cache)
     train_f, train_l = cached_extract(encoder, store, args.split, **kw)
-    test_f, _ = cached_extract(encoder, store, args.eval_split, **kw)
+    test_f, _ = cached_extract(encoder, store, args.eval_split, **kw, num_clips=args.num_clips,
+                               clip_fraction=args.clip_fraction)  # (N, D) or (N, K, D)
     if not info.is_main:
         return None
     device = info.device
@@ -224,16 +270,17 @@ def run_linear(args, store, cfg, ckpt, info, dtype, train_pos, val_pos, run_dir,
                 writer.add_scalar(f"linear/{key}", value, epoch)
 
     out = train_linear(lambda idx: feats[idx], train_l[train_pos].to(device),
-                       encoder.feature_dim, store.num_classes, epochs=args.epochs, lr=args.lr,
+                       encoder.feature_dim, store.num_classes, epochs=args.epochs, lr=args.lr_used,
                        batch_size=args.batch_size, milestones=tuple(args.milestones),
                        momentum=args.momentum, weight_decay=args.weight_decay, seed=args.seed,
                        val=val, log=log)
     test_f = test_f.to(device)
     best = None
     if out["best_head"] is not None:
-        best = {"epoch": out["best_epoch"], "logits": predict(out["best_head"], test_f).cpu(),
+        best = {"epoch": out["best_epoch"],
+                "logits": average_clips(predict(out["best_head"], test_f)).cpu(),
                 "val_top1": out["history"][out["best_epoch"] - 1]["val_top1"]}
-    return predict(out["head"], test_f).cpu(), best, out["history"]
+    return average_clips(predict(out["head"], test_f)).cpu(), best, out["history"]
 
 
 # ----------------------------------------------------------------------------- fine-tuning
@@ -245,14 +292,62 @@ class Classifier(nn.Module):
         self.encoder = encoder
         self.head = make_head(encoder.feature_dim, num_classes, seed)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, with_aux: bool = False):
+        """logits (N, classes); with_aux (a TPN neck): (logits, auxiliary logits)."""
+        if with_aux:
+            out, aux = self.encoder.forward_aux(x)
+            return self.head(out.global_feat), aux
         return self.head(self.encoder(x).global_feat)
 
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        return self(x)
 
-def param_groups(model: Classifier, weight_decay: float, layer_decay: float) -> list[dict]:
+
+def build_model(encoder: nn.Module, args, cfg: dict, store) -> nn.Module:
+    """The fine-tuned model: Classifier (with a TPN neck: --neck tpn), BranchClassifier
+    (--branches) or MutualClassifier (--mutual-stream); every one has ``predict(x) -> logits``."""
+    if args.branches is not None:
+        return BranchClassifier(encoder, store.num_classes, args.branches, args.seed,
+                                shared=args.branch_weights == "shared")
+    if args.mutual_stream is not None:
+        return MutualClassifier(encoder, store.num_classes, (cfg["stream"], args.mutual_stream),
+                                store.layout.parents, cfg["spatial_channels"], args.seed)
+    if args.neck == "tpn":
+        encoder = TPNEncoder(encoder, store.num_classes, seed=args.seed)
+    return Classifier(encoder, store.num_classes, args.seed)
+
+
+def param_groups(model: nn.Module, weight_decay: float, layer_decay: float) -> list[dict]:
     """AdamW groups of the encoder's declared layer ids and weight-decay exemptions, the head at
-    full lr (models/param_groups.py). Each group's ``lr`` is the scale (times the base lr later)."""
-    return finetune_param_groups(model.encoder, model.head, weight_decay, layer_decay)
+    full lr (models/param_groups.py). Each group's ``lr`` is the scale (times the base lr later).
+    Several heads share one encoder's groups; several encoders each get their own."""
+    if isinstance(model, Classifier):
+        return finetune_param_groups(model.encoder, model.head, weight_decay, layer_decay)
+    if len(model.encoders) == 1:
+        return finetune_param_groups(model.encoder, model.heads, weight_decay, layer_decay)
+    return [group for encoder, head in zip(model.encoders, model.heads)
+            for group in finetune_param_groups(encoder, head, weight_decay, layer_decay)]
+
+
+def variant_loss(model, x, labels, args, progress: float):
+    """(loss, logits (N, classes), extra scalars) of one batch for the fine-tuning variant."""
+    smoothing = args.label_smoothing
+    if args.branches is not None:
+        branch_logits = model(x)
+        loss, terms = branch_loss(branch_logits, labels, progress, smoothing)
+        return loss, branch_logits.mean(dim=1), terms
+    if args.mutual_stream is not None:
+        two = model(x)
+        loss, terms = mutual_loss(two[:, 0], two[:, 1], labels, smoothing)
+        return loss, two.float().softmax(dim=2).mean(dim=1).log(), terms
+    if args.neck == "tpn":
+        logits, aux = model(x, with_aux=True)
+        aux_ce = F.cross_entropy(aux.float(), labels, label_smoothing=smoothing)
+        main_ce = F.cross_entropy(logits.float(), labels, label_smoothing=smoothing)
+        return main_ce + AUX_WEIGHT * aux_ce, logits, {"main_ce": main_ce.detach(),
+                                                       "aux_ce": aux_ce.detach()}
+    logits = model(x)
+    return F.cross_entropy(logits.float(), labels, label_smoothing=smoothing), logits, {}
 
 
 def check_head(ckpt: dict, path, num_classes: int, data) -> None:
@@ -262,7 +357,8 @@ def check_head(ckpt: dict, path, num_classes: int, data) -> None:
                               f"classes but dataset {data} has {num_classes}")
 
 
-def finetune_step(model, split_labels, args, cfg, layout, info, dtype, batch, epoch, step):
+def finetune_step(model, split_labels, args, cfg, layout, info, dtype, batch, epoch, step,
+                  steps_per_epoch: int = 1):
     """batch = (views (B, 1, C, L, V, M) or clips (B, C, L, V, M), [labels,] positions);
     layout: the store's (its parents make bones, its mirror map serves --flip)."""
     x = batch[0]
@@ -270,7 +366,7 @@ def finetune_step(model, split_labels, args, cfg, layout, info, dtype, batch, ep
         x = x[:, 0]
     labels = split_labels[batch[-1]].to(info.device)
     x = x.to(info.device, non_blocking=True)
-    if args.shear or args.rotate or args.flip:  # one generator: shear, angles, flips
+    if args.shear or args.rotate or args.flip or args.study_augment:  # one generator for all
         gen = engine.step_generator(args.seed, epoch, step, info.rank)
         if args.shear:
             x = random_shear(x, args.shear, gen, cfg["spatial_channels"])
@@ -278,11 +374,15 @@ def finetune_step(model, split_labels, args, cfg, layout, info, dtype, batch, ep
             x = random_rotation(x, args.rotate, gen, cfg["spatial_channels"])
         if args.flip:
             x = random_flip(x, args.flip, gen, layout.mirror)
-    x = stream_transform(cfg["stream"], layout.parents, cfg["spatial_channels"])(x)
+        if args.study_augment:
+            x = study_augment(x, gen, layout.mirror, cfg["spatial_channels"])
+    if not getattr(engine.unwrap(model), "takes_raw", False):  # MutualClassifier: its streams
+        x = stream_transform(cfg["stream"], layout.parents, cfg["spatial_channels"])(x)
+    progress = (epoch + step / steps_per_epoch) / args.epochs
     with engine.precision_context(dtype, info.device):
-        logits = model(x)
-    loss = F.cross_entropy(logits.float(), labels, label_smoothing=args.label_smoothing)
-    return loss, {"loss": loss.detach(), "top1": accuracy(logits.detach().float(), labels)}
+        loss, logits, terms = variant_loss(model, x, labels, args, progress)
+    return loss, {"loss": loss.detach(), "top1": accuracy(logits.detach().float(), labels),
+                  **{k: v.detach() for k, v in terms.items()}}
 
 
 def finetune_loader(args, store, cfg, info, train_pos):
@@ -309,7 +409,7 @@ def finetune_state(model, args, steps_per_epoch: int, dtype, device) -> engine.T
     """AdamW over the layer-decay groups, warmup + cosine per step, the precision's scaler."""
     optimizer = torch.optim.AdamW(param_groups(model, args.weight_decay, args.layer_decay))
     for group in optimizer.param_groups:
-        group["lr"] *= args.lr
+        group["lr"] *= args.lr_used
     scheduler = engine.make_scheduler(optimizer, steps_per_epoch, schedule="cosine",
                                       epochs=args.epochs, warmup_epochs=args.warmup_epochs)
     return engine.TrainState(optimizer, scheduler, engine.make_scaler(dtype, device))
@@ -365,7 +465,7 @@ def run_finetune(args, store, cfg, ckpt, info, dtype, train_pos, val_pos, run_di
         if overrides and "drop_path" in str(err):
             raise ValueError(f"--drop-path applies to dste/sttr only, not {cfg['backbone']}") from None
         raise
-    model = Classifier(encoder, store.num_classes, args.seed)
+    model = build_model(encoder, args, cfg, store)
     if info.distributed:
         model = engine.convert_batchnorm(model, info.device)
     model.to(info.device)
@@ -389,7 +489,7 @@ def run_finetune(args, store, cfg, ckpt, info, dtype, train_pos, val_pos, run_di
     split_labels = torch.as_tensor(store.labels[store.split_indices(args.split)], dtype=torch.long)
     ddp_model = engine.wrap_ddp(model, info)
     step_fn = partial(finetune_step, ddp_model, split_labels, args, cfg, store.layout,
-                      info, dtype)
+                      info, dtype, steps_per_epoch=len(loader))
     best_path = run_dir / "best.pt"
     if state.epoch == 0 and info.is_main:
         best_path.unlink(missing_ok=True)  # a stale file of an earlier run
@@ -397,9 +497,18 @@ def run_finetune(args, store, cfg, ckpt, info, dtype, train_pos, val_pos, run_di
     best_val = [engine.load_checkpoint(best_path)["val_top1"] if best_path.is_file() else -1.0]
     history = []
 
-    def logits_of(split, indices=None):
-        feats, labels = extract(model.encoder, store, split, indices=indices, **feat_kw)
-        logits = predict(model.head, feats.to(info.device)).cpu()
+    def logits_of(split, indices=None, num_clips=1):
+        """(logits (N, classes), labels) of a split; num_clips > 1: the clips' averaged scores."""
+        clip_kw = dict(num_clips=num_clips, clip_fraction=args.clip_fraction)
+        if isinstance(model, Classifier):
+            feats, labels = extract(model.encoder, store, split, indices=indices, **feat_kw,
+                                    **clip_kw)
+            logits = average_clips(predict(model.head, feats.to(info.device))).cpu()
+        else:
+            kw = {**feat_kw, "stream": "j"} if getattr(model, "takes_raw", False) else feat_kw
+            logits, labels = extract(Predictor(model), store, split, indices=indices, **kw,
+                                     **clip_kw)
+            logits = average_clips(logits)
         require_finite(logits, f"fine-tuned scores of split {split}",
                        split_names(store, split, indices))
         return logits, labels
@@ -429,15 +538,35 @@ def run_finetune(args, store, cfg, ckpt, info, dtype, train_pos, val_pos, run_di
         engine.log(info, f"LP-FT guard: training top-1 fine-tune "
                    f"{guard['finetune_train_top1']:.2f} %, linear probe "
                    f"{guard['probe_train_top1']:.2f} %: kept the {guard['kept']}")
-    last_logits, _ = logits_of(args.eval_split)
+    last_logits, _ = logits_of(args.eval_split, num_clips=args.num_clips)
     best = None
     if len(val_pos):
         engine.barrier(info)
         saved = engine.load_checkpoint(best_path)
         model.load_state_dict(saved["model"])
         best = {"epoch": saved["epoch"], "val_top1": saved["val_top1"],
-                "logits": logits_of(args.eval_split)[0]}
+                "logits": logits_of(args.eval_split, num_clips=args.num_clips)[0]}
     return (last_logits, best, history) if info.is_main else None
+
+
+class Predictor(nn.Module):
+    """A fine-tuned model's ``predict`` as an encoder whose global feature is the logits, so
+    evaluation.features.extract (sharding, autocast, multi-clip) runs it."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> EncoderOutput:
+        logits = self.model.predict(x)
+        return EncoderOutput(logits, logits, logits, logits[:, None], logits[:, None])
+
+
+def variant_record(args) -> dict:
+    """The fine-tuning variant flags of a run, for its results JSON."""
+    return {"neck": args.neck, "branches": list(args.branches) if args.branches else None,
+            "branch_weights": args.branch_weights if args.branches else None,
+            "mutual_stream": args.mutual_stream, "study_augment": args.study_augment}
 
 
 # ----------------------------------------------------------------------------- outputs
@@ -495,6 +624,9 @@ def write_outputs(args, store, cfg, tag, logits, best, history, train_pos, val_p
         "checkpoint": str(args.pretrained) if args.pretrained else "scratch",
         "data": str(args.data), "split": args.split, "eval_split": args.eval_split,
         **cfg, "pretrained_stream": pretrained_stream, "epochs": args.epochs, "lr": args.lr,
+        "lr_scale_base": args.lr_scale_base, "lr_used": args.lr_used,
+        "num_clips": args.num_clips, "clip_fraction": args.clip_fraction,
+        "variant": variant_record(args),
         "batch_size": args.batch_size, "seed": args.seed, "num_train": int(len(train_pos)),
         "num_val": int(len(val_pos)), "num_test": int(len(labels)), "selection": "last epoch",
         "top1": accuracy(logits, labels_t, 1), "top5": accuracy(logits, labels_t, 5),
@@ -523,6 +655,7 @@ def write_outputs(args, store, cfg, tag, logits, best, history, train_pos, val_p
 
 def main(argv=None) -> dict | None:
     args = parse_args(argv)
+    engine.apply_lr_scaling(args)
     if args.print_config:
         return recipes.print_config(args)
     info = engine.init_distributed()
@@ -545,6 +678,9 @@ def evaluate(args, store, ckpt, cfg, info, tag) -> dict | None:
                f"{args.eval_split}; stream {cfg['stream']}, clip {cfg['clip_len']}"
                + (f" (the encoder was pretrained on stream {pretrained_stream})"
                   if pretrained_stream not in (None, cfg["stream"]) else ""))
+    engine.log(info, f"lr {args.lr_used:g}" + (f" (--lr {args.lr:g} at batch {args.lr_scale_base},"
+                                               f" scaled to batch {args.batch_size})"
+                                               if args.lr_scale_base else ""))
     writer = None
     if info.is_main:
         from torch.utils.tensorboard import SummaryWriter

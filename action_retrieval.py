@@ -25,15 +25,18 @@ import numpy as np
 import engine
 import recipes
 from evaluation.checks import require_finite
-from evaluation.features import build_eval_encoder, cached_extract, setup_eval_run
+from evaluation.features import (add_multiclip_arguments, build_eval_encoder, cached_extract,
+                                 setup_eval_run)
 from evaluation.protocol import make_protocol
 from evaluation.knn import BACKENDS, knn_evaluate, l2_normalize
+from models.stgcn import add_study_arguments
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="KNN retrieval with frozen features.",
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     engine.add_common_args(parser)
+    add_study_arguments(parser)
     parser.set_defaults(backbone=None, preset=None, stream=None, clip_len=None, normalize=None)
     g = parser.add_argument_group("retrieval")
     g.add_argument("--pretrained", default=None,
@@ -50,6 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--cache-dir", type=Path, default=None,
                    help="feature cache; None: <output>/features")
     g.add_argument("--no-cache", action="store_true", help="do not read or write the cache")
+    add_multiclip_arguments(g)
     g.add_argument("--export-embeddings", type=Path, default=None, metavar="DIR",
                    help="write L2-normalised <split>_embeddings.npy, <split>_names.txt and "
                         "<split>_labels.npy for gallery and queries")
@@ -92,6 +96,9 @@ def main(argv=None) -> dict | None:
         return recipes.print_config(args)
     if args.k < 1:
         raise ValueError(f"--k must be >= 1, got {args.k}")
+    if args.num_clips < 1 or not 0.0 < args.clip_fraction <= 1.0:
+        raise ValueError(f"--num-clips must be >= 1 and --clip-fraction in (0, 1], got "
+                         f"{args.num_clips} and {args.clip_fraction}")
     info = engine.init_distributed()
     store, ckpt, cfg = setup_eval_run(args)
     name = "knn" if args.k == 1 else f"knn_k{args.k}"
@@ -108,7 +115,11 @@ def retrieve(args, store, ckpt, cfg, info, name: str) -> dict | None:
               spatial_channels=cfg["spatial_channels"], info=info, dtype=dtype,
               batch_size=args.eval_batch_size, workers=args.workers, cache_dir=cache)
     gallery, gallery_labels = cached_extract(encoder, store, args.split, **kw)
-    queries, query_labels = cached_extract(encoder, store, args.eval_split, **kw)
+    queries, query_labels = cached_extract(encoder, store, args.eval_split, **kw,
+                                           num_clips=args.num_clips,
+                                           clip_fraction=args.clip_fraction)
+    if queries.dim() == 3:  # multi-clip: the queries' crop features averaged before retrieval
+        queries = queries.mean(dim=1)
     if not info.is_main:
         return None
     names = np.asarray(store.names)
@@ -118,6 +129,7 @@ def retrieve(args, store, ckpt, cfg, info, name: str) -> dict | None:
                        gallery_names=names[store.split_indices(args.split)])
     result = {"protocol": make_protocol("knn", k=args.k), "top1": res["top1"], "k": args.k,
               "recall_at_k": res["recall_at_k"], "backend": args.knn_backend,
+              "num_clips": args.num_clips, "clip_fraction": args.clip_fraction,
               "checkpoint": str(args.pretrained) if args.pretrained else "scratch",
               "data": str(args.data), "gallery_split": args.split,
               "query_split": args.eval_split, "num_gallery": len(gallery),

@@ -531,9 +531,30 @@ def make_scaler(dtype: torch.dtype | None, device: torch.device) -> torch.amp.Gr
 
 
 # ----------------------------------------------------------------------------- schedules
-def scaled_lr(lr: float, global_batch: int, linear_scaling: bool) -> float:
-    """Linear-scaling rule: lr * global_batch / 256 when enabled."""
-    return lr * global_batch / 256 if linear_scaling else lr
+def add_lr_scaling_arg(parser: argparse.ArgumentParser, paper_base: str) -> None:
+    """``--lr-scale-base B``: the linear-scaling rule (Goyal et al. 2017, "Accurate, Large
+    Minibatch SGD"): --lr is the rate at global batch B, the run uses lr * batch / B.
+    ``paper_base`` names the reference batch of the entry point's paper schedule (help text)."""
+    parser.add_argument("--lr-scale-base", type=int, default=None, metavar="B",
+                        help="linear-scaling rule (Goyal et al. 2017): --lr is the rate at a "
+                             f"global batch of B and the run uses lr * batch-size / B ({paper_base}; "
+                             "MS-G3D's convention is 256); None: --lr as given")
+
+
+def scaled_lr(lr: float, global_batch: int, base_batch: int | None) -> float:
+    """Linear-scaling rule: ``lr * global_batch / base_batch``; ``lr`` when base_batch is None."""
+    if base_batch is None:
+        return lr
+    if base_batch < 1:
+        raise ValueError(f"--lr-scale-base must be >= 1, got {base_batch}")
+    return lr * global_batch / base_batch
+
+
+def apply_lr_scaling(args: argparse.Namespace) -> float:
+    """Set ``args.lr_used`` from --lr, --batch-size and --lr-scale-base (recorded in the run
+    config with the other flags) and return it."""
+    args.lr_used = scaled_lr(args.lr, args.batch_size, args.lr_scale_base)
+    return args.lr_used
 
 
 def lr_factor(epoch: float, *, schedule: str, epochs: int, warmup_epochs: float = 0.0,
@@ -880,9 +901,13 @@ def claim_run_dir(output: Path, job: str, info: DistInfo):
 # only records where the values came from, and the values are compared one by one).
 RESUME_EXEMPT = ("epochs", "resume", "resume_changed", "output", "workers", "threads",
                  "log_every", "save_every", "knn_every", "eval_split", "eval_batch_size",
-                 "cache_dir", "no_cache", "defaults", "print_config")
+                 "cache_dir", "no_cache", "defaults", "print_config", "num_clips", "clip_fraction",
+                 # derived from flags compared themselves (lr, batch size, study flags)
+                 "lr_used", "encoder_overrides")
 # Flags that define the model's shape: a checkpoint with other values cannot be resumed.
-RESUME_FIXED = ("backbone", "preset", "clip_len", "proj_mult", "spatial_channels")
+RESUME_FIXED = ("backbone", "preset", "clip_len", "proj_mult", "spatial_channels",
+                "partition", "edge_importance", "residual",          # the ST-GCN study's
+                "neck", "branches", "branch_weights", "mutual_stream")  # fine-tuning variants
 
 
 def config_changes(old: dict, new: dict, ignore: tuple[str, ...] = RESUME_EXEMPT,
@@ -1011,17 +1036,20 @@ def extract_features(encoder: nn.Module, loader, transform: Callable, device: to
 
     loader yields (clip (N, C, L, V, M), label (N,), index (N,)); transform(clip) -> encoder
     input (e.g. the stream conversion). Returns (features (S, Dt + Ds) float32 on the CPU,
-    labels (S,) int64). The encoder is put in eval mode and restored afterwards. A progress
-    bar of the batches on a terminal.
+    labels (S,) int64). Multi-clip items (N, K, C, L, V, M) give features (S, K, Dt + Ds).
+    The encoder is put in eval mode and restored afterwards. A progress bar of the batches on
+    a terminal.
     """
     was_training = encoder.training
     encoder.eval()
     feats, labels = [], []
     for clip, label, _ in progress_bar(loader, desc="features", total=len(loader), unit="batch",
                                        leave=False):
+        clips = clip.flatten(0, 1) if clip.dim() == 6 else clip
         with precision_context(dtype, device):
-            out = encoder(transform(clip.to(device, non_blocking=True)))
-        feats.append(out.global_feat.float().cpu())
+            out = encoder(transform(clips.to(device, non_blocking=True)))
+        feat = out.global_feat.float().cpu()
+        feats.append(feat.view(*clip.shape[:2], -1) if clip.dim() == 6 else feat)
         labels.append(label.long())
     encoder.train(was_training)
     return torch.cat(feats), torch.cat(labels)

@@ -36,6 +36,7 @@ from feeders.dataset import PretrainDataset, make_sampler, worker_init_fn
 from feeders.store import open_store
 from models import build_encoder
 from methods import DEFAULT_METHOD, get_method, list_methods
+from models.stgcn import add_study_arguments, study_overrides
 from models.unified import encoder_for_stream
 
 PROG = "pretrain.py"
@@ -60,7 +61,7 @@ def build_parser(method: str = DEFAULT_METHOD) -> argparse.ArgumentParser:
     g.add_argument("--milestones", type=int, nargs="*", default=[351], help="step schedule epochs")
     g.add_argument("--gamma", type=float, default=0.1, help="step schedule factor")
     g.add_argument("--warmup-epochs", type=float, default=0.0, help="linear lr warmup epochs")
-    g.add_argument("--linear-scaling", action="store_true", help="lr *= global batch / 256")
+    engine.add_lr_scaling_arg(g, "the paper: 356 for NTU pretraining, 512 for PKU-MMD II")
     g.add_argument("--augment", action=argparse.BooleanOptionalAction, default=True,
                    help="spatial augmentations of docs/METHOD.md section 1 (--no-augment skips them; temporal crops stay)")
     g.add_argument("--min-crop", type=int, default=None, metavar="FRAMES",
@@ -70,6 +71,7 @@ def build_parser(method: str = DEFAULT_METHOD) -> argparse.ArgumentParser:
                    help="also turn each view by its own random rotation, angles about x, y and z "
                         "each up to this many degrees, after the augmentations above (0: off, "
                         "the paper)")
+    add_study_arguments(parser)
     g = parser.add_argument_group("monitoring")
     g.add_argument("--save-every", type=int, default=50, help="keep epoch_NNNN.pt every K epochs")
     g.add_argument("--knn-every", type=int, default=0,
@@ -166,6 +168,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> engine.TrainState | None:
     args = parse_args(argv)
+    # the study flags become the checkpoint's encoder_overrides (restored by every evaluation)
+    args.encoder_overrides = study_overrides(args, args.backbone)
     if args.print_config:
         return recipes.print_config(args)
     info = engine.init_distributed()
@@ -193,13 +197,13 @@ def pretrain(args, store, info: engine.DistInfo) -> engine.TrainState:
                          f"than one batch of {args.batch_size}: lower --batch-size")
     encoder = build_encoder(args.backbone, args.preset, layout=store.layout,
                             clip_len=args.clip_len, channels=store.channels,
-                            bodies=store.bodies, seed=args.seed)
+                            bodies=store.bodies, seed=args.seed, **args.encoder_overrides)
     model = method_cls.from_args(encoder_for_stream(encoder, args.stream, args.seed), args)
     if info.distributed:
         model = engine.convert_batchnorm(model, info.device)
     model.to(info.device)
 
-    lr = engine.scaled_lr(args.lr, args.batch_size, args.linear_scaling)
+    lr = engine.apply_lr_scaling(args)
     # fused: one kernel over all parameters (about 7x faster than foreach on this CPU)
     optimizer = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=args.weight_decay,
                                  fused=True)
@@ -221,10 +225,13 @@ def pretrain(args, store, info: engine.DistInfo) -> engine.TrainState:
                              default_of=build_parser(args.method).get_default, ckpt=ckpt)
     if info.is_main:
         engine.write_json(args.output / "config.json", meta)
-    engine.log(info, f"pretraining ({args.method}) {args.backbone}/{args.preset} on {args.data} {args.split} "
-               f"({len(dataset)} sequences, stream {args.stream}), {info.world_size} process(es) "
-               f"on {info.device}, {engine.describe_precision(choice)}, lr {lr:g}, epochs "
-               f"{state.epoch}..{args.epochs}")
+    engine.log(info, f"pretraining ({args.method}) {args.backbone}/{args.preset} on {args.data} "
+               f"{args.split} ({len(dataset)} sequences, stream {args.stream}), "
+               f"{info.world_size} process(es) on {info.device}, "
+               f"{engine.describe_precision(choice)}, lr {lr:g}"
+               + (f" (--lr {args.lr:g} at batch {args.lr_scale_base}, scaled to batch "
+                  f"{args.batch_size})" if args.lr_scale_base else "")
+               + f", epochs {state.epoch}..{args.epochs}")
 
     ddp_model = engine.wrap_ddp(model, info)
     step_fn = partial(pretrain_step, ddp_model, args, info, parents, dtype)

@@ -17,7 +17,10 @@ checkpoint). A second table fuses the view-2 scores of candidates (FUSIONS, eval
 the joint-pretrained encoder fine-tuned on joint, bone and motion input, against two joint seeds,
 joint + bone pairs of the other variants (flip, seed, batch size, layer decay), and the
 "bone pretraining, ..." candidates: a second encoder pretrained on bone input (--bone-checkpoint),
-fine-tuned on bone and on joint input.
+fine-tuned on bone and on joint input. Issue 18's options are candidates too (multi-clip testing,
+the ST-GCN study's augmentation, mutual joint <-> bone distillation; and, from a GCN pretraining
+given by --gcn-checkpoint, the TPN neck and the DTN-style multi-scale branches); they have not
+been measured yet.
 
     python benchmarks/nwucla_select.py --checkpoint runs/nwucla/checkpoint/ucla_xv_j_dste/last.pt
         [--bone-checkpoint runs/nwucla/checkpoint/ucla_xv_b_dste/last.pt]
@@ -95,6 +98,27 @@ CANDIDATES = {
                                                        "--min-crop", "16", "--stream", "b"],
     "shear 1.0 + rotate 60, layer decay 0.8, bone input": ["--shear", "1.0", "--rotate", "60",
                                                            "--layer-decay", "0.8", "--stream", "b"],
+    # issue 18's options (not yet measured here): multi-clip testing, the ST-GCN study's
+    # augmentation, mutual joint <-> bone distillation
+    "shear 1.0 + rotate 60, 3 test clips": ["--shear", "1.0", "--rotate", "60", "--num-clips", "3"],
+    "shear 1.0 + rotate 60, 5 test clips": ["--shear", "1.0", "--rotate", "60", "--num-clips", "5"],
+    "study augmentation": ["--shear", "0", "--rotate", "0", "--study-augment"],
+    "shear 1.0 + rotate 60, study augmentation": ["--shear", "1.0", "--rotate", "60",
+                                                  "--study-augment"],
+    "shear 1.0 + rotate 60, mutual distillation with bone": ["--shear", "1.0", "--rotate", "60",
+                                                             "--mutual-stream", "b"],
+    # a GCN pretraining (pretrain.py --backbone stgcn or msg3d): run from --gcn-checkpoint; the
+    # TPN neck and the multi-scale branches need an encoder with stages / any clip length
+    "GCN pretraining, shear 1.0 + rotate 60": ["--shear", "1.0", "--rotate", "60"],
+    "GCN pretraining, shear 1.0 + rotate 60, TPN neck": ["--shear", "1.0", "--rotate", "60",
+                                                         "--neck", "tpn"],
+    "GCN pretraining, shear 1.0 + rotate 60, branches 16,32,48": [
+        "--shear", "1.0", "--rotate", "60", "--branches", "16,32,48"],
+    "GCN pretraining, shear 1.0 + rotate 60, branches 16,32,48, separate": [
+        "--shear", "1.0", "--rotate", "60", "--branches", "16,32,48", "--branch-weights",
+        "separate"],
+    "GCN pretraining, shear 1.0 + rotate 60, 3 test clips": ["--shear", "1.0", "--rotate", "60",
+                                                             "--num-clips", "3"],
     # a second pretraining, on bone input (pretrain.py --stream b): run from --bone-checkpoint
     "bone pretraining, shear 1.0 + rotate 60, bone input": ["--shear", "1.0", "--rotate", "60",
                                                             "--stream", "b"],
@@ -103,6 +127,8 @@ CANDIDATES = {
 }
 # candidates fine-tuned from --bone-checkpoint instead of --checkpoint
 BONE_PRETRAINED = {name for name in CANDIDATES if name.startswith("bone pretraining,")}
+# candidates fine-tuned from --gcn-checkpoint
+GCN_PRETRAINED = {name for name in CANDIDATES if name.startswith("GCN pretraining,")}
 # name -> (candidates whose view-2 scores are fused, weights; None: equal), evaluation.fusion
 _J, _B = "shear 1.0 + rotate 60", "shear 1.0 + rotate 60, bone input"
 _JM, _BM = "shear 1.0 + rotate 60, joint motion input", "shear 1.0 + rotate 60, bone motion input"
@@ -163,7 +189,8 @@ def candidate_dir(name: str, args) -> Path:
 
 def run_candidate(name: str, flags: list[str], schedule: list[str], store: Path, args) -> dict:
     out = candidate_dir(name, args)
-    checkpoint = args.bone_checkpoint if name in BONE_PRETRAINED else args.checkpoint
+    checkpoint = (args.bone_checkpoint if name in BONE_PRETRAINED else
+                  args.gcn_checkpoint if name in GCN_PRETRAINED else args.checkpoint)
     result_file = out / "finetune.json"
     if result_file.is_file():
         return {**json.loads(result_file.read_text()), "minutes": float("nan")}
@@ -185,6 +212,9 @@ def main(argv=None) -> None:
     p.add_argument("--bone-checkpoint", type=Path, default=None,
                    help="pretrain.py checkpoint of a run on bone input (--stream b), for the "
                         "'bone pretraining, ...' candidates")
+    p.add_argument("--gcn-checkpoint", type=Path, default=None,
+                   help="pretrain.py checkpoint of an ST-GCN / MS-G3D run on xview_train, for "
+                        "the 'GCN pretraining, ...' candidates (TPN neck, multi-scale branches)")
     p.add_argument("--data", type=Path, default=ROOT / "runs/nwucla/data/ucla",
                    help="the converted NW-UCLA store (feeders.prepare --format nwucla)")
     p.add_argument("--out", type=Path, default=ROOT / "runs/nwucla/select",
@@ -210,6 +240,14 @@ def main(argv=None) -> None:
             wanted = [n for n in wanted if n not in BONE_PRETRAINED]
         elif not args.bone_checkpoint.is_file():
             raise SystemExit(f"--bone-checkpoint {args.bone_checkpoint}: no such file")
+    if GCN_PRETRAINED & set(wanted):
+        if args.gcn_checkpoint is None:
+            if args.only:
+                raise SystemExit("the 'GCN pretraining, ...' candidates need --gcn-checkpoint "
+                                 "(pretrain.py --backbone stgcn on xview_train)")
+            wanted = [n for n in wanted if n not in GCN_PRETRAINED]
+        elif not args.gcn_checkpoint.is_file():
+            raise SystemExit(f"--gcn-checkpoint {args.gcn_checkpoint}: no such file")
     store = view_split_store(args.data)
     schedule = scripts_schedule(store)
     if args.epochs is not None:

@@ -31,10 +31,12 @@ from torch import nn
 from torch.utils.data import DataLoader, Subset
 
 import engine
+from feeders.augment import CLIP_FRACTION
 from evaluation.checks import require_finite
 from feeders.dataset import EvalDataset
 from feeders.store import open_store
 from feeders.streams import FUSED, resolve_spatial_channels, to_stream
+from models.stgcn import STUDY_FLAGS, study_overrides, study_setting
 from models.checkpoint import (build_configured_encoder, checkpoint_config, encoder_state,
                                state_mismatch)
 
@@ -45,6 +47,19 @@ FALLBACK = {"backbone": "dste", "preset": "paper", "stream": "j", "clip_len": 64
 
 class CheckpointError(ValueError):
     """A pretrained checkpoint is missing, unreadable or does not fit the requested run."""
+
+
+# ----------------------------------------------------------------------------- command line
+def add_multiclip_arguments(g) -> None:
+    """--num-clips / --clip-fraction (multi-clip testing) of action_recognition.py and
+    action_retrieval.py, added to the argument group ``g``."""
+    g.add_argument("--num-clips", type=int, default=1, metavar="N",
+                   help="multi-clip testing: N evenly spaced crops of each test sequence "
+                        "(1: the whole sequence); probe / fine-tune average the N softmax "
+                        "scores, KNN averages the N features before retrieval")
+    g.add_argument("--clip-fraction", type=float, default=CLIP_FRACTION, metavar="F",
+                   help="--num-clips > 1: each crop covers this fraction of the sequence")
+
 
 
 # ----------------------------------------------------------------------------- checkpoints
@@ -158,9 +173,27 @@ def resolve_encoder_config(args, ckpt: dict | None, path=None, store=None,
             f"{config['stream']!r}: a {FUSED} checkpoint holds a unified encoder (one model for "
             f"joint, motion and bone), which takes only the {FUSED} input, and the other "
             f"streams' encoders do not take it")
+    add_study_overrides(out, args, config, path)
     if out["spatial_channels"] is None and store is not None:
         out["spatial_channels"] = resolve_spatial_channels(store.channels, None, store.layout.dims)
     return out
+
+
+def add_study_overrides(cfg: dict, args, config: dict, path) -> None:
+    """Put the ST-GCN study flags given on the command line (models/stgcn.py) into
+    ``cfg["encoder_overrides"]``. With a checkpoint (``config`` not empty) the partition, edge
+    importance and residual unit are its weights' structure: a flag that differs from the
+    checkpoint's value is a CheckpointError; --gcn-dropout may change (no weights)."""
+    study = study_overrides(args, cfg["backbone"])
+    for keyword, value in study.items():
+        if config and keyword != "dropout":
+            stored = study_setting(cfg["preset"], cfg["encoder_overrides"], keyword)
+            if value != stored:
+                flag = next(f for f, kw in STUDY_FLAGS.items() if kw == keyword)
+                raise CheckpointError(f"--{flag.replace('_', '-')} {value} conflicts with "
+                                      f"checkpoint {path}, whose ST-GCN has {keyword}="
+                                      f"{stored!r}; drop the flag")
+        cfg["encoder_overrides"][keyword] = value
 
 
 def setup_eval_run(args, free_fields: tuple[str, ...] = ()):
@@ -227,12 +260,15 @@ def gather_in_order(x: torch.Tensor, total: int, info: engine.DistInfo) -> torch
 @torch.no_grad()
 def extract(encoder: nn.Module, store, split: str, *, stream: str, clip_len: int,
             spatial_channels: int | None, info: engine.DistInfo, dtype: torch.dtype | None,
-            batch_size: int = 256, workers: int = 0, indices=None, normalize: str = "first_frame"
+            batch_size: int = 256, workers: int = 0, indices=None, normalize: str = "first_frame",
+            num_clips: int = 1, clip_fraction: float = CLIP_FRACTION
             ) -> tuple[torch.Tensor, torch.Tensor]:
     """Features (N, D) float32 and labels (N,) int64 of the sequences of ``split`` (or of the
-    positions ``indices`` within it), in that order."""
+    positions ``indices`` within it), in that order. ``num_clips`` K > 1: features (N, K, D) of
+    K evenly spaced crops of each sequence (multi-clip testing, EvalDataset)."""
     dataset = EvalDataset(store, split, clip_len, indices=indices, normalize=normalize,
-                          spatial_channels=spatial_channels)
+                          spatial_channels=spatial_channels, num_clips=num_clips,
+                          clip_fraction=clip_fraction)
     shard = Subset(dataset, range(info.rank, len(dataset), info.world_size))
     loader = DataLoader(shard, batch_size=batch_size, num_workers=workers,
                         pin_memory=info.device.type == "cuda")
@@ -270,12 +306,15 @@ def weights_digest(module: nn.Module) -> str:
 
 
 def cache_key(encoder: nn.Module, store, split: str, stream: str, clip_len: int,
-              spatial_channels: int | None, normalize: str = "first_frame") -> str:
+              spatial_channels: int | None, normalize: str = "first_frame", num_clips: int = 1,
+              clip_fraction: float = CLIP_FRACTION) -> str:
     """A file-name-safe key for the features of (weights, dataset, split, stream, clip_len,
-    spatial_channels, normalize)."""
+    spatial_channels, normalize[, num_clips, clip_fraction when num_clips > 1])."""
     fields = {"weights": weights_digest(encoder),
               "data": store.manifest.get("checksums", {}), "split": split, "stream": stream,
               "clip_len": clip_len, "spatial_channels": spatial_channels, "normalize": normalize}
+    if num_clips > 1:
+        fields.update(num_clips=num_clips, clip_fraction=clip_fraction)
     blob = json.dumps(fields, sort_keys=True).encode()
     return f"{split}_{stream}_L{clip_len}_{hashlib.sha256(blob).hexdigest()[:20]}"
 
@@ -288,7 +327,8 @@ def cached_extract(encoder: nn.Module, store, split: str, *, cache_dir: Path | N
     if cache_dir is None:
         return extract(encoder, store, split, info=info, **kwargs)
     key = cache_key(encoder, store, split, kwargs["stream"], kwargs["clip_len"],
-                    kwargs["spatial_channels"], kwargs.get("normalize", "first_frame"))
+                    kwargs["spatial_channels"], kwargs.get("normalize", "first_frame"),
+                    kwargs.get("num_clips", 1), kwargs.get("clip_fraction", CLIP_FRACTION))
     path = Path(cache_dir) / f"{key}.pt"
     if path.is_file():
         try:

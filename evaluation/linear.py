@@ -44,6 +44,15 @@ def predict(head: nn.Module, features: torch.Tensor, batch_size: int = 4096) -> 
     return torch.cat(out).float()
 
 
+def average_clips(logits: torch.Tensor) -> torch.Tensor:
+    """Multi-clip testing: logits (S, K, C) of K crops -> (S, C), the log of the mean of the K
+    softmax scores (so evaluation.fusion's softmax gives back the averaged scores). (S, C)
+    logits (one clip) are returned unchanged."""
+    if logits.dim() == 2:
+        return logits
+    return torch.log(torch.softmax(logits.float(), dim=-1).mean(dim=1))
+
+
 def accuracy(logits: torch.Tensor, labels: torch.Tensor, k: int = 1) -> float:
     """Top-k accuracy in % of logits (N, C) against labels (N,)."""
     k = min(k, logits.shape[1])

@@ -96,6 +96,33 @@ def resize_whole(seq: np.ndarray, clip_len: int) -> np.ndarray:
     return resample_frames(seq, clip_len)
 
 
+CLIP_FRACTION = 0.8  # multi-clip testing: each crop covers this fraction of the sequence
+
+
+def crop_windows(length: int, num_clips: int, fraction: float = CLIP_FRACTION
+                 ) -> list[tuple[int, int]]:
+    """Multi-clip testing: ``num_clips`` deterministic windows ``(start, stop)`` of a sequence of
+    ``length`` frames, each ``max(1, round(fraction * length))`` frames long, starts evenly
+    spaced from 0 to ``length - window`` (rounded). One clip: the whole sequence."""
+    if num_clips < 1:
+        raise ValueError(f"num_clips must be >= 1, got {num_clips}")
+    if not 0.0 < fraction <= 1.0:
+        raise ValueError(f"clip fraction must be in (0, 1], got {fraction}")
+    if num_clips == 1:
+        return [(0, length)]
+    window = min(length, max(1, int(round(fraction * length))))
+    starts = np.round(np.linspace(0, length - window, num_clips)).astype(np.int64)
+    return [(int(s), int(s) + window) for s in starts]
+
+
+def resize_clips(seq: np.ndarray, clip_len: int, num_clips: int,
+                 fraction: float = CLIP_FRACTION) -> np.ndarray:
+    """``crop_windows`` of ``seq (T, M, V, C)``, each resampled -> ``(K, C, L, V, M)`` float32."""
+    _check_sequence(seq, clip_len)
+    return np.stack([resample_frames(seq[a:b], clip_len)
+                     for a, b in crop_windows(seq.shape[0], num_clips, fraction)])
+
+
 # ----------------------------------------------------------------------------- spatial (torch)
 
 
@@ -213,6 +240,14 @@ def random_rotation(x: torch.Tensor, max_degrees: float, generator: torch.Genera
     return apply_view_transforms(x, mats[:, None].expand(b, v, s, s), s)
 
 
+def mirror_clips(x: torch.Tensor, mirror: Sequence[int]) -> torch.Tensor:
+    """Every clip of ``x (B, C, L, V, M)`` mirrored left-right: x negated, joint v taking the
+    values of ``mirror[v]`` (a copy)."""
+    mirrored = x[:, :, :, list(mirror)]  # advanced indexing: a copy
+    mirrored[:, 0] = -mirrored[:, 0]
+    return mirrored
+
+
 def random_flip(x: torch.Tensor, probability: float, generator: torch.Generator,
                 mirror: Sequence[int]) -> torch.Tensor:
     """Fine-tuning augmentation: with ``probability`` per sample, mirror the clip left-right:
@@ -227,9 +262,78 @@ def random_flip(x: torch.Tensor, probability: float, generator: torch.Generator,
                          f"{len(mirror)} (the mirror map), got shape {tuple(x.shape)}")
     flip = (torch.rand(x.shape[0], generator=generator, dtype=torch.float64) < probability)
     flip = flip.to(x.device)
-    mirrored = x[:, :, :, list(mirror)]  # advanced indexing: a copy
-    mirrored[:, 0] = -mirrored[:, 0]
-    return torch.where(flip[:, None, None, None, None], mirrored, x)
+    return torch.where(flip[:, None, None, None, None], mirror_clips(x, mirror), x)
+
+
+# The ST-GCN study's augmentation (METHOD.md section 9; its ranges are not published, ours:)
+STUDY_OPS = ("flip", "rotate", "translate", "scale")
+STUDY_PROBABILITY = 0.5   # a clip is augmented at all with this probability
+STUDY_ROTATE_DEGREES = 15.0  # angles about x, y, z ~ U(-15, 15) (2D: in-plane)
+STUDY_TRANSLATE = 0.1     # offset per coordinate ~ U(-0.1, 0.1) (metres for Kinect data)
+STUDY_SCALE = 0.1         # one factor ~ U(0.9, 1.1) for every coordinate
+
+
+class StudyDraws(NamedTuple):
+    """Per-clip draws of ``study_augment`` for ``B`` clips and ``S`` coordinates.
+
+    ops: ``(B, 4)`` bool, which of STUDY_OPS the clip gets (none, or exactly two);
+    angles: ``(B, 3)`` radians; offsets: ``(B, S)``; scales: ``(B,)``.
+    """
+
+    ops: torch.Tensor
+    angles: torch.Tensor
+    offsets: torch.Tensor
+    scales: torch.Tensor
+
+
+def draw_study(batch: int, spatial_channels: int, generator: torch.Generator) -> StudyDraws:
+    """The draws of ``study_augment``, in this order from ``generator`` (CPU, float64): whether
+    to augment ``(B,)``, four keys ``(B, 4)`` whose two smallest pick the ops, angles ``(B, 3)``,
+    offsets ``(B, S)``, scales ``(B,)``; the same amount whatever is picked."""
+    apply = torch.rand(batch, generator=generator, dtype=torch.float64) < STUDY_PROBABILITY
+    keys = torch.rand(batch, len(STUDY_OPS), generator=generator, dtype=torch.float64)
+    angles = (torch.rand(batch, 3, generator=generator, dtype=torch.float64) * 2 - 1) \
+        * (STUDY_ROTATE_DEGREES * torch.pi / 180.0)
+    offsets = (torch.rand(batch, spatial_channels, generator=generator, dtype=torch.float64)
+               * 2 - 1) * STUDY_TRANSLATE
+    scales = 1.0 + (torch.rand(batch, generator=generator, dtype=torch.float64) * 2 - 1) \
+        * STUDY_SCALE
+    two = torch.zeros(batch, len(STUDY_OPS), dtype=torch.bool)
+    two.scatter_(1, keys.argsort(dim=1)[:, :2], True)
+    return StudyDraws(two & apply[:, None], angles, offsets, scales)
+
+
+def study_augment(x: torch.Tensor, generator: torch.Generator, mirror: Sequence[int],
+                  spatial_channels: int | None = None) -> torch.Tensor:
+    """The ST-GCN study's augmentation: with probability 1/2 a clip gets two of horizontal flip,
+    rotation, translation and scaling (chosen uniformly among the 6 pairs), applied in the order
+    of STUDY_OPS; otherwise it is left alone. Ranges: STUDY_ROTATE_DEGREES, STUDY_TRANSLATE,
+    STUDY_SCALE. Absent joints (all coordinates zero: a missing body) stay zero.
+
+    ``x``: ``(B, C, L, V, M)``; same shape, dtype and device. Draws: ``draw_study`` on the CPU
+    from ``generator``. Channels past ``spatial_channels`` (a score) are left alone.
+    """
+    if x.dim() != 5 or x.shape[3] != len(mirror):
+        raise ValueError(f"study_augment expects x of shape (B, C, L, V, M) with V = "
+                         f"{len(mirror)} (the mirror map), got shape {tuple(x.shape)}")
+    b, c, _, v, _ = x.shape
+    s = resolve_spatial_channels(c, spatial_channels)
+    d = draw_study(b, s, generator)
+    ops = d.ops.to(x.device)[:, :, None, None, None, None]  # (B, 4, 1, 1, 1, 1)
+    x = torch.where(ops[:, 0], mirror_clips(x, mirror), x)
+    if s == 3:
+        mats = rotation_matrices(d.angles)
+    else:
+        in_plane = d.angles * torch.tensor([0.0, 0.0, 1.0], dtype=torch.float64)
+        mats = rotation_matrices(in_plane)[:, :2, :2]
+    x = torch.where(ops[:, 1], apply_view_transforms(x, mats[:, None].expand(b, v, s, s), s), x)
+    present = (x[:, :s] != 0).any(dim=1, keepdim=True)     # (B, 1, L, V, M), after the flip
+    shift = d.offsets.to(x.device, x.dtype)[:, :, None, None, None] * present
+    moved = torch.cat([x[:, :s] + shift, x[:, s:]], dim=1)
+    x = torch.where(ops[:, 2], moved, x)
+    scaled = torch.cat([x[:, :s] * d.scales.to(x.device, x.dtype)[:, None, None, None, None],
+                        x[:, s:]], dim=1)
+    return torch.where(ops[:, 3], scaled, x)
 
 
 def augment_views(

@@ -37,7 +37,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, get_worker_info
 
-from feeders.augment import resize_whole, temporal_crop_resize
+from feeders.augment import (CLIP_FRACTION, crop_windows, resize_clips, resize_whole,
+                             temporal_crop_resize)
 from feeders.store import FRAMES_FILE, Store, StoreError, open_store
 from feeders.streams import resolve_spatial_channels
 
@@ -232,16 +233,23 @@ class PretrainDataset(_SequenceDataset):
 class EvalDataset(_SequenceDataset):
     """Items ``(clip (C, L, V, M) float32 tensor, label, index)``: whole sequences, no randomness.
 
-    Arguments as ``PretrainDataset`` (without seed and views).
+    Arguments as ``PretrainDataset`` (without seed and views). ``num_clips`` K > 1 (multi-clip
+    testing): the clip is ``(K, C, L, V, M)``, K evenly spaced windows of ``clip_fraction`` of
+    the sequence (``feeders.augment.crop_windows``), each resampled to L.
     """
 
     def __init__(self, store, split: str | None, clip_len: int, normalize: str = "first_frame",
-                 indices=None, spatial_channels: int | None = None):
+                 indices=None, spatial_channels: int | None = None, num_clips: int = 1,
+                 clip_fraction: float = CLIP_FRACTION):
         super().__init__(store, split, clip_len, normalize, indices, spatial_channels)
+        crop_windows(1, num_clips, clip_fraction)  # validate now
+        self.num_clips, self.clip_fraction = int(num_clips), float(clip_fraction)
 
     def __getitem__(self, i: int):
         seq_index = int(self.sequence_indices[i])
-        clip = resize_whole(self.read_sequence(seq_index), self.clip_len)
+        seq = self.read_sequence(seq_index)
+        clip = (resize_whole(seq, self.clip_len) if self.num_clips == 1 else
+                resize_clips(seq, self.clip_len, self.num_clips, self.clip_fraction))
         return torch.from_numpy(clip), int(self.store.labels[seq_index]), int(self.positions[i])
 
 

@@ -180,6 +180,7 @@ class MSG3D(nn.Module):
             for i in range(len(stage_channels)))
         self.temporal_dim = self.spatial_dim = stage_channels[-1]
         self.feature_dim = 2 * stage_channels[-1]
+        self.stage_channels, self.stage_strides = tuple(stage_channels), tuple(stage_strides)
         generator = torch.Generator().manual_seed(seed)
         init_gcn_weights(self, generator)
         for m in self.modules():
@@ -201,12 +202,19 @@ class MSG3D(nn.Module):
         """Parameters exempt from weight decay: biases and BatchNorm weights."""
         return one_dim_parameter_names(self)
 
-    def forward(self, x: torch.Tensor) -> EncoderOutput:
+    def stage_features(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The output of every stage, `[(N*M, C_i, T_i, V)]`: the sources of a feature pyramid
+        (models/tpn.py)."""
         check_input(x, self.channels, self.joints, self.bodies, "MS-G3D")
         f = self.input_norm(x)                                   # (N*M, C, T, V)
+        outs = []
         for stage in self.stages:
             f = stage(f)                                         # (N*M, C', T', V)
-        return pool_gcn_features(f, self.bodies)
+            outs.append(f)
+        return outs
+
+    def forward(self, x: torch.Tensor) -> EncoderOutput:
+        return pool_gcn_features(self.stage_features(x)[-1], self.bodies)
 
 
 @register_encoder("msg3d", PRESETS)

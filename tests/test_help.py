@@ -11,7 +11,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = ["pretrain.py", "action_recognition.py", "action_retrieval.py",
            "benchmarks/data_bench.py", "benchmarks/encoders.py", "benchmarks/eval_bench.py",
            "benchmarks/nwucla_select.py", "benchmarks/pretrain_step.py",
-           "benchmarks/recipes_bench.py", "benchmarks/gpu_check.py"]
+           "benchmarks/recipes_bench.py", "benchmarks/gpu_check.py", "benchmarks/stgcn_study.py"]
 MODULES = ["evaluation.baseline", "evaluation.fusion", "evaluation.report", "feeders.export",
            "feeders.inspect", "feeders.layouts", "feeders.prepare", "feeders.synthetic",
            "feeders.visualize", "models.__main__", "models.convert", "recipes"]

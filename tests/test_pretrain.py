@@ -178,7 +178,8 @@ def test_schedules():
     assert [engine.lr_factor(e, **step) for e in (0, 3.9, 4, 8)] == pytest.approx([1, 1, 0.1, 0.01])
     cos = dict(schedule="cosine", epochs=10, warmup_epochs=2)
     assert [engine.lr_factor(e, **cos) for e in (0, 1, 2, 6, 10)] == pytest.approx([0, 0.5, 1, 0.5, 0])
-    assert engine.scaled_lr(5e-4, 512, True) == pytest.approx(1e-3)
+    assert engine.scaled_lr(5e-4, 512, 256) == pytest.approx(1e-3)
+    assert engine.scaled_lr(5e-4, 512, None) == 5e-4
     assert engine.eval_split_for("xview_train") == "xview_val"
     assert engine.eval_split_for("train") == "val"
 

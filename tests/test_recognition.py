@@ -16,6 +16,9 @@ from models import build_encoder
 from models.usdrl import USDRL
 
 TINY = ["--clip-len", "16", "--workers", "0", "--precision", "fp32"]
+# finetune_step's flags of the fine-tuning variants (issue 18), all off
+VARIANTS_OFF = dict(study_augment=False, neck="none", branches=None, mutual_stream=None,
+                    epochs=10)
 
 
 @pytest.fixture(scope="module")
@@ -320,7 +323,7 @@ def test_finetune_shear_reaches_the_model():
     from feeders.streams import bones
     for shear, rotate in ((0.0, 0.0), (0.5, 0.0), (0.0, 30.0), (0.5, 30.0)):
         args = argparse.Namespace(shear=shear, rotate=rotate, flip=0.0, seed=7,
-                                  label_smoothing=0.0)
+                                  label_smoothing=0.0, **VARIANTS_OFF)
         ar.finetune_step(Probe(), labels, args, cfg, NTU25, info, None, batch, 2, 5)
     assert torch.equal(seen[0], clips)
     expected = random_shear(clips, 0.5, engine.step_generator(7, 2, 5, 0), 3)
@@ -331,12 +334,14 @@ def test_finetune_shear_reaches_the_model():
     both = random_rotation(random_shear(clips, 0.5, gen, 3), 30.0, gen, 3)
     assert torch.allclose(seen[3], both, atol=1e-6)
     # the stream conversion comes after the augmentation: bones of the rotated clip
-    args = argparse.Namespace(shear=0.0, rotate=30.0, flip=0.0, seed=7, label_smoothing=0.0)
+    args = argparse.Namespace(shear=0.0, rotate=30.0, flip=0.0, seed=7, label_smoothing=0.0,
+                              **VARIANTS_OFF)
     ar.finetune_step(Probe(), labels, args, {"stream": "b", "spatial_channels": 3},
                      NTU25, info, None, batch, 2, 5)
     assert torch.allclose(seen[4], bones(turned, NTU25.parents, 3), atol=1e-6)
     # --flip draws after the angles, from the same generator
-    args = argparse.Namespace(shear=0.0, rotate=30.0, flip=0.5, seed=7, label_smoothing=0.0)
+    args = argparse.Namespace(shear=0.0, rotate=30.0, flip=0.5, seed=7, label_smoothing=0.0,
+                              **VARIANTS_OFF)
     ar.finetune_step(Probe(), labels, args, cfg, NTU25, info, None, batch, 2, 5)
     gen = engine.step_generator(7, 2, 5, 0)
     flipped = random_flip(random_rotation(clips, 30.0, gen, 3), 0.5, gen, NTU25.mirror)
