@@ -193,6 +193,14 @@ def check_variants(args) -> None:
         raise ValueError(f"{chosen[0]} applies to --mode finetune only")
     if len(chosen) > 1:
         raise ValueError(f"{' and '.join(chosen)}: choose one fine-tuning variant at a time")
+    if chosen and args.lp_epochs:
+        # LP-FT trains the plain classifier's head: the recipe's is dropped, a given one refused
+        recipe_set = args.defaults.get("set", {}) if isinstance(args.defaults, dict) else {}
+        if "lp_epochs" not in recipe_set:
+            raise ValueError(f"--lp-epochs applies to the plain fine-tune, not with {chosen[0]}")
+        recipe_set.pop("lp_epochs")
+        args.lp_epochs = 0
+        print(f"[defaults] {chosen[0]}: the recipe's LP-FT (--lp-epochs) is not applied", flush=True)
     if args.study_augment and args.mode != "finetune":
         raise ValueError("--study-augment applies to --mode finetune only")
     if args.num_clips < 1:

@@ -81,14 +81,20 @@ def ensure_store(data: Path, src: Path) -> None:
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--data", type=Path, default=ROOT / "runs/nwucla/data/ucla")
-    p.add_argument("--src", type=Path, default=ROOT.parent / "shared/data/nw_ucla")
+    p.add_argument("--data", type=Path, default=ROOT / "runs/nwucla/data/ucla",
+                   help="the prepared NW-UCLA dataset directory")
+    p.add_argument("--src", type=Path, default=ROOT.parent / "shared/data/nw_ucla",
+                   help="the raw NW-UCLA folder")
     p.add_argument("--out", type=Path, default=None,
                    help="default runs/nwucla/stgcn_study (runs/nwucla/stgcn_study_quick)")
-    p.add_argument("--epochs", type=int, default=60)
-    p.add_argument("--preset", default="small")
-    p.add_argument("--threads", type=int, default=0)
-    p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--epochs", type=int, default=60,
+                   help="supervised training epochs per candidate")
+    p.add_argument("--preset", default="small",
+                   help="ST-GCN preset")
+    p.add_argument("--threads", type=int, default=0,
+                   help="torch threads (0: torch default)")
+    p.add_argument("--workers", type=int, default=1,
+                   help="data loader workers")
     p.add_argument("--quick", action="store_true",
                    help="dry run: tiny preset, 1 epoch, 2 candidates")
     args = p.parse_args(argv)

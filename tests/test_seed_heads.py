@@ -110,6 +110,12 @@ def test_tpn_finetune_end_to_end(data, tmp_path):
     assert res["variant"]["neck"] == "tpn" and 0 <= res["top1"] <= 100
     with pytest.raises(ValueError, match="--neck tpn applies to --mode finetune only"):
         ar.main(["--data", str(data), "--output", str(tmp_path), "--neck", "tpn", *TINY])
+    # the small-set recipe's LP-FT is dropped for a variant; asked for explicitly, it is an error
+    assert "lp_epochs" not in res["flags"]["defaults"]["set"] and res["flags"]["lp_epochs"] == 0
+    with pytest.raises(ValueError, match="--lp-epochs applies to the plain fine-tune"):
+        ar.main(["--data", str(data), "--output", str(tmp_path / "x"), "--mode", "finetune",
+                 "--backbone", "stgcn", "--preset", "tiny", "--neck", "tpn", "--lp-epochs", "2",
+                 *TINY])
 
 
 # ----------------------------------------------------------------------------- DTN
@@ -237,7 +243,8 @@ def test_multiclip_dataset_and_features_by_hand(data):
 
 
 def test_multiclip_knn_and_probe(data, tmp_path):
-    common = ["--data", str(data), "--backbone", "stgcn", "--preset", "tiny", "--no-cache", *TINY]
+    common = ["--data", str(data), "--backbone", "stgcn", "--preset", "tiny", "--no-cache",
+              "--defaults", "none", *TINY]
     plain = action_retrieval.main(common + ["--output", str(tmp_path / "a")])
     one = action_retrieval.main(common + ["--output", str(tmp_path / "b"), "--num-clips", "1"])
     assert one["top1"] == plain["top1"] and one["num_clips"] == 1

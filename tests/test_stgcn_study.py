@@ -98,7 +98,7 @@ def test_study_flags_reach_the_model_the_checkpoint_and_the_evaluations(data, tm
     out = tmp_path / "pre"
     pretrain.main(["--data", str(data), "--output", str(out), "--backbone", "stgcn",
                    "--preset", "tiny", "--clip-len", "16", "--batch-size", "8", "--workers", "0",
-                   "--epochs", "1", "--lr-scale-base", "16", *STUDY])
+                   "--epochs", "1", "--lr-scale-base", "16", "--defaults", "none", *STUDY])
     ckpt = engine.load_checkpoint(out / "last.pt")
     config = ckpt["meta"]["config"]
     assert config["encoder_overrides"] == OVERRIDES
@@ -107,7 +107,7 @@ def test_study_flags_reach_the_model_the_checkpoint_and_the_evaluations(data, tm
     names = {k.split("encoder.", 1)[-1] for k in ckpt["model"]}
     assert "blocks.1.pre.0.weight" in names and "blocks.1.gcn.importance" not in names
     common = ["--data", str(data), "--output", str(tmp_path / "ev"), "--pretrained",
-              str(out / "last.pt"), "--workers", "0", "--precision", "fp32"]
+              str(out / "last.pt"), "--workers", "0", "--precision", "fp32", "--defaults", "none"]
     # restored from the checkpoint without any flag (the weights load strictly)
     res = action_recognition.main(common + ["--epochs", "1", "--lr-scale-base", "512",
                                             "--batch-size", "12"])
