@@ -32,27 +32,11 @@ from __future__ import annotations
 
 import numpy as np
 
+from feeders.untrimmed import instances_from_labels, segments, window_starts  # noqa: F401
+
 THETAS = (0.1, 0.3, 0.5, 0.7)
 THETAS_2D = tuple(round(0.05 * (i + 1), 2) for i in range(20))
 SEGMENT_F1 = (10, 25, 50)
-
-
-# ----------------------------------------------------------------------------- instances
-def segments(labels: np.ndarray) -> list[tuple[int, int, int]]:
-    """Maximal runs of one value: ``(T,)`` ints -> [(label, start, end)] (end exclusive)."""
-    labels = np.asarray(labels).reshape(-1)
-    if labels.size == 0:
-        return []
-    change = np.flatnonzero(np.diff(labels)) + 1
-    starts = np.concatenate([[0], change])
-    ends = np.concatenate([change, [labels.size]])
-    return [(int(labels[s]), int(s), int(e)) for s, e in zip(starts, ends)]
-
-
-def instances_from_labels(labels: np.ndarray) -> np.ndarray:
-    """Ground-truth instances of per-frame labels: ``(n, 3)`` int64 rows (label, start, end)."""
-    rows = [seg for seg in segments(labels) if seg[0] > 0]
-    return np.asarray(rows, dtype=np.int64).reshape(-1, 3)
 
 
 # ----------------------------------------------------------------------------- the PKU-MMD metric
@@ -227,22 +211,6 @@ def segmentation_metrics(pred: list[np.ndarray], true: list[np.ndarray]) -> dict
 
 
 # ----------------------------------------------------------------------------- windows
-def window_starts(length: int, window: int, stride: int) -> np.ndarray:
-    """First frames of the windows slid over a stream of ``length`` frames.
-
-    Every ``stride`` frames from 0, plus a last window ending at the last frame, so every
-    frame is covered; a stream shorter than the window has one window at 0 (padded).
-    """
-    if window < 1 or stride < 1:
-        raise ValueError(f"window and stride must be >= 1, got {window} and {stride}")
-    if length <= window:
-        return np.zeros(1, dtype=np.int64)
-    starts = np.arange(0, length - window + 1, stride, dtype=np.int64)
-    if starts[-1] != length - window:
-        starts = np.append(starts, length - window)
-    return starts
-
-
 def stitch(window_scores: np.ndarray, starts: np.ndarray, length: int) -> np.ndarray:
     """Average per-frame scores of overlapping windows.
 
