@@ -22,6 +22,7 @@ FORMATS: dict[str, str] = {
     "nwucla": "feeders.formats.nwucla",
     "kinetics": "feeders.formats.kinetics",
     "penn": "feeders.formats.penn",
+    "utkinect": "feeders.formats.utkinect",
 }
 
 
