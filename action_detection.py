@@ -55,14 +55,13 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 import engine
-from evaluation.detection import (detection_metrics, proposals_from_scores,
-                                  segmentation_metrics, stitch, write_proposals)
+from evaluation.detection import evaluate_streams, stitch, summary_line, write_results
 from evaluation.features import (CheckpointError, build_eval_encoder, cache_key, setup_eval_run,
                                  stream_transform)
 from evaluation.linear import make_head, train_linear
 from feeders.dataset import make_loader
 from feeders.store import StoreError
-from feeders.untrimmed import WindowDataset, instances_from_labels, stream_labels
+from feeders.untrimmed import WindowDataset, stream_labels
 
 MODE_DEFAULTS = {
     "frozen": {"epochs": 60, "batch_size": 64, "lr": 0.01, "weight_decay": 0.0,
@@ -283,52 +282,25 @@ def stream_probabilities(window_probs: np.ndarray, dataset: WindowDataset) -> di
 
 
 def evaluate(probs: dict[int, np.ndarray], store, args) -> tuple[dict, dict]:
-    """Metrics of stitched per-frame probabilities; returns (metrics, proposals by name)."""
-    proposals, ground_truth, preds, trues = {}, {}, [], []
-    for s, p in probs.items():
-        name = str(store.names[s])
-        labels = stream_labels(store, s)
-        ground_truth[name] = instances_from_labels(labels)
-        proposals[name] = proposals_from_scores(p, args.threshold, args.min_length, args.smooth,
-                                                args.nms)
-        preds.append(p.argmax(axis=1))
-        trues.append(labels)
-    metrics = detection_metrics(proposals, ground_truth, store.num_classes - 1)
-    metrics["segmentation"] = segmentation_metrics(preds, trues)
-    return metrics, proposals
+    """Metrics of stitched per-frame probabilities (by store index); returns (metrics,
+    proposals by stream name)."""
+    names = {s: str(store.names[s]) for s in probs}
+    return evaluate_streams({names[s]: p for s, p in probs.items()},
+                            {names[s]: stream_labels(store, s) for s in probs},
+                            store.num_classes - 1, threshold=args.threshold,
+                            min_length=args.min_length, smooth=args.smooth, nms_iou=args.nms)
 
 
 def write_outputs(args, store, probs: dict, metrics: dict, proposals: dict, cfg, info) -> Path:
-    tag = result_tag(args.finetune)
-    folder = args.output / f"{tag}_proposals"
-    for name, props in proposals.items():
-        write_proposals(folder / f"{name}.txt", props)
-    order = sorted(probs)
-    scores_path = args.output / f"{tag}_scores.npz"
-
-    def save(tmp: Path):
-        with open(tmp, "wb") as f:
-            np.savez(f, names=np.array([str(store.names[s]) for s in order]),
-                     lengths=np.array([len(probs[s]) for s in order], dtype=np.int64),
-                     scores=np.concatenate([probs[s] for s in order]),
-                     labels=np.concatenate([stream_labels(store, s) for s in order]))
-
-    engine.atomic_write_bytes_via(scores_path, save)
-    result = {**metrics, "protocol": PROTOCOL, "mode": "finetune" if args.finetune else "frozen",
-              "eval_split": args.eval_split, "class_names": store.class_names,
-              "encoder": cfg, "pretrained": str(args.pretrained) if args.pretrained else None,
-              "proposals_dir": str(folder), "scores": str(scores_path),
-              **engine.run_metadata(args, info)}
-    path = args.output / f"{tag}.json"
-    engine.write_json(path, result)
-    return path
-
-
-def summary_line(metrics: dict) -> str:
-    seg = metrics["segmentation"]
-    return (f"mAP_a@0.5 {metrics['mAP_a']['0.5']:.1f}  mAP_v@0.5 {metrics['mAP_v']['0.5']:.1f}  "
-            f"F1@0.5 {metrics['F1@0.5']:.1f}  2D-AP {metrics['2D-AP']:.1f}  frame acc "
-            f"{seg['accuracy']:.1f}  edit {seg['edit']:.1f}  F1@50 {seg['F1@50']:.1f}")
+    names = {s: str(store.names[s]) for s in probs}
+    extra = {"protocol": PROTOCOL, "mode": "finetune" if args.finetune else "frozen",
+             "eval_split": args.eval_split, "class_names": store.class_names, "encoder": cfg,
+             "pretrained": str(args.pretrained) if args.pretrained else None,
+             **engine.run_metadata(args, info)}
+    return write_results(args.output, result_tag(args.finetune),
+                         {names[s]: p for s, p in probs.items()},
+                         {names[s]: stream_labels(store, s) for s in probs},
+                         metrics, proposals, extra)
 
 
 # ----------------------------------------------------------------------------- main

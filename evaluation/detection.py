@@ -30,6 +30,9 @@ segment of its label that it overlaps most has IoU >= k/100 and is not matched y
 """
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import numpy as np
 
 from feeders.untrimmed import instances_from_labels, segments, window_starts  # noqa: F401
@@ -282,7 +285,6 @@ def write_proposals(path, props: np.ndarray) -> None:
 
 def read_proposals(path) -> np.ndarray:
     """A file written by ``write_proposals`` (or an official label file) -> ``(P, 4)``."""
-    from pathlib import Path
     rows = []
     for number, line in enumerate(Path(path).read_text().splitlines(), start=1):
         if not line.strip():
@@ -295,3 +297,72 @@ def read_proposals(path) -> np.ndarray:
         if len(fields) != 4:
             raise ValueError(f"{path}:{number}: expected 4 fields, got {len(fields)}")
     return np.asarray(rows, dtype=np.float64).reshape(-1, 4)
+
+
+# ----------------------------------------------------------------------------- one call
+def evaluate_streams(probs: dict, labels: dict, num_actions: int, *, threshold: float,
+                     min_length: int = 1, smooth: int = 1,
+                     nms_iou: float | None = None) -> tuple[dict, dict]:
+    """Detection and segmentation metrics of per-frame class probabilities.
+
+    probs: video name -> ``(T, K + 1)``; labels: video name -> per-frame labels ``(T,)`` (every
+    test video). Proposals as ``proposals_from_scores``; segmentation output = the arg-max class
+    of every (unsmoothed) frame. Returns (metrics with a ``segmentation`` entry, proposals by
+    video name).
+    """
+    proposals, ground_truth, preds, trues = {}, {}, [], []
+    for name, p in probs.items():
+        ground_truth[name] = instances_from_labels(labels[name])
+        proposals[name] = proposals_from_scores(p, threshold, min_length, smooth, nms_iou)
+        preds.append(np.asarray(p).argmax(axis=1))
+        trues.append(np.asarray(labels[name]))
+    metrics = detection_metrics(proposals, ground_truth, num_actions)
+    metrics["segmentation"] = segmentation_metrics(preds, trues)
+    return metrics, proposals
+
+
+def write_results(output, tag: str, probs: dict, labels: dict, metrics: dict, proposals: dict,
+                  extra: dict) -> Path:
+    """Write a detection run's outputs into the folder ``output``; returns ``<tag>.json``.
+
+    ``<tag>_proposals/<video>.txt`` (the official text format; the folder is written aside and
+    renamed into place), ``<tag>_scores.npz`` (``names``, ``lengths``, ``scores (sum T, K + 1)``,
+    ``labels (sum T,)``: per-frame probabilities for fusion) and ``<tag>.json`` = metrics +
+    ``extra`` (flags, protocol) + the paths of the other two.
+    """
+    import shutil
+
+    from engine import atomic_write_bytes_via, write_json
+
+    output = Path(output)
+    folder = output / f"{tag}_proposals"
+    tmp = output / f".{tag}_proposals.tmp{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    for name, props in proposals.items():
+        write_proposals(tmp / f"{name}.txt", props)
+    shutil.rmtree(folder, ignore_errors=True)
+    os.replace(tmp, folder)
+    names = sorted(probs)
+    scores_path = output / f"{tag}_scores.npz"
+
+    def save(path: Path) -> None:
+        with open(path, "wb") as f:
+            np.savez(f, names=np.array(names),
+                     lengths=np.array([len(probs[n]) for n in names], dtype=np.int64),
+                     scores=np.concatenate([probs[n] for n in names]).astype(np.float32),
+                     labels=np.concatenate([labels[n] for n in names]).astype(np.int64))
+
+    atomic_write_bytes_via(scores_path, save)
+    path = output / f"{tag}.json"
+    write_json(path, {**metrics, **extra, "proposals_dir": str(folder),
+                      "scores": str(scores_path)})
+    return path
+
+
+def summary_line(metrics: dict) -> str:
+    """The headline numbers of ``detection_metrics`` + ``segmentation`` on one line."""
+    seg = metrics["segmentation"]
+    return (f"mAP_a@0.5 {metrics['mAP_a']['0.5']:.1f}  mAP_v@0.5 {metrics['mAP_v']['0.5']:.1f}  "
+            f"F1@0.5 {metrics['F1@0.5']:.1f}  2D-AP {metrics['2D-AP']:.1f}  frame acc "
+            f"{seg['accuracy']:.1f}  edit {seg['edit']:.1f}  F1@50 {seg['F1@50']:.1f}")

@@ -7,7 +7,10 @@ Reads the result JSONs that action_recognition.py and action_retrieval.py write 
 directory: linear.json / linear_<F>.json (linear probe), knn.json / knn_k<K>.json (KNN),
 finetune.json / finetune_<F>.json (fine-tuning, F = label fraction), and the score fusions
 that ``evaluation.fusion --output <run dir>/fusion_<tag>.json`` writes (a row below the
-protocol <tag>, e.g. "fine-tune, streams j+b fused"). Each row shows the test top-1 of the last
+protocol <tag>, e.g. "fine-tune, streams j+b fused"). Detection results (detection.json,
+detection_finetune.json of action_detection.py, detection_floor.json of
+evaluation.detection_floor) get a second table: mAP_a at IoU 0.1 / 0.3 / 0.5 / 0.7, mAP_v,
+F1 and 2D-AP (the official PKU-MMD metrics), frame accuracy, edit and F1@50. Each row shows the test top-1 of the last
 epoch and, when a validation split was carved from the training split, the test top-1 of the
 epoch selected on it. --baseline NAME=TOP1 adds reference rows (numbers
 computed or published elsewhere) below the run's rows. Missing result files are skipped;
@@ -64,10 +67,11 @@ def _number(result: dict, key: str, path: Path) -> float:
     return float(value)
 
 
-def read_rows(run_dir: Path) -> list[dict]:
+def read_rows(run_dir: Path, allow_empty: bool = False) -> list[dict]:
     """Rows {protocol, file, top1, top5, selected} of the result JSONs in run_dir, in table order.
 
     top5 is None for KNN; selected is the test top-1 of the validation-selected epoch or None.
+    A directory without any is an error unless ``allow_empty`` (it holds detection results).
     """
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
@@ -94,7 +98,7 @@ def read_rows(run_dir: Path) -> list[dict]:
             "top5": _number(result, "top5", path) if "top5" in result else None,
             "selected": _number(best, "top1", path) if isinstance(best, dict) else None,
         }))
-    if not found:
+    if not found and not allow_empty:
         raise ReportError(f"{run_dir}: no result files (linear*.json, knn*.json, finetune*.json)")
     return [row for _, row in sorted(found, key=lambda item: item[0])]
 
@@ -142,6 +146,51 @@ def format_table(rows: list[dict], baselines: list[tuple[str, float]] = ()) -> s
     return "\n".join(lines)
 
 
+# detection result stem -> row name, in table order (action_detection.py, evaluation.detection_floor)
+_DETECTION = {"detection": "detection, frozen encoder",
+              "detection_finetune": "detection, fine-tuned encoder",
+              "detection_floor": "detection floor (per-frame raw 1-NN, learning-free)"}
+DETECTION_COLUMNS = ("mAP_a@0.1", "mAP_a@0.3", "mAP_a@0.5", "mAP_a@0.7", "mAP_v@0.5",
+                     "F1@0.5", "2D-AP", "frame acc", "edit", "F1@50")
+
+
+def read_detection_rows(run_dir: Path) -> list[dict]:
+    """Rows {protocol, file, <DETECTION_COLUMNS>} of the detection JSONs in run_dir (mAP values
+    read from the ``mAP_a`` / ``mAP_v`` objects keyed by the IoU threshold)."""
+    rows = []
+    for stem, protocol in _DETECTION.items():
+        path = Path(run_dir) / f"{stem}.json"
+        if not path.is_file():
+            continue
+        try:
+            result = json.loads(path.read_text())
+            seg = result["segmentation"]
+            row = {"protocol": protocol, "file": path.name,
+                   **{f"mAP_a@{t}": _number(result["mAP_a"], t, path)
+                      for t in ("0.1", "0.3", "0.5", "0.7")},
+                   "mAP_v@0.5": _number(result["mAP_v"], "0.5", path),
+                   "F1@0.5": _number(result, "F1@0.5", path),
+                   "2D-AP": _number(result, "2D-AP", path),
+                   "frame acc": _number(seg, "accuracy", path),
+                   "edit": _number(seg, "edit", path), "F1@50": _number(seg, "F1@50", path)}
+        except json.JSONDecodeError as exc:
+            raise ReportError(f"{path}: not valid JSON ({exc})") from None
+        except (KeyError, TypeError, AttributeError) as exc:
+            raise ReportError(f"{path}: not an action_detection.py result (missing {exc})") from None
+        rows.append(row)
+    return rows
+
+
+def format_detection_table(rows: list[dict]) -> str:
+    """A Markdown table of detection rows (values in %)."""
+    lines = ["| protocol | " + " | ".join(DETECTION_COLUMNS) + " | source |",
+             "|---|" + "---:|" * len(DETECTION_COLUMNS) + "---|"]
+    for row in rows:
+        lines.append(f"| {row['protocol']} | "
+                     + " | ".join(_cell(row[c]) for c in DETECTION_COLUMNS) + f" | {row['file']} |")
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m evaluation.report",
                                      description=__doc__.split("\n\n")[0])
@@ -151,11 +200,15 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     try:
         baselines = [parse_baseline(text) for text in args.baseline]
-        rows = read_rows(args.run_dir)
+        detection = read_detection_rows(args.run_dir) if args.run_dir.is_dir() else []
+        rows = read_rows(args.run_dir, allow_empty=bool(detection))
     except ReportError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    print(format_table(rows, baselines))
+    if rows or not detection:
+        print(format_table(rows, baselines))
+    if detection:
+        print(("\n" if rows else "") + format_detection_table(detection))
     return 0
 
 

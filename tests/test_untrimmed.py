@@ -101,3 +101,17 @@ def test_cli(tmp_path, capsys):
     synthetic.main(["--untrimmed", "--out", str(tmp_path / "s"), "--num-streams", "2"])
     assert "2 untrimmed streams" in capsys.readouterr().out
     assert len(open_store(tmp_path / "s")) == 2
+
+
+def test_detection_floor_on_identical_streams(untrimmed, tmp_path):
+    """A test split equal to the training split: every frame finds itself, so the floor is
+    perfect (one-hot probabilities of the true labels)."""
+    from evaluation.detection_floor import floor_probabilities, main
+    probs = floor_probabilities(untrimmed, "xsub_train", "xsub_train")
+    for s, p in probs.items():
+        assert (p.argmax(1) == untrimmed.frame_array("frame_labels", s)).all()
+    metrics = main(["--data", str(untrimmed.root), "--split", "xsub_train", "--eval-split",
+                    "xsub_train", "--output", str(tmp_path), "--min-length", "1"])
+    assert metrics["segmentation"]["accuracy"] == 100
+    assert metrics["mAP_v"]["0.5"] == pytest.approx(100)
+    assert (tmp_path / "detection_floor.json").is_file()
