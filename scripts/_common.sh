@@ -2,6 +2,8 @@
 #
 # RUN_NAME = <dataset>_<protocol>_<stream>_<backbone>, e.g. ntu60_xs_j_dste
 #   dataset : ntu60 ntu120 pku1 pku2 ucla demo kinetics penn   (directory $SKEL_DATA/<dataset>)
+#             untrimmed streams for detection (scripts/detect.sh): utk (UTKinect-Action3D),
+#             demodet (synthetic), pku1det pku2det (PKU-MMD --task detection)
 #   protocol: xs (xsub) xv (xview) xe (xset) tv (train/val of kinetics, penn)
 #   stream  : j m b jm bm
 #   backbone: dste sttr stgcn msg3d
@@ -15,7 +17,8 @@
 # Multi-node (GPU lists): every node runs the same command with
 #   NNODES=<nodes> NODE_RANK=<this node, 0..NNODES-1> MASTER_ADDR=<node 0 host> MASTER_PORT=<port>
 # Environment: SKEL_DATA (dataset root, default data), SKEL_DEMO_SEQUENCES (size of the generated
-# demo dataset, default 1200), SKEL_CHECKPOINTS (default checkpoint).
+# demo dataset, default 1200), SKEL_DEMODET_STREAMS (streams of the generated demodet set,
+# default 40), SKEL_CHECKPOINTS (default checkpoint).
 # Relative paths are relative to the repository root; the scripts run from there.
 # Python: the project's .venv (created with the pinned requirements on first use), or
 # $SKEL_PYTHON when set.
@@ -27,7 +30,8 @@ if [ -n "${SKEL_PYTHON:-}" ]; then PY="$SKEL_PYTHON"; else ensure_venv || exit 1
 DATA_ROOT="${SKEL_DATA:-data}"
 CKPT_ROOT="${SKEL_CHECKPOINTS:-checkpoint}"
 
-DATASETS="ntu60 ntu120 pku1 pku2 ucla demo kinetics penn"
+DATASETS="ntu60 ntu120 pku1 pku2 ucla demo kinetics penn utk demodet pku1det pku2det"
+UNTRIMMED_DATASETS="utk demodet pku1det pku2det"   # whole streams with per-frame labels
 STREAM_NAMES="j m b jm bm"
 BACKBONE_NAMES="dste sttr stgcn msg3d"
 
@@ -38,7 +42,8 @@ _in_list() { local x; for x in $2; do [ "$x" = "$1" ] && return 0; done; return 
 # Protocols each dataset has.
 _protocols_of() {
     case "$1" in
-        ntu60|pku1|pku2) echo "xs xv" ;;
+        ntu60|pku1|pku2|pku1det|pku2det) echo "xs xv" ;;
+        utk|demodet) echo "xs" ;;
         ntu120) echo "xs xe" ;;
         ucla) echo "xv" ;;
         demo) echo "xs" ;;
@@ -53,6 +58,7 @@ A run name is <dataset>_<protocol>_<stream>_<backbone>, e.g. ntu60_xs_j_dste:
   dataset : $DATASETS
   protocol: xs (xsub), xv (xview), xe (xset), tv (train/val); per dataset:
             ntu60 pku1 pku2: xs xv | ntu120: xs xe | ucla: xv | demo: xs | kinetics penn: tv
+            pku1det pku2det: xs xv | utk demodet: xs
   stream  : $STREAM_NAMES
   backbone: $BACKBONE_NAMES
 EOF
@@ -110,9 +116,9 @@ parse_run_name() {
 # worse on view 2: joint / bone input / fused 75.0 / 73.0 / 79.0 against 77.4 / 74.8 / 81.0.
 dataset_defaults() {
     case "$1" in
-        ntu60|ntu120|pku1|kinetics)
+        ntu60|ntu120|pku1|kinetics|pku1det)
             DATASET_DEFAULTS=(--preset paper --batch-size 356 --lr 5e-4 --epochs 451 --milestones 351) ;;
-        pku2)
+        pku2|pku2det)
             DATASET_DEFAULTS=(--preset paper --batch-size 512 --lr 5e-4 --epochs 1201 --milestones 801) ;;
         ucla)
             DATASET_DEFAULTS=(--preset small --clip-len 32 --batch-size 64 --lr 1e-3 --epochs 120
@@ -120,6 +126,15 @@ dataset_defaults() {
         penn)
             DATASET_DEFAULTS=(--preset small --clip-len 32 --batch-size 64 --lr 1e-3 --epochs 120
                               --milestones 100) ;;
+        # UTKinect-Action3D (10 training streams, about 7.6k frames; pretraining on its windows,
+        # see pretraining_windows): the small-set recipe of ucla at 20 epochs, sized for a
+        # shared 2-core CPU (benchmarks/detection.sh).
+        utk)
+            DATASET_DEFAULTS=(--preset small --clip-len 32 --batch-size 64 --lr 1e-3 --epochs 20
+                              --milestones 16 --rotate 60) ;;
+        demodet)
+            DATASET_DEFAULTS=(--preset small --clip-len 32 --batch-size 64 --lr 1e-3 --epochs 10
+                              --milestones 8 --threads 1 --workers 1) ;;
         demo)  # sized for the README's first command: about 6 minutes on 2 CPU cores
             DATASET_DEFAULTS=(--preset small --clip-len 32 --batch-size 64 --lr 1e-3 --epochs 10
                               --milestones 8 --threads 1 --workers 1) ;;
@@ -185,6 +200,10 @@ prepare_command() {
         kinetics) echo "$PY -m feeders.prepare --format kinetics --src /path/to/kinetics-skeleton --out $out --workers 8" ;;
         penn) echo "$PY -m feeders.prepare --format penn --src /path/to/Penn_Action --out $out" ;;
         demo) echo "$PY -m feeders.synthetic --out $out" ;;
+        utk) echo "$PY -m feeders.prepare --format utkinect --src /path/to/UTKinect/joints --out $out" ;;
+        pku1det) echo "$PY -m feeders.prepare --format pku --task detection --src /path/to/PKU-MMD-phase1 --out $out --workers 8" ;;
+        pku2det) echo "$PY -m feeders.prepare --format pku --task detection --src /path/to/PKU-MMD-phase2 --out $out --workers 8" ;;
+        demodet) echo "$PY -m feeders.synthetic --untrimmed --out $out" ;;
     esac
 }
 
@@ -196,6 +215,12 @@ ensure_dataset() {
         echo "[data] generating the synthetic demo dataset in $RUN_DATA" >&2
         "$PY" -m feeders.synthetic --out "$RUN_DATA" \
             --num-sequences "${SKEL_DEMO_SEQUENCES:-1200}" >&2
+        return 0
+    fi
+    if [ "$RUN_DATASET" = demodet ]; then
+        echo "[data] generating the synthetic untrimmed streams in $RUN_DATA" >&2
+        "$PY" -m feeders.synthetic --untrimmed --out "$RUN_DATA" \
+            --num-streams "${SKEL_DEMODET_STREAMS:-40}" >&2
         return 0
     fi
     {
@@ -248,4 +273,22 @@ launch() {
     fi
     CUDA_VISIBLE_DEVICES="$gpus" "$PY" -m torch.distributed.run "${rdzv[@]}" \
         --nproc_per_node="$count" "$@"
+}
+
+# pretraining_windows: for an untrimmed dataset (UNTRIMMED_DATASETS), pretraining samples are
+# windows of its streams: write them once to $SKEL_DATA/<dataset>_windows (feeders.untrimmed:
+# windows of twice the dataset's clip length every half clip, so the pretraining crops have
+# room) and point RUN_ARGS' --data there. Other datasets are left alone.
+pretraining_windows() {
+    _in_list "$RUN_DATASET" "$UNTRIMMED_DATASETS" || return 0
+    local clip=64 i windows="$DATA_ROOT/${RUN_DATASET}_windows"
+    for ((i = 0; i < ${#DATASET_DEFAULTS[@]}; i++)); do
+        [ "${DATASET_DEFAULTS[$i]}" = --clip-len ] && clip="${DATASET_DEFAULTS[$((i + 1))]}"
+    done
+    if [ ! -f "$windows/manifest.json" ]; then
+        echo "[data] cutting $RUN_DATA into windows of $((2 * clip)) frames for pretraining: $windows" >&2
+        "$PY" -m feeders.untrimmed --src "$RUN_DATA" --out "$windows" --window $((2 * clip)) \
+            --stride $((clip / 2)) >&2
+    fi
+    RUN_ARGS[1]="$windows"   # RUN_ARGS starts with --data "$RUN_DATA"
 }

@@ -54,7 +54,8 @@ def test_dataset_defaults_follow_the_paper():
 
 @pytest.mark.parametrize("name", ["ntu60_xs_j_dste", "ntu120_xe_b_dste", "pku1_xs_j_dste",
                                   "pku2_xs_j_dste", "ucla_xv_j_dste", "demo_xs_j_dste",
-                                  "kinetics_tv_j_stgcn", "penn_tv_j_dste"])
+                                  "kinetics_tv_j_stgcn", "penn_tv_j_dste", "utk_xs_j_dste",
+                                  "demodet_xs_j_dste", "pku1det_xv_j_dste", "pku2det_xs_j_dste"])
 def test_every_dataset_default_is_a_pretrain_flag(name):
     import pretrain
     lines = parse(name, SKEL_DATA="/datasets").stdout.split("\n")
@@ -157,3 +158,19 @@ def test_pretrain_two_cpu_processes(demo_env):
     assert "2 process(es) on cpu" in res.stdout
     ckpt = Path(demo_env["SKEL_CHECKPOINTS"]) / "demo_xs_j_stgcn" / "last.pt"
     assert ckpt.is_file()
+
+
+def test_detect_demodet_end_to_end(tmp_path):
+    """pretrain.sh on an untrimmed set pretrains on windows of its streams; detect.sh runs the
+    frozen detection on the checkpoint; a trimmed set is refused."""
+    env = {"SKEL_DATA": str(tmp_path / "data"), "SKEL_CHECKPOINTS": str(tmp_path / "ckpt"),
+           "SKEL_DEMODET_STREAMS": "4", "OMP_NUM_THREADS": "1"}
+    res = bash(f"bash scripts/pretrain.sh cpu demodet_xs_j_dste {TINY} --batch-size 16", env)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "cutting" in res.stderr and "demodet_windows" in res.stdout
+    res = bash("bash scripts/detect.sh cpu demodet_xs_j_dste last --epochs 2 --workers 0", env)
+    assert res.returncode == 0, res.stderr[-3000:]
+    run = tmp_path / "ckpt" / "demodet_xs_j_dste"
+    assert (run / "detection.json").is_file() and (run / "detection_proposals").is_dir()
+    res = bash("bash scripts/detect.sh cpu demo_xs_j_dste", env)
+    assert res.returncode == 2 and "has no untrimmed streams" in res.stderr
