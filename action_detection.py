@@ -26,7 +26,8 @@ classifier end to end on the windows (SGD momentum 0.9, lr 0.005, 150 epochs, x0
 engine.train, state in <output>/detection_finetune/, resumable).
 
 Inference: windows every --test-stride frames over each whole test stream, batched; per-frame
-class probabilities (softmax) averaged where windows overlap; --smooth W averages them over W
+class probabilities (softmax) averaged where windows overlap (frozen: from the cached test
+window features; fine-tuned: batch by batch into running per-frame sums, predict_streams); --smooth W averages them over W
 frames; for each action class, every maximal run of frames with probability above --threshold
 and at least --min-length frames is a proposal (label, start, end, mean probability), optionally
 --nms IOU within a class. Segmentation output: the arg-max class of every frame.
@@ -281,6 +282,32 @@ def stream_probabilities(window_probs: np.ndarray, dataset: WindowDataset) -> di
     return out
 
 
+@torch.no_grad()
+def predict_streams(encoder: nn.Module, head: nn.Module, dataset: WindowDataset, transform,
+                    device, dtype, batch_size: int) -> dict[int, np.ndarray]:
+    """Per-frame probabilities ``(T, K + 1)`` of every stream of ``dataset`` (by store index),
+    straight from the encoder: each batch of windows is classified and added into its stream's
+    running sums, so memory holds one batch plus the per-frame scores (the same result as
+    ``stream_probabilities(window_probabilities(head, extract_dense(...)))``)."""
+    was_training = encoder.training
+    encoder.eval()
+    head.eval()
+    sums = {int(s): np.zeros((int(dataset.store.lengths[s]), head.out_features))
+            for s in np.unique(dataset.windows[:, 0])}
+    counts = {s: np.zeros(len(v), dtype=np.int64) for s, v in sums.items()}
+    for clip, _, index in DataLoader(dataset, batch_size=batch_size, num_workers=0):
+        with engine.precision_context(dtype, device):
+            out = encoder(transform(clip.to(device, non_blocking=True)))
+        feats = dense_features(out, clip.shape[2]).to(torch.float16)   # as the cache holds them
+        probs = torch.softmax(head(feats.float()), dim=-1).cpu().numpy()
+        for p, (s, start) in zip(probs, dataset.windows[index.numpy()]):
+            n = min(len(p), len(sums[int(s)]) - int(start))
+            sums[int(s)][start:start + n] += p[:n]
+            counts[int(s)][start:start + n] += 1
+    encoder.train(was_training)
+    return {s: (sums[s] / counts[s][:, None]).astype(np.float32) for s in sums}
+
+
 def evaluate(probs: dict[int, np.ndarray], store, args) -> tuple[dict, dict]:
     """Metrics of stitched per-frame probabilities (by store index); returns (metrics,
     proposals by stream name)."""
@@ -328,9 +355,8 @@ def main(argv=None) -> dict:
     transform = stream_transform(cfg["stream"], store.layout.parents, cfg["spatial_channels"])
     if args.finetune:
         model = run_finetune(args, store, cfg, ckpt, info, dtype, train_set)
-        test_f, _ = extract_dense(model.encoder, test_set, transform, info.device, dtype,
-                                  args.eval_batch_size)
-        head = model.head
+        probs = predict_streams(model.encoder, model.head, test_set, transform, info.device,
+                                dtype, args.eval_batch_size)
     else:
         from torch.utils.tensorboard import SummaryWriter
         encoder = build_eval_encoder(cfg, store, args.seed, ckpt, args.pretrained).to(info.device)
@@ -344,7 +370,7 @@ def main(argv=None) -> dict:
         with SummaryWriter(str(args.output / result_tag(False) / "tb")) as writer:
             head = train_frozen_head(train_f, train_l, store.num_classes, args, info.device,
                                      writer)
-    probs = stream_probabilities(window_probabilities(head, test_f), test_set)
+        probs = stream_probabilities(window_probabilities(head, test_f), test_set)
     metrics, proposals = evaluate(probs, store, args)
     path = write_outputs(args, store, probs, metrics, proposals, cfg, info)
     engine.log(info, f"{result_tag(args.finetune)}: {summary_line(metrics)}  -> {path}")

@@ -96,3 +96,21 @@ def test_bad_flags_and_data(streams, tmp_path, capsys):
     with pytest.raises(SystemExit, match="no per-frame labels"):
         action_detection.main(["--data", str(trimmed), "--output", str(tmp_path / "x"),
                                *COMMON])
+
+
+def test_predict_streams_equals_stitched_windows(streams):
+    from evaluation.features import stream_transform
+    from feeders.untrimmed import WindowDataset
+    store = open_store(streams)
+    ds = WindowDataset(store, "xsub_val", clip_len=16, stride=4)
+    enc = build_encoder("dste", "tiny", layout="ntu25", clip_len=16, channels=3, bodies=2)
+    head = torch.nn.Linear(enc.feature_dim, store.num_classes)
+    transform = stream_transform("j", store.layout.parents, 3)
+    direct = action_detection.predict_streams(enc, head, ds, transform, torch.device("cpu"),
+                                              None, batch_size=7)
+    feats, _ = action_detection.extract_dense(enc, ds, transform, torch.device("cpu"), None, 7)
+    stitched = action_detection.stream_probabilities(
+        action_detection.window_probabilities(head, feats), ds)
+    assert direct.keys() == stitched.keys()
+    for s in direct:
+        assert np.allclose(direct[s], stitched[s], atol=1e-5)

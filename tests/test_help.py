@@ -10,7 +10,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = ["pretrain.py", "action_recognition.py", "action_retrieval.py", "action_detection.py",
            "benchmarks/data_bench.py", "benchmarks/encoders.py", "benchmarks/eval_bench.py",
-           "benchmarks/nwucla_select.py", "benchmarks/pretrain_step.py"]
+           "benchmarks/nwucla_select.py", "benchmarks/pretrain_step.py",
+           "benchmarks/detection_speed.py"]
 MODULES = ["evaluation.baseline", "evaluation.fusion", "evaluation.report", "feeders.export",
            "feeders.inspect", "feeders.prepare", "feeders.synthetic", "evaluation.detection_floor",
            "feeders.untrimmed"]
