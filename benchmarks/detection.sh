@@ -18,7 +18,9 @@
 # fine-tuning epoch, into runs/detection_quick (checks that everything runs; numbers mean
 # nothing). Environment: SKEL_DATA (default runs/detection[_quick]/data), SKEL_CHECKPOINTS
 # (default runs/detection[_quick]/checkpoint), GPUS (default cpu), WORKERS (default 1),
-# FT_EPOCHS. Re-running resumes every stage that has a checkpoint.
+# FT_EPOCHS, PARTS (default "synthetic utk speed": the parts to run), PRETRAIN_EXTRA (extra
+# pretraining flags, e.g. "--preset tiny --epochs 40" where a small encoder does not fit the
+# machine's time). Re-running resumes every stage that has a checkpoint.
 set -euo pipefail
 QUICK=0
 if [ "${1:-}" = --quick ]; then QUICK=1; shift; fi
@@ -32,10 +34,12 @@ export SKEL_CHECKPOINTS="${SKEL_CHECKPOINTS:-$REPO/runs/$TAG/checkpoint}"
 source "$REPO/scripts/_common.sh"   # PY, cd to the repository root
 GPUS="${GPUS:-cpu}"
 RUNTIME=(--workers "${WORKERS:-1}")
-PRETRAIN=() DETECT=() FINETUNE=(--epochs "${FT_EPOCHS:-30}") SPEED=()
+read -r -a PRETRAIN <<< "${PRETRAIN_EXTRA:-}"
+DETECT=() FINETUNE=(--epochs "${FT_EPOCHS:-30}") SPEED=()
+PARTS="${PARTS:-synthetic utk speed}"
 if [ "$QUICK" = 1 ]; then
     export SKEL_DEMODET_STREAMS=8
-    PRETRAIN=(--preset tiny --epochs 1 --batch-size 16 --save-every 0)
+    PRETRAIN=(--preset tiny --epochs 1 --batch-size 16 --save-every 0 ${PRETRAIN[@]+"${PRETRAIN[@]}"})
     DETECT=(--epochs 5)
     FINETUNE=(--epochs 1)
     SPEED=(--presets small --lengths 256 1024 --batch-size 16)
@@ -61,17 +65,21 @@ detection_part() {   # RUN: pretrain, frozen (+ fine-tuned when $2 = finetune), 
     "$PY" -m evaluation.report "$SKEL_CHECKPOINTS/$run"
 }
 
-stage "(a) synthetic untrimmed streams"
-detection_part demodet_xs_j_dste
-
-stage "(b) UTKinect-Action3D cross-subject: convert $SRC"
-if [ -f "$SKEL_DATA/utk/manifest.json" ]; then
-    echo "already converted"
-else
-    "$PY" -m feeders.prepare --format utkinect --src "$SRC" --out "$SKEL_DATA/utk"
+if _in_list synthetic "$PARTS"; then
+    stage "(a) synthetic untrimmed streams"
+    detection_part demodet_xs_j_dste
 fi
-detection_part utk_xs_j_dste finetune
-
-stage "(c) dense extraction speed and peak memory"
-"$PY" benchmarks/detection_speed.py ${SPEED[@]+"${SPEED[@]}"}
+if _in_list utk "$PARTS"; then
+    stage "(b) UTKinect-Action3D cross-subject: convert $SRC"
+    if [ -f "$SKEL_DATA/utk/manifest.json" ]; then
+        echo "already converted"
+    else
+        "$PY" -m feeders.prepare --format utkinect --src "$SRC" --out "$SKEL_DATA/utk"
+    fi
+    detection_part utk_xs_j_dste finetune
+fi
+if _in_list speed "$PARTS"; then
+    stage "(c) dense extraction speed and peak memory"
+    "$PY" benchmarks/detection_speed.py ${SPEED[@]+"${SPEED[@]}"}
+fi
 stage "done"
