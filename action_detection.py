@@ -25,6 +25,11 @@ frames, 60 epochs, x0.1 at 40, wd 0: HiCLR's detection config). --finetune train
 classifier end to end on the windows (SGD momentum 0.9, lr 0.005, 150 epochs, x0.1 at 100;
 engine.train, state in <output>/detection_finetune/, resumable).
 
+--select-threshold F chooses --threshold (0.1 .. 0.9) on the training split only: the head is
+trained on all training streams but a held-out fraction F of them, the threshold with the best
+mAP_a@0.5 on the held-out streams is kept (the grid is recorded in the JSON under
+``threshold_selection``), and the head is trained again on every training stream.
+
 Inference: windows every --test-stride frames over each whole test stream, batched; per-frame
 class probabilities (softmax) averaged where windows overlap (frozen: from the cached test
 window features; fine-tuned: batch by batch into running per-frame sums, predict_streams); --smooth W averages them over W
@@ -70,6 +75,7 @@ MODE_DEFAULTS = {
     "finetune": {"epochs": 150, "batch_size": 64, "lr": 0.005, "weight_decay": 0.0,
                  "milestones": [100]},
 }
+THRESHOLD_GRID = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 PROTOCOL = ("per-frame linear classifier over K + 1 classes on dense window features "
             "(temporal tokens + spatial tokens pooled to L positions); windows averaged over "
             "their overlap; proposals = runs above threshold per class, scored by mean "
@@ -102,6 +108,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="frames between test windows; None: a quarter of the clip length")
     g.add_argument("--threshold", type=float, default=0.5,
                    help="a frame belongs to a class's proposal when its probability exceeds this")
+    g.add_argument("--select-threshold", type=float, default=0.0, metavar="FRACTION",
+                   help="frozen encoder: choose --threshold from 0.1..0.9 by mAP_a@0.5 on this "
+                        "fraction of the training streams held out (the head trained on the "
+                        "rest), then train on all of them (0: off, use --threshold)")
     g.add_argument("--min-length", type=int, default=5, help="shortest proposal, in frames")
     g.add_argument("--smooth", type=int, default=1,
                    help="moving average of the probabilities over this many frames (1: off)")
@@ -133,6 +143,10 @@ def parse_args(argv=None) -> argparse.Namespace:
         parser.error(f"--threshold must be in [0, 1), got {args.threshold}")
     if args.min_length < 1 or args.smooth < 1:
         parser.error("--min-length and --smooth must be >= 1")
+    if not 0.0 <= args.select_threshold < 1.0:
+        parser.error(f"--select-threshold must be a fraction in [0, 1), got {args.select_threshold}")
+    if args.select_threshold and args.finetune:
+        parser.error("--select-threshold works with the frozen encoder only")
     if args.nms is not None and not 0.0 <= args.nms <= 1.0:
         parser.error(f"--nms must be an IoU in [0, 1], got {args.nms}")
     return args
@@ -272,14 +286,42 @@ def window_probabilities(head: nn.Module, feats: torch.Tensor, batch: int = 256)
     return torch.cat(out).numpy()
 
 
-def stream_probabilities(window_probs: np.ndarray, dataset: WindowDataset) -> dict[int, np.ndarray]:
-    """Per-frame probabilities ``(T, K + 1)`` of each stream of ``dataset`` (by store index)."""
+def stream_probabilities(window_probs: np.ndarray, dataset: WindowDataset,
+                         windows: np.ndarray | None = None) -> dict[int, np.ndarray]:
+    """Per-frame probabilities ``(T, K + 1)`` of each stream (by store index) of the windows
+    ``windows`` (rows (store sequence, start) aligned with ``window_probs``; default: all of
+    ``dataset.windows``)."""
+    windows = dataset.windows if windows is None else windows
     out = {}
-    for s in np.unique(dataset.windows[:, 0]):
-        rows = np.flatnonzero(dataset.windows[:, 0] == s)
-        out[int(s)] = stitch(window_probs[rows], dataset.windows[rows, 1],
-                             int(dataset.store.lengths[s]))
+    for s in np.unique(windows[:, 0]):
+        rows = np.flatnonzero(windows[:, 0] == s)
+        out[int(s)] = stitch(window_probs[rows], windows[rows, 1], int(dataset.store.lengths[s]))
     return out
+
+
+def select_threshold(feats: torch.Tensor, labels: torch.Tensor, dataset: WindowDataset, store,
+                     args, device, writer) -> dict:
+    """Choose --threshold on the training split only: hold out every k-th training stream
+    (--select-threshold F of them, at least one), train the frozen head on the others' windows,
+    and take the threshold of THRESHOLD_GRID with the best mAP_a at IoU 0.5 on the held-out
+    streams (ties: the lower threshold). Returns {"threshold", "held_out", "grid"}."""
+    streams = np.unique(dataset.windows[:, 0])
+    count = max(1, int(round(args.select_threshold * len(streams))))
+    if count >= len(streams):
+        raise ValueError(f"--select-threshold {args.select_threshold} holds out all "
+                         f"{len(streams)} training streams")
+    held = streams[np.linspace(0, len(streams) - 1, count).round().astype(int)]
+    mask = torch.from_numpy(np.isin(dataset.windows[:, 0], held))
+    head = train_frozen_head(feats[~mask], labels[~mask], store.num_classes, args, device, writer)
+    probs = stream_probabilities(window_probabilities(head, feats[mask]), dataset,
+                                 dataset.windows[mask.numpy()])
+    grid = {}
+    for t in THRESHOLD_GRID:
+        args_t = argparse.Namespace(**{**vars(args), "threshold": t})
+        grid[f"{t:g}"] = evaluate(probs, store, args_t)[0]["mAP_a"]["0.5"]
+    best = max(THRESHOLD_GRID, key=lambda t: (grid[f"{t:g}"], -t))
+    return {"threshold": best, "held_out": [str(store.names[s]) for s in held],
+            "grid_mAP_a@0.5": grid}
 
 
 @torch.no_grad()
@@ -368,6 +410,15 @@ def main(argv=None) -> dict:
         test_f, _ = cached_dense(encoder, test_set, store, args.eval_split,
                                  stride=args.test_stride, **kw)
         with SummaryWriter(str(args.output / result_tag(False) / "tb")) as writer:
+            if args.select_threshold:
+                try:
+                    args.threshold_selection = select_threshold(train_f, train_l, train_set,
+                                                                store, args, info.device, writer)
+                except ValueError as err:
+                    sys.exit(f"error: {err}")
+                args.threshold = args.threshold_selection["threshold"]
+                engine.log(info, f"threshold {args.threshold:g} chosen on held-out training "
+                                 f"streams: {args.threshold_selection['grid_mAP_a@0.5']}")
             head = train_frozen_head(train_f, train_l, store.num_classes, args, info.device,
                                      writer)
         probs = stream_probabilities(window_probabilities(head, test_f), test_set)

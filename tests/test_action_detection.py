@@ -114,3 +114,18 @@ def test_predict_streams_equals_stitched_windows(streams):
     assert direct.keys() == stitched.keys()
     for s in direct:
         assert np.allclose(direct[s], stitched[s], atol=1e-5)
+
+
+def test_threshold_selected_on_training_streams(streams, tmp_path):
+    out = tmp_path / "sel"
+    action_detection.main(["--data", str(streams), "--output", str(out), *COMMON,
+                           "--select-threshold", "0.5", "--lr", "1.0"])
+    result = json.loads((out / "detection.json").read_text())
+    sel = result["config"]["threshold_selection"]
+    store = open_store(streams)
+    train_names = {str(store.names[i]) for i in store.split_indices("xsub_train")}
+    assert set(sel["held_out"]) <= train_names and len(sel["held_out"]) == 1
+    assert set(sel["grid_mAP_a@0.5"]) == {f"{t:g}" for t in action_detection.THRESHOLD_GRID}
+    assert result["config"]["threshold"] == sel["threshold"]
+    best = max(sel["grid_mAP_a@0.5"].values())
+    assert sel["grid_mAP_a@0.5"][f"{sel['threshold']:g}"] == best
