@@ -11,9 +11,11 @@
 # (c) dense extraction speed and peak memory over whole streams (benchmarks/detection_speed.py:
 #     DSTE small and paper, CPU, and CUDA when present).
 # Each part ends with its evaluation.report table. Settings are the scripts' defaults
-# (scripts/_common.sh dataset_defaults; action_detection.py: threshold 0.5, min length 5, no
-# smoothing, no NMS), fixed before looking at any test stream; the fine-tuning runs
-# $FT_EPOCHS epochs (default 30) on a CPU instead of the protocol's 150.
+# (scripts/_common.sh dataset_defaults; detect.sh: frozen probe lr 1.0 on small sets;
+# action_detection.py: min length 5, no smoothing, no NMS), fixed before looking at any test
+# stream; the frozen run chooses its threshold on 20 % of the training streams
+# (--select-threshold 0.2), the fine-tuned one keeps 0.5 and runs $FT_EPOCHS epochs (default
+# 30) on a CPU instead of the protocol's 150.
 # --quick: the same stages with a tiny encoder, one pretraining epoch, 5 probe epochs and one
 # fine-tuning epoch, into runs/detection_quick (checks that everything runs; numbers mean
 # nothing). Environment: SKEL_DATA (default runs/detection[_quick]/data), SKEL_CHECKPOINTS
@@ -35,12 +37,13 @@ source "$REPO/scripts/_common.sh"   # PY, cd to the repository root
 GPUS="${GPUS:-cpu}"
 RUNTIME=(--workers "${WORKERS:-1}")
 read -r -a PRETRAIN <<< "${PRETRAIN_EXTRA:-}"
-DETECT=() FINETUNE=(--epochs "${FT_EPOCHS:-30}") SPEED=()
+DETECT=(--select-threshold 0.2)   # the threshold chosen on 20 % of the training streams
+FINETUNE=(--epochs "${FT_EPOCHS:-30}") SPEED=()
 PARTS="${PARTS:-synthetic utk speed}"
 if [ "$QUICK" = 1 ]; then
     export SKEL_DEMODET_STREAMS=8
     PRETRAIN=(--preset tiny --epochs 1 --batch-size 16 --save-every 0 ${PRETRAIN[@]+"${PRETRAIN[@]}"})
-    DETECT=(--epochs 5)
+    DETECT=(--epochs 5 --select-threshold 0.2)
     FINETUNE=(--epochs 1)
     SPEED=(--presets small --lengths 256 1024 --batch-size 16)
 fi
