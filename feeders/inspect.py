@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 
 import numpy as np
 
@@ -71,7 +70,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         store = open_store(args.path, verify=args.verify)
     except StoreError as e:
-        sys.exit(f"error: {e}")
+        parser.error(str(e))
     summary = summarize(store)
     print(json.dumps(summary, indent=1) if args.json else format_text(summary))
 

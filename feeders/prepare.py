@@ -6,6 +6,10 @@
 The format's ``scan`` lists the work items; its ``read`` turns each into Records (in a process
 pool, order kept); every record is padded/cropped to the source's number of bodies, validated
 and appended to a ``StoreWriter``; the splits are computed from the written records at the end.
+
+``--out`` must lie outside ``--src`` (and not contain it), and an existing ``--out`` is
+replaced only when it is a dataset directory written by this suite (``feeders.store``).
+Pickle sources are read through ``feeders.safe_pickle`` unless ``--trust-pickle``.
 """
 
 from __future__ import annotations
@@ -23,7 +27,8 @@ from tqdm import tqdm
 
 from feeders.formats import FORMATS, Source, describe, get_format
 from feeders.layouts import get_layout
-from feeders.store import DTYPES, Record, StoreWriter
+from feeders.store import (DTYPES, Record, StoreWriter, check_outside, check_replaceable,
+                            error_message)
 
 FLOAT16_MAX = float(np.finfo(np.float16).max)
 
@@ -107,6 +112,14 @@ def build_parser(fmt: str | None = None) -> argparse.ArgumentParser:
     parser.add_argument("--out", required=True, type=Path, help="output dataset directory")
     parser.add_argument("--workers", type=int, default=1, help="reader processes (default 1)")
     parser.add_argument("--dtype", choices=DTYPES, default="float32", help="stored dtype")
+    parser.add_argument("--num-classes", type=int, default=None,
+                        help="number of classes of the store (pyskl, agcn: default max label "
+                             "+ 1, refused when far above the labels present; other formats "
+                             "define theirs and only accept that number)")
+    parser.add_argument("--trust-pickle", action="store_true",
+                        help="load pickle sources (pyskl, agcn labels) with plain pickle.load, "
+                             "which can run any code the file names: only for files you trust "
+                             "that the restricted loader refuses")
     if fmt is not None:
         group = parser.add_argument_group(f"{fmt} options")
         get_format(fmt).add_arguments(group)
@@ -116,9 +129,16 @@ def build_parser(fmt: str | None = None) -> argparse.ArgumentParser:
 def run(opts: argparse.Namespace, progress: bool = False) -> dict:
     """Convert ``opts.src`` (format ``opts.format``) into ``opts.out``; returns a summary."""
     start = time.perf_counter()
+    if opts.num_classes is not None and opts.num_classes < 1:
+        raise ValueError(f"--num-classes must be >= 1, got {opts.num_classes}")
+    check_outside(opts.out, opts.src)
+    check_replaceable(opts.out)  # fail before a long conversion, again before the replace
     source = get_format(opts.format).scan(Path(opts.src), opts)
     if not source.items:
         raise ValueError(f"{opts.src}: nothing to convert (no {opts.format} items found)")
+    if opts.num_classes is not None and opts.num_classes != len(source.class_names):
+        raise ValueError(f"--num-classes {opts.num_classes}: the {opts.format} source defines "
+                         f"{len(source.class_names)} classes")
     joints = get_layout(source.layout).num_joints
     metas, skipped = [], 0
     with StoreWriter(opts.out, source.layout, len(source.class_names), source.class_names,
@@ -129,7 +149,7 @@ def run(opts: argparse.Namespace, progress: bool = False) -> dict:
             for rec in recs:
                 check_record(rec, item, source, joints, opts.dtype)
                 rec = rec._replace(data=fit_bodies(rec.data, source.bodies))
-                writer.add(rec)
+                writer.add(rec, source=str(item))
                 metas.append(rec._replace(data=None, frame_arrays=None))
         if not metas:
             raise ValueError(f"{opts.src}: no sequences read from {len(source.items)} items "
@@ -176,11 +196,12 @@ def main(argv: list[str] | None = None) -> None:
     fmt_parser = argparse.ArgumentParser(add_help=False)
     fmt_parser.add_argument("--format", choices=list(FORMATS))
     known, _ = fmt_parser.parse_known_args(argv)
-    opts = build_parser(known.format).parse_args(argv)
+    parser = build_parser(known.format)
+    opts = parser.parse_args(argv)
     try:
         summary = run(opts, progress=True)
-    except ValueError as e:
-        sys.exit(f"error: {e}")
+    except (ValueError, OSError) as e:
+        parser.error(error_message(e))
     print(format_summary(summary))
 
 

@@ -16,10 +16,21 @@ Directory contents (see docs/design.md, "feeders.store"):
 
 A dataset is written into ``<out>.tmp-<pid>`` and renamed into place only when complete, so a
 directory at ``<out>`` is always either the old dataset or the complete new one.
+
+Outputs never destroy what the suite did not write (``check_replaceable``): an existing
+``<out>`` is replaced only when it is a dataset directory written here (its ``manifest.json``
+has ``created_by`` ``feeders.store ...``) holding nothing but the files its manifest lists, or
+an empty directory. The replace renames the old directory aside to ``<out>.replaced-<pid>``,
+renames the new one in, then deletes the old one. ``clean_leftovers`` removes the
+``<out>.tmp-<pid>`` / ``<out>.replaced-<pid>`` of writers killed on this machine (their
+process is gone) and puts a ``.replaced`` dataset back when a writer died between the two
+renames.
+Conversion checks sample names and splits (``check_names_and_splits``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -45,6 +56,10 @@ _RESERVED_NAMES = {"frames", "index", "manifest"}
 
 class StoreError(ValueError):
     """A dataset directory is missing, corrupt or inconsistent (the message names the file)."""
+
+
+class OutputError(ValueError):
+    """An output path the suite refuses to write (the message names it)."""
 
 
 class Record(NamedTuple):
@@ -84,6 +99,217 @@ def _sha256(path: Path, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
+# ----------------------------------------------------------------------------- writing safely
+
+TMP_TAG, OLD_TAG = ".tmp-", ".replaced-"  # being written / replaced by process <pid>
+
+
+@contextlib.contextmanager
+def _writing(path: Path):
+    """Name ``path`` in an OSError raised while writing it (``write`` does not name its file)."""
+    try:
+        yield
+    except OSError as e:
+        if e.filename is not None:
+            raise
+        raise OSError(e.errno, e.strerror or str(e), str(path)) from e
+
+
+def error_message(e: Exception) -> str:
+    """One line for a ValueError or an OSError (which then names the path it concerns)."""
+    if isinstance(e, OSError) and e.filename is not None and e.filename2 is None:
+        return f"{e.filename}: {e.strerror or e}"
+    return str(e).replace("\n", " ")
+
+
+def suite_manifest(path) -> dict | None:
+    """The manifest of ``path`` when it is a dataset directory written by this suite, else None.
+
+    Recognised by ``manifest.json`` being a JSON object with an int ``format_version``, a dict
+    ``checksums`` and ``created_by`` starting with ``feeders.store``. Nothing else is checked
+    (``open_store`` validates the contents).
+    """
+    try:
+        manifest = json.loads((Path(path) / MANIFEST_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    if (isinstance(manifest, dict) and isinstance(manifest.get("format_version"), int)
+            and isinstance(manifest.get("checksums"), dict)
+            and str(manifest.get("created_by", "")).startswith("feeders.store")):
+        return manifest
+    return None
+
+
+def is_dataset_dir(path) -> bool:
+    """True when ``path`` is a dataset directory written by this suite (``suite_manifest``)."""
+    return Path(path).is_dir() and suite_manifest(path) is not None
+
+
+def check_replaceable(out) -> None:
+    """Raise OutputError unless writing a dataset directory at ``out`` loses nothing.
+
+    Allowed: no ``out``; an empty directory; a dataset directory written by this suite that
+    holds only ``manifest.json`` and the files its checksums list. Refused (naming ``out``): a
+    symbolic link, a file, any other directory.
+    """
+    out = Path(out)
+    if out.is_symlink():
+        raise OutputError(f"{out}: is a symbolic link; refusing to replace it (pass its target "
+                          f"{os.path.realpath(out)} as the output if that is meant)")
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise OutputError(f"{out}: exists and is a file, not a dataset directory; refusing to "
+                          f"replace it (choose another output or move it away yourself)")
+    entries = sorted(p.name for p in out.iterdir())
+    if not entries:
+        return
+    manifest = suite_manifest(out)
+    if manifest is None:
+        raise OutputError(f"{out}: exists and is not a dataset directory written by this suite "
+                          f"(no {MANIFEST_FILE} with created_by 'feeders.store ...'; it holds "
+                          f"{', '.join(entries[:5])}{', ...' if len(entries) > 5 else ''}); "
+                          f"refusing to replace it (choose another output or move it away "
+                          f"yourself)")
+    unknown = [e for e in entries if e != MANIFEST_FILE and e not in manifest["checksums"]]
+    if unknown:
+        raise OutputError(f"{out}: dataset directory also holds files the suite did not write "
+                          f"({', '.join(unknown[:5])}{', ...' if len(unknown) > 5 else ''}); "
+                          f"refusing to replace it (move them away first)")
+
+
+def check_outside(out, src, out_flag: str = "--out", src_flag: str = "--src") -> None:
+    """Raise OutputError when ``out`` equals, lies inside or contains ``src`` (both named)."""
+    o, s = Path(out).resolve(), Path(src).resolve()
+    if o == s or s in o.parents or o in s.parents:
+        relation = "is" if o == s else ("is inside" if s in o.parents else "contains")
+        raise OutputError(f"{out_flag} {out} {relation} {src_flag} {src}: the output must be "
+                          f"outside the source and must not contain it")
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists on this machine (``os.kill(pid, 0)``)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by another user
+        return True
+    return True
+
+
+def _leftover_pid(path: Path, out: Path, tag: str) -> int | None:
+    suffix = path.name[len(out.name) + len(tag):]
+    return int(suffix) if path.name.startswith(out.name + tag) and suffix.isdigit() else None
+
+
+def _written_by_writer(path: Path) -> bool:
+    """A temporary output of this module: a file, or a directory of plain ``.npy``/``.npz``/
+    ``.json`` files only (what a killed writer leaves)."""
+    if path.is_symlink():
+        return False
+    if path.is_file():
+        return True
+    return path.is_dir() and all(p.is_file() and not p.is_symlink()
+                                 and p.suffix in (".npy", ".npz", ".json")
+                                 for p in path.iterdir())
+
+
+def clean_leftovers(out) -> list[Path]:
+    """Tidy what writers of ``out`` killed on this machine left next to it; returns the paths.
+
+    ``<out>.tmp-<pid>`` (a partial output) is removed when process ``pid`` is gone.
+    ``<out>.replaced-<pid>`` (a replaced dataset) is renamed back to ``out`` when ``out`` is missing
+    (the writer died between its two renames), else removed. A live process's leftovers and
+    anything that does not look like a writer's output are left alone.
+    """
+    out = Path(out)
+    if not out.parent.is_dir():
+        return []
+    done = []
+    siblings = sorted(out.parent.iterdir())
+    for tag in (OLD_TAG, TMP_TAG):  # old first: it may restore out
+        for path in siblings:
+            pid = _leftover_pid(path, out, tag)
+            if pid is None or not path.exists() or pid_alive(pid) or not _written_by_writer(path):
+                continue
+            if tag == OLD_TAG and not out.exists() and is_dataset_dir(path):
+                os.replace(path, out)
+            elif path.is_dir():
+                shutil.rmtree(path)
+            else:
+                path.unlink()
+            done.append(path)
+    return done
+
+
+def check_names_and_splits(names: Sequence[str], splits: Mapping[str, np.ndarray],
+                           sources: Sequence[str | None] | None = None) -> None:
+    """Raise ValueError for a sample listed twice in a split, or in both halves of a split.
+
+    ``names``: sample names in store order; ``splits``: name -> int index array; ``sources``:
+    where each sample came from (named in the messages when known). Halves: ``<p>_train``
+    against ``<p>_val`` and ``<p>_test`` (and ``train`` against ``val`` / ``test``).
+    """
+    def describe(indices) -> str:
+        shown = []
+        for i in list(indices)[:5]:
+            where = sources[i] if sources is not None and sources[i] else None
+            shown.append(f"{names[i]!r}" + (f" (from {where})" if where else ""))
+        return ", ".join(shown) + (", ..." if len(indices) > 5 else "")
+
+    for split, idx in splits.items():
+        values, counts = np.unique(idx, return_counts=True)
+        if (counts > 1).any():
+            twice = values[counts > 1]
+            raise ValueError(f"split {split!r} lists {twice.size} sample(s) more than once: "
+                             f"{describe(twice)}")
+    for split, idx in splits.items():
+        if not (split == "train" or split.endswith("_train")):
+            continue
+        for other in ("val", "test"):
+            partner = split[:-len("train")] + other
+            if partner in splits:
+                both = np.intersect1d(idx, splits[partner])
+                if both.size:
+                    raise ValueError(f"{both.size} sample(s) in both split {split!r} and split "
+                                     f"{partner!r} (train/test leakage): {describe(both)}")
+
+
+def _replace_dir(tmp: Path, out: Path) -> None:
+    """Rename the complete directory ``tmp`` to ``out``, replacing an existing dataset ``out``.
+
+    The old directory is renamed aside first and deleted only once the new one is in place;
+    if the second rename fails the old one is put back.
+    """
+    check_replaceable(out)
+    old = out.with_name(f"{out.name}{OLD_TAG}{os.getpid()}")
+    if old.exists():
+        shutil.rmtree(old)
+    moved = out.exists()
+    if moved:
+        os.replace(out, old)
+    try:
+        os.replace(tmp, out)
+    except BaseException:
+        if moved:
+            os.replace(old, out)
+        raise
+    if moved:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _make_tmp_dir(out: Path) -> Path:
+    """``<out>.tmp-<pid>``, empty, after tidying leftovers and checking ``out`` may be replaced."""
+    clean_leftovers(out)
+    check_replaceable(out)
+    tmp = out.with_name(f"{out.name}{TMP_TAG}{os.getpid()}")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    return tmp
+
+
 class _FrameFile:
     """Appends ``(T, ...)`` blocks to a ``.npy`` file whose leading dimension is set at close."""
 
@@ -93,20 +319,24 @@ class _FrameFile:
         self.dtype = np.dtype(dtype)
         self.frames = 0
         self._file = open(path, "wb")
-        self._file.write(_npy_header((0, *self.frame_shape), self.dtype))
+        with _writing(path):
+            self._file.write(_npy_header((0, *self.frame_shape), self.dtype))
 
     def append(self, block: np.ndarray) -> None:
         block = np.ascontiguousarray(block, dtype=self.dtype)
-        self._file.write(block.tobytes())
+        with _writing(self.path):
+            self._file.write(block.tobytes())
         self.frames += block.shape[0]
 
     def close(self) -> None:
-        self._file.seek(0)
-        self._file.write(_npy_header((self.frames, *self.frame_shape), self.dtype))
-        self._file.close()
+        with _writing(self.path):
+            self._file.seek(0)
+            self._file.write(_npy_header((self.frames, *self.frame_shape), self.dtype))
+            self._file.close()
 
     def discard(self) -> None:
-        self._file.close()
+        with contextlib.suppress(OSError):  # a full disk may fail the flush of the last block
+            self._file.close()
 
 
 class StoreWriter:
@@ -120,7 +350,11 @@ class StoreWriter:
             w.close({"xsub_train": [...], "xsub_val": [...]})
 
     Leaving the ``with`` block on an exception (or without ``close``) removes the temporary
-    directory and leaves any existing ``out_dir`` untouched.
+    directory and leaves any existing ``out_dir`` untouched. An existing ``out_dir`` must be a
+    dataset directory written by this suite (``check_replaceable``, checked at the start and
+    again before the replace). Two records with the same name are refused (naming where both
+    came from, ``add(rec, source=...)``), and so are splits that list a sample twice or share
+    samples between ``<p>_train`` and ``<p>_val`` (``check_names_and_splits``).
     """
 
     def __init__(self, out_dir, layout: str | Layout, num_classes: int,
@@ -139,15 +373,14 @@ class StoreWriter:
         self.joints = self.layout.num_joints
         self.dtype = dtype
         self.source_format = source_format
-        self.tmp_dir = self.out_dir.with_name(f"{self.out_dir.name}.tmp-{os.getpid()}")
-        if self.tmp_dir.exists():
-            shutil.rmtree(self.tmp_dir)
-        self.tmp_dir.mkdir(parents=True)
+        self.tmp_dir = _make_tmp_dir(self.out_dir)
         self._frames = _FrameFile(self.tmp_dir / FRAMES_FILE,
                                   (self.bodies, self.joints, self.channels), np.dtype(dtype))
         self._extras: dict[str, _FrameFile] = {}
         self._index: dict[str, list] = {k: [] for k in
                                         ("offset", "length", "label", "name", *META_FIELDS)}
+        self._position: dict[str, int] = {}  # name -> record index
+        self._sources: list[str | None] = []  # where each record came from (for messages)
         self._closed = False
 
     def __len__(self) -> int:
@@ -165,8 +398,15 @@ class StoreWriter:
         if not self._closed:
             self.abort()
 
-    def add(self, rec: Record) -> None:
-        """Append one record; its data must be ``(T >= 1, M, V, C)`` with finite values."""
+    def add(self, rec: Record, source: str | None = None) -> None:
+        """Append one record; its data must be ``(T >= 1, M, V, C)`` with finite values and
+        its name must be new. ``source`` (e.g. the file it was read from) names it in errors."""
+        name = str(rec.name)
+        if name in self._position:
+            first = self._sources[self._position[name]]
+            where = f": {first} and {source}" if first or source else ""
+            raise ValueError(f"two samples named {name!r}{where} (sample names must be "
+                             f"unique)")
         data = np.asarray(rec.data)
         expected = (self.bodies, self.joints, self.channels)
         if data.ndim != 4 or data.shape[1:] != expected or data.shape[0] < 1:
@@ -182,7 +422,9 @@ class StoreWriter:
         self._index["length"].append(data.shape[0])
         self._frames.append(data)
         self._index["label"].append(int(rec.label))
-        self._index["name"].append(str(rec.name))
+        self._position[name] = len(self._index["name"])
+        self._sources.append(source)
+        self._index["name"].append(name)
         for field in META_FIELDS:
             self._index[field].append(int(getattr(rec, field)))
 
@@ -208,7 +450,7 @@ class StoreWriter:
 
     def _split_indices(self, splits: Mapping[str, Sequence]) -> dict[str, np.ndarray]:
         """Turn split members (names or indices) into validated int64 index arrays."""
-        position = {name: i for i, name in enumerate(self._index["name"])}
+        position = self._position
         out = {}
         for split, members in splits.items():
             members = list(members)
@@ -224,6 +466,7 @@ class StoreWriter:
                     raise ValueError(f"split {split!r}: indices {bad[:5].tolist()} outside "
                                      f"[0, {len(self)})")
             out[split] = idx
+        check_names_and_splits(self._index["name"], out, self._sources)
         return out
 
     def close(self, splits: Mapping[str, Sequence] | None = None) -> Path:
@@ -262,7 +505,7 @@ class StoreWriter:
             arrays[field] = np.array(ix[field], dtype=np.int32)
         for split, idx in split_idx.items():
             arrays[f"split/{split}"] = idx
-        with open(self.tmp_dir / INDEX_FILE, "wb") as f:
+        with open(self.tmp_dir / INDEX_FILE, "wb") as f, _writing(self.tmp_dir / INDEX_FILE):
             np.savez(f, **arrays)
 
     def _write_manifest(self, split_idx: dict[str, np.ndarray]) -> None:
@@ -285,20 +528,11 @@ class StoreWriter:
             "checksums": {name: _sha256(self.tmp_dir / name) for name in files},
             "created_by": CREATED_BY,
         }
-        with open(self.tmp_dir / MANIFEST_FILE, "w") as f:
+        with open(self.tmp_dir / MANIFEST_FILE, "w") as f, _writing(self.tmp_dir / MANIFEST_FILE):
             json.dump(manifest, f, indent=1)
 
     def _move_into_place(self) -> None:
         _replace_dir(self.tmp_dir, self.out_dir)
-
-
-def _replace_dir(tmp: Path, out: Path) -> None:
-    """Rename the complete directory ``tmp`` to ``out``, replacing an existing ``out``."""
-    old = out.with_name(f"{out.name}.old-{os.getpid()}")
-    if out.exists():
-        os.replace(out, old)
-    os.replace(tmp, out)
-    shutil.rmtree(old, ignore_errors=True)
 
 
 def add_splits(src, out, splits: Mapping[str, Sequence[int]]) -> Path:
@@ -308,8 +542,11 @@ def add_splits(src, out, splits: Mapping[str, Sequence[int]]) -> Path:
     are hard links to ``src``'s files where the filesystem allows, copies otherwise; index and
     manifest are new. Written into ``<out>.tmp-<pid>`` and renamed into place. For selection
     experiments on a part of a training split (e.g. view 1 -> view 2 of NW-UCLA xview_train).
+    ``out`` must not be, contain or lie inside ``src`` and may replace only a dataset
+    directory written by this suite; the splits are checked like ``StoreWriter``'s.
     """
     src, out = Path(src), Path(out)
+    check_outside(out, src, "add_splits: out", "src")
     manifest = _read_manifest(src)
     with np.load(src / INDEX_FILE, allow_pickle=False) as z:
         arrays = {k: z[k] for k in z.files}
@@ -323,9 +560,10 @@ def add_splits(src, out, splits: Mapping[str, Sequence[int]]) -> Path:
                              f"got {idx.size} indices with min {idx.min(initial=0)} and max "
                              f"{idx.max(initial=0)}")
         arrays[f"split/{name}"] = idx
-    tmp = out.with_name(f"{out.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    check_names_and_splits([str(n) for n in arrays["name"]],
+                           {k[len("split/"):]: v for k, v in arrays.items()
+                            if k.startswith("split/")})
+    tmp = _make_tmp_dir(out)
     try:
         for name in manifest["checksums"]:
             if name == INDEX_FILE:
@@ -334,13 +572,13 @@ def add_splits(src, out, splits: Mapping[str, Sequence[int]]) -> Path:
                 os.link(src / name, tmp / name)
             except OSError:
                 shutil.copy2(src / name, tmp / name)
-        with open(tmp / INDEX_FILE, "wb") as f:
+        with open(tmp / INDEX_FILE, "wb") as f, _writing(tmp / INDEX_FILE):
             np.savez(f, **arrays)
         manifest = {**manifest,
                     "splits": {k[len("split/"):]: int(v.size) for k, v in arrays.items()
                                if k.startswith("split/")},
                     "checksums": {**manifest["checksums"], INDEX_FILE: _sha256(tmp / INDEX_FILE)}}
-        with open(tmp / MANIFEST_FILE, "w") as f:
+        with open(tmp / MANIFEST_FILE, "w") as f, _writing(tmp / MANIFEST_FILE):
             json.dump(manifest, f, indent=1)
         _replace_dir(tmp, out)
     except BaseException:
@@ -396,6 +634,37 @@ def _read_manifest(root: Path) -> dict:
         raise _fail(path, f"joints={manifest['joints']} but layout {layout.name!r} has "
                           f"{layout.num_joints}")
     return manifest
+
+
+def _frame_array_specs(path: Path, manifest: dict) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+    """The manifest's ``frame_arrays`` as key -> (per-frame shape, dtype), every entry checked
+    (StoreError naming the manifest and the field)."""
+    specs = manifest.get("frame_arrays", {})
+    if not isinstance(specs, dict):
+        raise _fail(path, f"field 'frame_arrays' should be an object key -> {{dtype, shape}}, "
+                          f"got {type(specs).__name__}")
+    out = {}
+    for key, spec in specs.items():
+        field = f"field 'frame_arrays' entry {key!r}"
+        if not key.isidentifier() or key in _RESERVED_NAMES:
+            raise _fail(path, f"{field}: invalid name (expected an identifier other than "
+                              f"{sorted(_RESERVED_NAMES)})")
+        if not isinstance(spec, dict) or set(spec) != {"dtype", "shape"}:
+            raise _fail(path, f"{field}: expected an object with keys 'dtype' and 'shape', got "
+                              f"{spec!r:.80}")
+        shape = spec["shape"]
+        if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool)
+                                                  and d >= 0 for d in shape):
+            raise _fail(path, f"{field}: 'shape' should be a list of ints >= 0, got {shape!r:.80}")
+        try:
+            dtype = np.dtype(spec["dtype"]) if isinstance(spec["dtype"], str) else None
+        except (TypeError, ValueError):
+            dtype = None
+        if dtype is None or dtype.kind not in "biuf":
+            raise _fail(path, f"{field}: 'dtype' should name a numeric dtype such as '<i2', "
+                              f"got {spec['dtype']!r:.80}")
+        out[key] = (tuple(shape), dtype)
+    return out
 
 
 def _open_npy(path: Path, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
@@ -561,10 +830,9 @@ def open_store(path, verify: bool = False) -> Store:
                        np.dtype(manifest["dtype"]))
     index, splits = _read_index(root / INDEX_FILE, manifest)
     frame_arrays = {}
-    for key, spec in manifest.get("frame_arrays", {}).items():
-        frame_arrays[key] = _open_npy(root / f"{key}.npy",
-                                      (manifest["total_frames"], *spec["shape"]),
-                                      np.dtype(spec["dtype"]))
+    for key, (shape, dtype) in _frame_array_specs(root / MANIFEST_FILE, manifest).items():
+        frame_arrays[key] = _open_npy(root / f"{key}.npy", (manifest["total_frames"], *shape),
+                                      dtype)
     if verify:
         for name, expected in manifest["checksums"].items():
             if not (root / name).is_file():

@@ -34,7 +34,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from feeders.store import Record, StoreWriter
+from feeders.store import Record, StoreWriter, check_replaceable, error_message
 
 LAYOUT = "ntu25"
 NUM_JOINTS = 25
@@ -679,6 +679,7 @@ def write_synthetic(out_dir, num_sequences: int = DEFAULT_NUM_SEQUENCES, seed: i
         raise ValueError(f"num_sequences must be >= 1, got {num_sequences}")
     if num_subjects < 4:
         raise ValueError(f"num_subjects must be >= 4 (two per split half), got {num_subjects}")
+    check_replaceable(out_dir)  # before the workers start
     jobs = [(seed, s, min(s + block, num_sequences), num_subjects)
             for s in range(0, num_sequences, block)]
     train, val = [], []
@@ -706,7 +707,9 @@ def main(argv=None) -> None:
         prog="python -m feeders.synthetic",
         description="Write the embedded synthetic skeleton dataset (NTU 25-joint layout, "
                     f"{len(CLASS_NAMES)} classes, xsub_train/xsub_val splits).")
-    parser.add_argument("--out", required=True, type=Path, help="output dataset directory")
+    parser.add_argument("--out", required=True, type=Path,
+                        help="output dataset directory (an existing one is replaced only when "
+                             "it is a dataset directory written by this suite)")
     parser.add_argument("--num-sequences", type=int, default=DEFAULT_NUM_SEQUENCES)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1))
@@ -721,12 +724,15 @@ def main(argv=None) -> None:
     if args.num_sequences < 1 or args.workers < 1 or args.num_streams < 1:
         parser.error("--num-sequences, --num-streams and --workers must be >= 1")
     start = time.perf_counter()
-    if args.untrimmed:
-        path = write_untrimmed(args.out, args.num_streams, args.seed)
-        print(f"wrote {args.num_streams} untrimmed streams to {path} in "
-              f"{time.perf_counter() - start:.1f} s")
-        return
-    path = write_synthetic(args.out, args.num_sequences, args.seed, args.workers)
+    try:
+        if args.untrimmed:
+            path = write_untrimmed(args.out, args.num_streams, args.seed)
+            print(f"wrote {args.num_streams} untrimmed streams to {path} in "
+                  f"{time.perf_counter() - start:.1f} s")
+            return
+        path = write_synthetic(args.out, args.num_sequences, args.seed, args.workers)
+    except (ValueError, OSError) as e:
+        parser.error(error_message(e))
     elapsed = time.perf_counter() - start
     print(f"wrote {args.num_sequences} sequences to {path} in {elapsed:.1f} s "
           f"({args.num_sequences / elapsed:.0f} sequences/s)")

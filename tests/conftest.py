@@ -24,3 +24,10 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"real data not found at {SHARED_DATA}")
     return SHARED_DATA
+
+
+@pytest.fixture
+def out_root(tmp_path_factory) -> Path:
+    """An empty folder for outputs outside ``tmp_path``, for tests whose ``--src`` is
+    ``tmp_path`` itself (an output inside the source is refused)."""
+    return tmp_path_factory.mktemp("out")

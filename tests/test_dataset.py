@@ -37,7 +37,9 @@ def store_dir(tmp_path_factory):
     with StoreWriter(out, "ntu25", 3, ["a", "b", "c"], channels=3, bodies=2) as w:
         for i, n in enumerate(LENGTHS):
             w.add(Record(f"seq{i}", i % 3, make_sequence(i, n)))
-        w.close({"train": [0, 1, 2, 3, 4, 5, 6], "val": [7, 8, 9, 1]})
+        # "probe" is unsorted and shares seq1 with "train" (not a train/val pair, which the
+        # writer would refuse as leakage)
+        w.close({"train": [0, 1, 2, 3, 4, 5, 6], "probe": [7, 8, 9, 1]})
     return out
 
 
@@ -183,11 +185,11 @@ def test_pretrain_min_crop_reaches_the_crops(store):
 
 
 def test_eval_items_have_no_randomness(store):
-    ds = EvalDataset(store, "val", CLIP)
+    ds = EvalDataset(store, "probe", CLIP)
     assert len(ds) == 4 and ds.labels.tolist() == [7 % 3, 8 % 3, 9 % 3, 1 % 3]
     clip, label, index = ds[1]
     assert clip.shape == (3, CLIP, 25, 2) and label == 8 % 3 and index == 1
-    assert torch.equal(clip, EvalDataset(store, "val", CLIP)[1][0])
+    assert torch.equal(clip, EvalDataset(store, "probe", CLIP)[1][0])
     assert np.allclose(clip.numpy(), resize_whole(normalized(8), CLIP), atol=1e-6)
 
 
@@ -229,9 +231,9 @@ def test_bad_arguments(store):
     with pytest.raises(KeyError, match="available splits"):
         EvalDataset(store, "nope", CLIP)
     with pytest.raises(ValueError, match="normalize"):
-        EvalDataset(store, "val", CLIP, normalize="center")
+        EvalDataset(store, "probe", CLIP, normalize="center")
     with pytest.raises(ValueError, match="seed"):
-        PretrainDataset(store, "val", CLIP, seed=-1)
+        PretrainDataset(store, "probe", CLIP, seed=-1)
 
 
 # ----------------------------------------------------------------------------- loader

@@ -145,10 +145,16 @@ def test_export_is_atomic_and_replaces(tmp_path):
     anns = make_annotations(np.random.default_rng(5), 2, 25, 3, score=False)
     write_pickle(tmp_path / "in.pkl", anns)
     prepare("pyskl", tmp_path / "in.pkl", tmp_path / "ds")
-    (tmp_path / "out.pkl").write_bytes(b"old")
     to_pyskl(tmp_path / "ds", tmp_path / "out.pkl")
-    assert len(load_pickle(tmp_path / "out.pkl")["annotations"]) == 2
+    prepare("pyskl", tmp_path / "in.pkl", tmp_path / "ds", workers=1)  # same data again
+    to_pyskl(tmp_path / "ds", tmp_path / "out.pkl")  # replaces its own earlier export
+    content = load_pickle(tmp_path / "out.pkl")
+    assert content["created_by"] == "feeders.export (pyskl)" and len(content["annotations"]) == 2
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ds", "in.pkl", "out.pkl"]
+    (tmp_path / "other.pkl").write_bytes(b"not ours")
+    with pytest.raises(ValueError, match="other.pkl: exists and was not written by feeders.export"):
+        to_pyskl(tmp_path / "ds", tmp_path / "other.pkl")
+    assert (tmp_path / "other.pkl").read_bytes() == b"not ours"
 
 
 @pytest.mark.parametrize("corrupt, message", [

@@ -42,5 +42,8 @@ def test_text_summary(dataset, capsys):
 
 def test_bad_directory_exits_with_message(tmp_path, capsys):
     (tmp_path / "ds").mkdir()
-    with pytest.raises(SystemExit, match="manifest.json: missing"):
+    with pytest.raises(SystemExit) as exit_info:
         ds_inspect.main([str(tmp_path / "ds")])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "Traceback" not in err
+    assert "python -m feeders.inspect: error: " in err and "manifest.json: missing" in err

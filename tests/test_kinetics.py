@@ -77,15 +77,15 @@ def write_clip(folder, name, frames, label="dancing", **extra):
                                                      "label_index": 7, **extra}))
 
 
-def test_small_clips_without_label_lists(tmp_path):
+def test_small_clips_without_label_lists(tmp_path, out_root):
     train, val = tmp_path / "kinetics_train", tmp_path / "kinetics_val"
     # frame 2 missing from data, frame 3 empty, frame 4 has three people
     write_clip(train, "c1", [(1, [skeleton(0.1, 0.5)]), (3, []),
                              (4, [skeleton(0.2, 0.1), skeleton(0.3, 0.9), skeleton(0.4, 0.5)])])
     write_clip(val, "c2", [(1, [skeleton(0.5, 1.0)])], label="archery")
-    summary = prepare("kinetics", tmp_path, tmp_path / "ds")
+    summary = prepare("kinetics", tmp_path, out_root / "ds")
     assert summary["splits"] == {"train": 1, "val": 1}
-    store = open_store(tmp_path / "ds")
+    store = open_store(out_root / "ds")
     assert store.class_names == ["archery", "dancing"]  # sorted label strings
     assert store.labels.tolist() == [1, 0]
     seq = store.sequence(0)
@@ -95,12 +95,12 @@ def test_small_clips_without_label_lists(tmp_path):
     np.testing.assert_allclose(seq[0, 0, 5], [0.1, 0.1, 0.5], rtol=1e-6)
     assert not seq[0, 1].any()
 
-    prepare("kinetics", tmp_path, tmp_path / "one", bodies=1)
-    np.testing.assert_allclose(open_store(tmp_path / "one").sequence(0)[3, :, 0],
+    prepare("kinetics", tmp_path, out_root / "one", bodies=1)
+    np.testing.assert_allclose(open_store(out_root / "one").sequence(0)[3, :, 0],
                                [[0.3, 0.3, 0.9]], rtol=1e-6)
 
 
-def test_label_lists_and_names(tmp_path):
+def test_label_lists_and_names(tmp_path, out_root):
     clips = tmp_path / "clips"
     write_clip(clips, "keep", [(1, [skeleton(0.1, 0.5)])], label="archery")
     write_clip(clips, "noskel", [(1, [])], label="archery")
@@ -108,11 +108,11 @@ def test_label_lists_and_names(tmp_path):
               "noskel": {"has_skeleton": False, "label": "archery", "label_index": 3}}
     (tmp_path / "train_labels.json").write_text(json.dumps(labels))
     (tmp_path / "names.txt").write_text("abseiling\narchery\nzumba\n")
-    summary = prepare("kinetics", tmp_path, tmp_path / "ds", train_dir=clips,
+    summary = prepare("kinetics", tmp_path, out_root / "ds", train_dir=clips,
                       train_labels=tmp_path / "train_labels.json",
                       label_names=tmp_path / "names.txt")
     assert summary["num_sequences"] == 1 and summary["splits"] == {"train": 1}
-    store = open_store(tmp_path / "ds")
+    store = open_store(out_root / "ds")
     assert store.names.tolist() == ["keep"] and store.labels.tolist() == [1]
     assert store.num_classes == 3
 
@@ -120,16 +120,16 @@ def test_label_lists_and_names(tmp_path):
     (tmp_path / "train_labels.json").write_text(json.dumps(labels))
     with pytest.raises(ValueError, match=r"keep.json: field 'label' is 'archery', but the "
                                          r"label list says 'zumba'"):
-        prepare("kinetics", tmp_path, tmp_path / "x", train_dir=clips,
+        prepare("kinetics", tmp_path, out_root / "x", train_dir=clips,
                 train_labels=tmp_path / "train_labels.json", label_names=tmp_path / "names.txt")
     del labels["keep"]
     (tmp_path / "train_labels.json").write_text(json.dumps(labels))
     with pytest.raises(ValueError, match=r"train_labels.json: no entry .* for clip 'keep'"):
-        prepare("kinetics", tmp_path, tmp_path / "x", train_dir=clips,
+        prepare("kinetics", tmp_path, out_root / "x", train_dir=clips,
                 train_labels=tmp_path / "train_labels.json")
     (tmp_path / "names.txt").write_text("abseiling\nzumba\n")
     with pytest.raises(ValueError, match=r"keep.json: label 'archery' is not in .*names.txt"):
-        prepare("kinetics", tmp_path, tmp_path / "x", train_dir=clips,
+        prepare("kinetics", tmp_path, out_root / "x", train_dir=clips,
                 label_names=tmp_path / "names.txt")
 
 
@@ -145,24 +145,24 @@ def test_label_lists_and_names(tmp_path):
     (json.dumps({"data": [], "label": "a"}), "field 'data' is empty"),
     (json.dumps({"label": "a"}), "expected an object with a 'data' list"),
 ])
-def test_bad_clips(tmp_path, content, message):
+def test_bad_clips(tmp_path, content, message, out_root):
     folder = tmp_path / "kinetics_train"
     write_clip(folder, "good", [(1, [skeleton(0.1, 0.5)])], label="a")
     (folder / "bad.json").write_text(content)
     with pytest.raises(ValueError, match=message) as err:
-        prepare("kinetics", tmp_path, tmp_path / "ds")
+        prepare("kinetics", tmp_path, out_root / "ds")
     assert "bad.json" in str(err.value)
-    assert not (tmp_path / "ds").exists()
+    assert not (out_root / "ds").exists()
 
 
-def test_missing_folders(tmp_path):
+def test_missing_folders(tmp_path, out_root):
     with pytest.raises(ValueError, match="no kinetics_train/ or kinetics_val/"):
-        prepare("kinetics", tmp_path, tmp_path / "ds")
+        prepare("kinetics", tmp_path, out_root / "ds")
     (tmp_path / "kinetics_val").mkdir()
     with pytest.raises(ValueError, match=r"kinetics_val: no clip \*.json files"):
-        prepare("kinetics", tmp_path, tmp_path / "ds")
+        prepare("kinetics", tmp_path, out_root / "ds")
     with pytest.raises(ValueError, match="nowhere: train clip folder not found"):
-        prepare("kinetics", tmp_path, tmp_path / "ds", train_dir=tmp_path / "nowhere")
+        prepare("kinetics", tmp_path, out_root / "ds", train_dir=tmp_path / "nowhere")
 
 
 def test_export_to_pyskl_and_back(kinetics, tmp_path):
@@ -171,7 +171,8 @@ def test_export_to_pyskl_and_back(kinetics, tmp_path):
     from feeders.export import to_pyskl
 
     to_pyskl(kinetics.root, tmp_path / "k.pkl")
-    prepare("pyskl", tmp_path / "k.pkl", tmp_path / "back")
+    # pyskl pickles carry no class count: 11 labels up to 335 need --num-classes
+    prepare("pyskl", tmp_path / "k.pkl", tmp_path / "back", num_classes=kinetics.num_classes)
     back = open_store(tmp_path / "back")
     assert back.layout.name == "openpose18" and back.channels == 3 and back.bodies == 2
     assert back.names.tolist() == kinetics.names.tolist()

@@ -100,21 +100,21 @@ def test_small_folder_splits(tmp_path):
     (lambda f: write_clip(f, "walk_01", good_skeletons(), 1),
      "does not match aAA_sSS_eEE_vVV"),
 ])
-def test_bad_files(tmp_path, write, message):
+def test_bad_files(tmp_path, write, message, out_root):
     folder = tmp_path / "all_sqe"
     folder.mkdir()
     write_clip(folder, "a02_s01_e00_v01", good_skeletons(), 2)
     write(folder)
     with pytest.raises(ValueError, match=message) as err:
-        prepare("nwucla", tmp_path, tmp_path / "ds")
+        prepare("nwucla", tmp_path, out_root / "ds")
     assert ".json" in str(err.value)
-    assert not (tmp_path / "ds").exists()
+    assert not (out_root / "ds").exists()
 
 
-def test_empty_folder(tmp_path):
+def test_empty_folder(tmp_path, out_root):
     (tmp_path / "all_sqe").mkdir()
     with pytest.raises(ValueError, match="all_sqe: no NW-UCLA"):
-        prepare("nwucla", tmp_path, tmp_path / "ds")
+        prepare("nwucla", tmp_path, out_root / "ds")
 
 
 def test_view_normalisation_golden_cross_view_floor(ucla):

@@ -51,12 +51,12 @@ def write_mat(folder, stem, t=4, action="squat", train=1, **override):
     return fields
 
 
-def test_small_folder_and_no_visibility(tmp_path):
+def test_small_folder_and_no_visibility(tmp_path, out_root):
     a = write_mat(tmp_path, "0001", t=3, action="squat", train=1)
     b = write_mat(tmp_path, "0002", t=5, action="bowl", train=-1)
-    summary = prepare("penn", tmp_path, tmp_path / "ds", visibility=False)
+    summary = prepare("penn", tmp_path, out_root / "ds", visibility=False)
     assert summary["splits"] == {"train": 1, "val": 1}
-    store = open_store(tmp_path / "ds")
+    store = open_store(out_root / "ds")
     assert store.channels == 2 and store.class_names == ["bowl", "squat"]
     assert store.labels.tolist() == [1, 0] and store.lengths.tolist() == [3, 5]
     np.testing.assert_array_equal(store.sequence(1)[:, 0, :, 0], b["x"].astype(np.float32))
@@ -71,13 +71,13 @@ def test_small_folder_and_no_visibility(tmp_path):
     ({"train": np.array([[0]])}, r"field 'train' must be 1 or -1, got \[0\]"),
     ({"action": np.array([3.0])}, "field 'action' must be one non-empty string"),
 ])
-def test_bad_files(tmp_path, override, message):
+def test_bad_files(tmp_path, override, message, out_root):
     write_mat(tmp_path, "0001")
     write_mat(tmp_path, "0002", **override)
     with pytest.raises(ValueError, match=message) as err:
-        prepare("penn", tmp_path, tmp_path / "ds")
+        prepare("penn", tmp_path, out_root / "ds")
     assert "0002.mat" in str(err.value)
-    assert not (tmp_path / "ds").exists()
+    assert not (out_root / "ds").exists()
 
 
 def test_truncated_missing_field_and_empty(tmp_path):

@@ -125,12 +125,12 @@ def test_corrupt_lines(pku_dir, tmp_path, file, line, text, message):
     assert not (tmp_path / "out").exists()
 
 
-def test_missing_label_file_and_folders(pku_dir, tmp_path):
+def test_missing_label_file_and_folders(pku_dir, tmp_path, out_root):
     (pku_dir / "label" / "0002-M.txt").unlink()
     with pytest.raises(ValueError, match="0002-M.txt: no label file"):
         prepare("pku", pku_dir, tmp_path / "out")
     with pytest.raises(ValueError, match="no skeleton folder"):
-        prepare("pku", tmp_path, tmp_path / "out")
+        prepare("pku", tmp_path, out_root / "out")
 
 
 @pytest.mark.parametrize("convention, lines, expected", [

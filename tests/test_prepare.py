@@ -23,7 +23,7 @@ from feeders.store import Record
 
 
 def add_arguments(parser):
-    parser.add_argument("--num-classes", type=int, default=2)
+    pass
 
 
 def read(item):
@@ -43,7 +43,7 @@ def make_splits(metas):
 
 def scan(src, opts):
     items = [l for l in (src / "items.txt").read_text().splitlines() if l.strip()]
-    return Source("ntu25", 3, 2, [f"class{k}" for k in range(opts.num_classes)], items, read,
+    return Source("ntu25", 3, 2, [f"class{k}" for k in range(opts.num_classes or 2)], items, read,
                   True, make_splits)
 '''
 

@@ -202,7 +202,7 @@ def test_2d_score_data_keeps_its_confidence_channel(monkeypatch, tmp_path):
             seq = rng.normal(size=(20, 1, 17, 3)).astype(np.float32)
             seq[..., 2] = rng.uniform(0.1, 1.0, size=(20, 1, 17))
             w.add(Record(f"s{i}", i % 2, seq))
-        w.close({"xsub_train": list(range(8)), "xsub_val": [0, 1]})
+        w.close({"xsub_train": list(range(6)), "xsub_val": [6, 7]})
     seen = _first_encoder_input(monkeypatch, tmp_path / "coco", tmp_path / "out", "b")
     score = seen[:, 2]
     assert score.min() >= 0.1 - 1e-6 and score.max() <= 1.0 + 1e-6

@@ -11,16 +11,16 @@ Splits ``train`` / ``val`` (or ``<split-name>_train`` / ``_val``); names from th
 from __future__ import annotations
 
 import argparse
-import pickle
 from functools import partial
 from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
 
+from feeders import safe_pickle
 from feeders.formats import Source
 from feeders.formats.ctrgcn import split_names, splits_by_name, valid_length
-from feeders.formats.pyskl import default_class_names, ntu_meta, read_class_names
+from feeders.formats.pyskl import label_class_names, ntu_meta
 from feeders.layouts import get_layout
 from feeders.store import Record
 
@@ -61,13 +61,13 @@ def read(item: Sample) -> list[Record]:
     return [Record(name=item.name, label=item.label, data=data, **ntu_meta(item.name))]
 
 
-def load_labels(path: Path, count: int) -> tuple[list[str], np.ndarray]:
-    """``(names, labels)`` from a label pickle, checked against ``count`` samples."""
-    try:
-        with open(path, "rb") as f:
-            content = pickle.load(f)
-    except (pickle.UnpicklingError, EOFError, AttributeError, ImportError, IndexError) as e:
-        raise ValueError(f"{path}: not a readable pickle ({type(e).__name__}: {e})") from None
+def load_labels(path: Path, count: int, trusted: bool = False) -> tuple[list[str], np.ndarray]:
+    """``(names, labels)`` from a label pickle (``feeders.safe_pickle``), checked against
+    ``count`` samples."""
+    if not path.is_file():
+        raise ValueError(f"{path}: label file not found (each <split>_data_joint.npy needs "
+                         f"its <split>_label.pkl)")
+    content = safe_pickle.load(path, trusted)
     if not isinstance(content, (tuple, list)) or len(content) != 2:
         raise ValueError(f"{path}: expected the pair (sample_names, labels), got "
                          f"{type(content).__name__}")
@@ -75,9 +75,10 @@ def load_labels(path: Path, count: int) -> tuple[list[str], np.ndarray]:
     if len(names) != count or labels.shape != (count,):
         raise ValueError(f"{path}: {len(names)} names and {labels.shape} labels, expected "
                          f"{count} (the data file's N)")
-    if labels.dtype.kind not in "iu" or (labels < 0).any():
-        raise ValueError(f"{path}: labels must be integers >= 0, got {labels.dtype} "
-                         f"min {labels.min()}")
+    if labels.dtype.kind not in "iu":
+        raise ValueError(f"{path}: labels must be integers >= 0, got {labels.dtype} values")
+    if (labels < 0).any():
+        raise ValueError(f"{path}: labels must be integers >= 0, got min {labels.min()}")
     return names, labels.astype(np.int64)
 
 
@@ -121,7 +122,7 @@ def scan(src: Path, opts) -> Source:
             raise ValueError(f"{data_path}: (M, V, C) = {(m, joints, c)} differs from the "
                              f"other split's {frame_shape}")
         frame_shape = (m, joints, c)
-        names, labels = load_labels(src / f"{split}_label.pkl", n)
+        names, labels = load_labels(src / f"{split}_label.pkl", n, opts.trust_pickle)
         num_frames = load_num_frames(src / f"{split}_num_frame.npy", n, t)
         for row, (name, label) in enumerate(zip(names, labels)):
             if name in split_of:
@@ -130,14 +131,8 @@ def scan(src: Path, opts) -> Source:
             split_of[name] = names_of_split[split]
             items.append(Sample(data_path, row, int(label), name,
                                 None if num_frames is None else int(num_frames[row])))
-    num_classes = max(s.label for s in items) + 1
-    if opts.class_names:
-        class_names = read_class_names(opts.class_names)
-        if len(class_names) < num_classes:
-            raise ValueError(f"{opts.class_names}: {len(class_names)} class names, but the "
-                             f"labels go up to {num_classes - 1}")
-    else:
-        class_names = default_class_names(num_classes)
+    class_names = label_class_names([s.label for s in items], src, opts.class_names,
+                                    opts.num_classes)
     return Source(layout=opts.layout, channels=frame_shape[2], bodies=frame_shape[0],
                   class_names=class_names, items=items, read=read, parallel=True,
                   make_splits=partial(splits_by_name, split_of))

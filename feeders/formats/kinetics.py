@@ -12,12 +12,14 @@ line, 400 in the original ``label_name.txt``; default ``<src>/label_name.txt``, 
 label strings found). Label lists ``{clip: {has_skeleton, label, label_index}}`` (default
 ``<src>/kinetics_{train,val}_label.json`` when present) give each clip's label and drop clips
 without skeleton; their ``label_index`` is ignored. Splits ``train`` / ``val`` from the folders
-``<src>/kinetics_train`` and ``<src>/kinetics_val`` (or ``--train-dir`` / ``--val-dir``).
+``<src>/kinetics_train`` and ``<src>/kinetics_val`` (or ``--train-dir`` / ``--val-dir``); when
+one of them is missing a warning says that only the other split will be written.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 from functools import partial
 from pathlib import Path
 from typing import NamedTuple
@@ -180,7 +182,12 @@ def scan(src: Path, opts) -> Source:
     src = Path(src)
     label_of: dict[Path, str] = {}
     split_of: dict[str, str] = {}
-    for split, (folder, label_list) in _split_inputs(src, opts).items():
+    inputs = _split_inputs(src, opts)
+    for split in SPLITS:
+        if split not in inputs:
+            print(f"warning: {src}: no {split} clip folder (kinetics_{split}/ or --{split}-dir); "
+                  f"only the {' and '.join(inputs)} split will be written", file=sys.stderr)
+    for split, (folder, label_list) in inputs.items():
         files = sorted(folder.glob("*.json"))
         if not files:
             raise ValueError(f"{folder}: no clip *.json files")

@@ -13,7 +13,6 @@ reading runs in the main process (``parallel=False``). Splits are copied verbati
 from __future__ import annotations
 
 import argparse
-import pickle
 import re
 from functools import partial
 from pathlib import Path
@@ -21,6 +20,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from feeders import safe_pickle
 from feeders.formats import Source
 from feeders.store import Record
 
@@ -75,6 +75,35 @@ def default_class_names(num_classes: int) -> list[str]:
     return [f"class_{k:03d}" for k in range(num_classes)]
 
 
+def label_class_names(labels, where, names_file: Path | None = None,
+                      num_classes: int | None = None) -> list[str]:
+    """Class names for a source whose class count comes from its labels (pyskl, agcn).
+
+    The count is ``--num-classes`` when given, else the length of the ``--class-names`` file,
+    else max label + 1. Without either flag, a max label + 1 above ``2 * distinct + 10``
+    (``distinct`` = the number of different labels present) is refused: one stray label of
+    10**6 would otherwise make a store of 1,000,001 classes. Errors name ``where``.
+    """
+    labels = [int(label) for label in labels]
+    top, distinct = max(labels) + 1, len(set(labels))
+    if num_classes is not None:
+        if num_classes < top:
+            raise ValueError(f"--num-classes {num_classes}: {where} has labels up to {top - 1}")
+        return (read_class_names(names_file, num_classes) if names_file
+                else default_class_names(num_classes))
+    if names_file:
+        names = read_class_names(names_file)
+        if len(names) < top:
+            raise ValueError(f"{names_file}: {len(names)} class names, but {where} has labels "
+                             f"up to {top - 1}")
+        return names
+    if top > 2 * distinct + 10:
+        raise ValueError(f"{where}: labels go up to {top - 1} but only {distinct} different "
+                         f"labels are present, which would make {top} classes; pass "
+                         f"--num-classes {top} if that is right, otherwise fix the labels")
+    return default_class_names(top)
+
+
 def ntu_meta(name: str) -> dict[str, int]:
     """Setup/view(camera)/subject/replication parsed from an NTU name ``SsssCcccPpppRrrrAaaa``
     (an empty dict for other names)."""
@@ -85,13 +114,9 @@ def ntu_meta(name: str) -> dict[str, int]:
     return {"setup": setup, "view": camera, "subject": subject, "replication": replication}
 
 
-def load_annotations(path: Path) -> dict:
-    """The pickled annotation dict, with its top-level structure checked."""
-    try:
-        with open(path, "rb") as f:
-            content = pickle.load(f)
-    except (pickle.UnpicklingError, EOFError, AttributeError, ImportError, IndexError) as e:
-        raise ValueError(f"{path}: not a readable pickle ({type(e).__name__}: {e})") from None
+def load_annotations(path: Path, trusted: bool = False) -> dict:
+    """The pickled annotation dict (``feeders.safe_pickle``), top-level structure checked."""
+    content = safe_pickle.load(path, trusted)
     if not isinstance(content, dict) or "annotations" not in content:
         raise ValueError(f"{path}: expected a dict with keys 'split' and 'annotations', got "
                          f"{type(content).__name__}"
@@ -185,7 +210,7 @@ def scan(src: Path, opts) -> Source:
     src = Path(src)
     if not src.is_file():
         raise ValueError(f"{src}: pyskl annotation pickle not found")
-    content = load_annotations(src)
+    content = load_annotations(src, opts.trust_pickle)
     anns = content["annotations"]
     _check_annotation_fields(anns, src)
     first = _keypoint(anns[0], src)
@@ -200,14 +225,8 @@ def scan(src: Path, opts) -> Source:
     if layout is None:
         raise ValueError(f"{src}: no default layout for V={joints} joints; pass --layout")
     use_score = coords == 2 and "keypoint_score" in anns[0] and not opts.drop_score
-    num_classes = max(int(a["label"]) for a in anns) + 1
-    if opts.class_names:
-        class_names = read_class_names(opts.class_names)
-        if len(class_names) < num_classes:
-            raise ValueError(f"{opts.class_names}: {len(class_names)} class names, but "
-                             f"{src} has labels up to {num_classes - 1}")
-    else:
-        class_names = default_class_names(num_classes)
+    class_names = label_class_names([a["label"] for a in anns], src, opts.class_names,
+                                    opts.num_classes)
     bodies = opts.bodies or max(_keypoint(a, src).shape[0] for a in anns)
     return Source(layout=layout, channels=coords + int(use_score), bodies=bodies,
                   class_names=class_names, items=[Item(src, a, use_score) for a in anns],
