@@ -35,9 +35,10 @@ class, drawn from --seed). --val-fraction V carves a stratified validation split
 plus, with validation, those of the epoch with the best validation top-1 (labelled "best").
 
 Outputs in --output, with tag = <mode>[_<fraction>]: <tag>.json (results), <tag>_scores.npz
-(per-sample test logits with sample names, for evaluation.fusion), <tag>_confusion.csv,
+(per-sample test logits with sample names, for evaluation.fusion), <tag>_confusion.csv and
+<tag>_confusion.png (labelled with the class names, also in <tag>/tb; evaluation.plots),
 <tag>_labelled.txt / <tag>_val.txt (names of the chosen training / validation samples when a
-subset is used), and the confusion matrix as an image in <tag>/tb.
+subset is used).
 """
 from __future__ import annotations
 
@@ -45,7 +46,6 @@ import argparse
 import csv
 import io
 import re
-import sys
 from functools import partial
 from pathlib import Path
 
@@ -55,10 +55,13 @@ import torch.nn.functional as F
 from torch import nn
 
 import engine
+from evaluation.checks import require_finite
 from evaluation.features import (CheckpointError, build_eval_encoder, cached_extract,
-                                 checkpoint_config, extract, setup_eval_run, stream_transform)
+                                 checkpoint_config, extract, setup_eval_run, split_names,
+                                 stream_transform)
 from evaluation.fusion import save_scores
 from evaluation.linear import accuracy, make_head, predict, train_linear
+from evaluation.plots import confusion_figure, save_figure
 from evaluation.subset import stratified_split, stratified_subset
 from feeders.augment import random_flip, random_rotation, random_shear
 from feeders.dataset import EvalDataset, PretrainDataset, make_loader
@@ -85,11 +88,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.set_defaults(epochs=None, batch_size=None, lr=None, backbone=None, preset=None,
                         stream=None, clip_len=None, normalize=None)
     g = parser.add_argument_group("evaluation")
-    g.add_argument("--mode", choices=("linear", "finetune"), default="linear")
+    g.add_argument("--mode", choices=("linear", "finetune"), default="linear",
+                   help="linear: frozen encoder + linear head; finetune: end to end")
     g.add_argument("--pretrained", default=None,
                    help="pretrain.py checkpoint (its `encoder.` weights): a path, `last` "
-                        "(<output>/last.pt), an epoch number N (<output>/epoch_NNNN.pt) or "
-                        "none (random init, from scratch); None: none")
+                        "(<output>/last.pt), an epoch number N (<output>/epoch_NNNN.pt), an encoder "
+                        "file of models.export (.safetensors; FILE#sha256=HEX checks its hash) "
+                        "or none (random init, from scratch); None: none")
     g.add_argument("--label-fraction", type=float, default=1.0,
                    help="train on this stratified fraction of the training split")
     g.add_argument("--val-fraction", type=float, default=0.0,
@@ -101,14 +106,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="feature cache; None: <output>/features")
     g.add_argument("--no-cache", action="store_true", help="do not read or write the cache")
     g = parser.add_argument_group("linear probe")
-    g.add_argument("--momentum", type=float, default=0.9)
+    g.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
     g.add_argument("--milestones", type=int, nargs="*", default=[120, 140],
                    help="epochs where the lr is multiplied by 0.1")
     g = parser.add_argument_group("fine-tuning")
-    g.add_argument("--warmup-epochs", type=float, default=5.0)
+    g.add_argument("--warmup-epochs", type=float, default=5.0, help="linear lr warmup epochs")
     g.add_argument("--layer-decay", type=float, default=1.0,
                    help="layer-wise lr decay factor (1: off; e.g. 0.8)")
-    g.add_argument("--label-smoothing", type=float, default=0.1)
+    g.add_argument("--label-smoothing", type=float, default=0.1, help="cross-entropy label smoothing")
     g.add_argument("--drop-path", type=float, default=None,
                    help="DropPath rate of DSTE/STTR; None: the preset's (0.1)")
     g.add_argument("--augment", action=argparse.BooleanOptionalAction, default=True,
@@ -314,15 +319,13 @@ def run_finetune(args, store, cfg, ckpt, info, dtype, train_pos, val_pos, run_di
     model.to(info.device)
     loader = finetune_loader(args, store, cfg, info, train_pos)
     state = finetune_state(model, args, len(loader), dtype, info.device)
-    meta = engine.run_metadata(args, info)
-    resume = engine.resume_path(args.resume, run_dir)
-    if resume is not None:
-        last = engine.load_checkpoint(resume)
-        check_head(last, resume, store.num_classes, args.data)
-        state.load(model, last)
-        changed = engine.changed_flags(last.get("meta", {}).get("config", {}), meta["config"])
-        engine.log(info, f"resumed fine-tuning from {resume} at epoch {state.epoch}"
-                   + (f" (changed flags: {', '.join(changed)})" if changed else ""))
+    meta = engine.resume_run(state, model, args, engine.run_metadata(args, info), info,
+                             len(loader), run_dir,
+                             check=lambda ckpt, path: check_head(ckpt, path, store.num_classes,
+                                                                 args.data),
+                             default_of=build_parser().get_default)
+    if info.is_main:
+        engine.write_json(run_dir / "config.json", meta)
 
     split_labels = torch.as_tensor(store.labels[store.split_indices(args.split)], dtype=torch.long)
     ddp_model = engine.wrap_ddp(model, info)
@@ -340,7 +343,10 @@ def run_finetune(args, store, cfg, ckpt, info, dtype, train_pos, val_pos, run_di
 
     def logits_of(split, indices=None):
         feats, labels = extract(model.encoder, store, split, indices=indices, **feat_kw)
-        return predict(model.head, feats.to(info.device)).cpu(), labels
+        logits = predict(model.head, feats.to(info.device)).cpu()
+        require_finite(logits, f"fine-tuned scores of split {split}",
+                       split_names(store, split, indices))
+        return logits, labels
 
     def on_epoch_end(epoch: int) -> dict:
         if not len(val_pos):
@@ -376,14 +382,15 @@ def confusion_matrix(pred: np.ndarray, labels: np.ndarray, num_classes: int) -> 
                        minlength=num_classes * num_classes).reshape(num_classes, num_classes)
 
 
-def confusion_image(cm: np.ndarray, max_pixels: int = 512) -> torch.Tensor:
-    """Row-normalised confusion matrix as an image (3, H, W) in [0, 1]: white (0) to dark
-    blue (1), each cell a square of max(1, max_pixels // classes) pixels."""
-    rows = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
-    cell = max(1, max_pixels // cm.shape[0])
-    value = torch.from_numpy(np.kron(rows, np.ones((cell, cell)))).float()
-    blue = torch.tensor([0.03, 0.19, 0.42])[:, None, None]
-    return (1 - value) + value * blue
+def write_confusion_png(path: Path, cm: np.ndarray, class_names, title: str, writer,
+                        step: int) -> None:
+    """The labelled confusion matrix (evaluation.plots.confusion_figure) as <path> and as the
+    TensorBoard image test/confusion."""
+    fig = confusion_figure(cm, class_names, title=title)
+    save_figure(fig, path)
+    fig.canvas.draw()
+    writer.add_image("test/confusion", np.asarray(fig.canvas.buffer_rgba())[..., :3], step,
+                     dataformats="HWC")
 
 
 def write_confusion_csv(path: Path, cm: np.ndarray, class_names) -> None:
@@ -408,10 +415,15 @@ def write_outputs(args, store, cfg, tag, logits, best, history, train_pos, val_p
     names = np.asarray(store.names)[test_seq]
     train_names = np.asarray(store.names)[store.split_indices(args.split)]
     labels_t = torch.as_tensor(labels)
+    require_finite(logits, f"test scores of split {args.eval_split}", names)
+    if best is not None:
+        require_finite(best["logits"], f"test scores of split {args.eval_split} (best epoch)",
+                       names)
     cm = confusion_matrix(logits.argmax(1).numpy(), labels, store.num_classes)
     save_scores(out / f"{tag}_scores.npz", names, labels, logits.numpy())
     write_confusion_csv(out / f"{tag}_confusion.csv", cm, store.manifest["class_names"])
-    writer.add_image("test/confusion", confusion_image(cm), args.epochs)
+    write_confusion_png(out / f"{tag}_confusion.png", cm, store.manifest["class_names"],
+                        f"{out.name} {tag}", writer, args.epochs)
     result = {
         "mode": args.mode, "label_fraction": args.label_fraction,
         "checkpoint": str(args.pretrained) if args.pretrained else "scratch",
@@ -421,6 +433,7 @@ def write_outputs(args, store, cfg, tag, logits, best, history, train_pos, val_p
         "num_val": int(len(val_pos)), "num_test": int(len(labels)), "selection": "last epoch",
         "top1": accuracy(logits, labels_t, 1), "top5": accuracy(logits, labels_t, 5),
         "scores_file": f"{tag}_scores.npz", "confusion_file": f"{tag}_confusion.csv",
+        "confusion_png": f"{tag}_confusion.png",
         "history": history, "flags": engine.flags_of(args),
     }
     if args.label_fraction < 1.0 or len(val_pos):
@@ -446,12 +459,17 @@ def main(argv=None) -> dict | None:
     args = parse_args(argv)
     info = engine.init_distributed()
     store, ckpt, cfg = setup_eval_run(args, ("stream",) if args.mode == "finetune" else ())
-    pretrained_stream = checkpoint_config(ckpt).get("stream") if ckpt is not None else None
-    dtype = engine.autocast_dtype(args.precision, info.device)
     tag = result_tag(args.mode, args.label_fraction)
+    with engine.claim_run_dir(args.output, tag, info):
+        return evaluate(args, store, ckpt, cfg, info, tag)
+
+
+def evaluate(args, store, ckpt, cfg, info, tag) -> dict | None:
+    """The linear probe or fine-tuning once the flags are checked and --output is ours."""
+    pretrained_stream = checkpoint_config(ckpt).get("stream") if ckpt is not None else None
+    dtype = engine.autocast_dtype(args.precision, info.device, engine.recorded_precision(ckpt))
     run_dir = Path(args.output) / tag
     split_labels = store.labels[store.split_indices(args.split)]
-    store.split_indices(args.eval_split)  # fail early on a bad --eval-split
     train_pos, val_pos = training_positions(split_labels, args)
     engine.log(info, f"{args.mode} of {cfg['backbone']}/{cfg['preset']} "
                f"({args.pretrained or 'from scratch'}) on {args.data} {args.split}: "
@@ -481,7 +499,4 @@ def main(argv=None) -> dict | None:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except (ValueError, FileNotFoundError, engine.NonFiniteLoss) as err:
-        sys.exit(f"action_recognition.py: error: {err}")
+    engine.run_cli(main, "action_recognition.py")

@@ -11,18 +11,19 @@ applied), cached like the linear probe's, L2-normalised; search is exact cosine 
 --knn-backend faiss-flat, approximate IVF / HNSW indexes with faiss-ivf / faiss-hnsw).
 With k > 1 the label is a majority vote of the k neighbours, ties going to the class with the
 highest summed similarity. Reports top-1 (of the vote) and recall@k (a same-class sample among
-the k neighbours) and writes <output>/knn.json (k = 1) or <output>/knn_k<K>.json.
+the k neighbours) and writes <output>/knn.json (k = 1) or <output>/knn_k<K>.json, and the same
+two numbers as TensorBoard scalars in <output>/knn/tb (knn_k<K>/tb) at the checkpoint's epoch.
 Encoder flags default to the --pretrained checkpoint's config, as in action_recognition.py.
 """
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 import numpy as np
 
 import engine
+from evaluation.checks import require_finite
 from evaluation.features import build_eval_encoder, cached_extract, setup_eval_run
 from evaluation.knn import BACKENDS, knn_evaluate, l2_normalize
 
@@ -35,15 +36,18 @@ def build_parser() -> argparse.ArgumentParser:
     g = parser.add_argument_group("retrieval")
     g.add_argument("--pretrained", default=None,
                    help="pretrain.py checkpoint: a path, `last` (<output>/last.pt), an epoch "
-                        "number N (<output>/epoch_NNNN.pt) or none (random init); None: none")
+                        "number N (<output>/epoch_NNNN.pt), an encoder file of models.export "
+                        "(.safetensors; FILE#sha256=HEX checks its hash) or none (random init); "
+                        "None: none")
     g.add_argument("--k", type=int, default=1, help="neighbours (majority vote)")
-    g.add_argument("--knn-backend", choices=BACKENDS, default="torch")
+    g.add_argument("--knn-backend", choices=BACKENDS, default="torch",
+                   help="exact: torch, faiss-flat; approximate: faiss-ivf, faiss-hnsw")
     g.add_argument("--block-size", type=int, default=1024,
                    help="queries per block of the torch search (memory: block x gallery)")
     g.add_argument("--eval-batch-size", type=int, default=256, help="feature extraction batch")
     g.add_argument("--cache-dir", type=Path, default=None,
                    help="feature cache; None: <output>/features")
-    g.add_argument("--no-cache", action="store_true")
+    g.add_argument("--no-cache", action="store_true", help="do not read or write the cache")
     g.add_argument("--export-embeddings", type=Path, default=None, metavar="DIR",
                    help="write L2-normalised <split>_embeddings.npy, <split>_names.txt and "
                         "<split>_labels.npy for gallery and queries")
@@ -58,20 +62,39 @@ def save_npy(path: Path, array: np.ndarray) -> None:
 
 
 def export_embeddings(out_dir: Path, split: str, feats, labels, names) -> None:
-    """Write normalised embeddings (N, D) float32, labels (N,) int64 and names (atomically)."""
+    """Write normalised embeddings (N, D) float32, labels (N,) int64 and names (atomically);
+    non-finite features are refused (NonFiniteError naming the samples)."""
+    require_finite(feats, f"embeddings of split {split}", names)
     save_npy(out_dir / f"{split}_embeddings.npy", l2_normalize(feats).numpy().astype(np.float32))
     save_npy(out_dir / f"{split}_labels.npy", labels.numpy().astype(np.int64))
     engine.atomic_write_bytes_via(out_dir / f"{split}_names.txt",
                                   lambda tmp: tmp.write_text("\n".join(names) + "\n"))
 
 
+def write_tensorboard(tb_dir: Path, result: dict, step: int) -> None:
+    """Scalars knn/top1 and knn/recall_at_k at ``step`` (the checkpoint's epoch), so the runs of
+    several checkpoints draw a curve in TensorBoard."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    with SummaryWriter(str(tb_dir)) as writer:
+        writer.add_scalar("knn/top1", result["top1"], step)
+        writer.add_scalar(f"knn/recall_at_{result['k']}", result["recall_at_k"], step)
+
+
 def main(argv=None) -> dict | None:
     args = build_parser().parse_args(argv)
-    info = engine.init_distributed()
-    store, ckpt, cfg = setup_eval_run(args)
     if args.k < 1:
         raise ValueError(f"--k must be >= 1, got {args.k}")
-    dtype = engine.autocast_dtype(args.precision, info.device)
+    info = engine.init_distributed()
+    store, ckpt, cfg = setup_eval_run(args)
+    name = "knn" if args.k == 1 else f"knn_k{args.k}"
+    with engine.claim_run_dir(args.output, name, info):
+        return retrieve(args, store, ckpt, cfg, info, name)
+
+
+def retrieve(args, store, ckpt, cfg, info, name: str) -> dict | None:
+    """Features, search and outputs once the flags are checked and --output is ours."""
+    dtype = engine.autocast_dtype(args.precision, info.device, engine.recorded_precision(ckpt))
     encoder = build_eval_encoder(cfg, store, args.seed, ckpt, args.pretrained)
     cache = None if args.no_cache else (args.cache_dir or Path(args.output) / "features")
     kw = dict(stream=cfg["stream"], clip_len=cfg["clip_len"], normalize=cfg["normalize"],
@@ -81,18 +104,21 @@ def main(argv=None) -> dict | None:
     queries, query_labels = cached_extract(encoder, store, args.eval_split, **kw)
     if not info.is_main:
         return None
+    names = np.asarray(store.names)
     res = knn_evaluate(queries, query_labels, gallery, gallery_labels, k=args.k,
-                       backend=args.knn_backend, block_size=args.block_size)
+                       backend=args.knn_backend, block_size=args.block_size,
+                       query_names=names[store.split_indices(args.eval_split)],
+                       gallery_names=names[store.split_indices(args.split)])
     result = {"top1": res["top1"], "k": args.k, "recall_at_k": res["recall_at_k"],
               "backend": args.knn_backend,
               "checkpoint": str(args.pretrained) if args.pretrained else "scratch",
               "data": str(args.data), "gallery_split": args.split,
               "query_split": args.eval_split, "num_gallery": len(gallery),
               "num_queries": len(queries), **cfg}
-    name = "knn.json" if args.k == 1 else f"knn_k{args.k}.json"
-    engine.write_json(Path(args.output) / name, result)
+    engine.write_json(Path(args.output) / f"{name}.json", result)
+    write_tensorboard(Path(args.output) / name / "tb", result,
+                      int(ckpt.get("epoch", 0)) if ckpt is not None else 0)
     if args.export_embeddings is not None:
-        names = np.asarray(store.names)
         for split, feats, labels in ((args.split, gallery, gallery_labels),
                                      (args.eval_split, queries, query_labels)):
             export_embeddings(args.export_embeddings, split, feats, labels,
@@ -103,7 +129,4 @@ def main(argv=None) -> dict | None:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except (ValueError, FileNotFoundError) as err:
-        sys.exit(f"action_retrieval.py: error: {err}")
+    engine.run_cli(main, "action_retrieval.py")

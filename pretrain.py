@@ -10,21 +10,24 @@ stream conversion -> encoder under autocast on all 4B clips -> three projectors 
 gathered over processes -> fp32 loss.
 Writes <output>/config.json, <output>/last.pt every epoch, <output>/epoch_NNNN.pt every
 --save-every epochs and TensorBoard logs in <output>/tb. Re-running the same command resumes
-from last.pt (--resume auto).
+from last.pt (--resume auto); a rerun with flags that change the run is refused unless
+--resume-changed, which applies and records them. --output must be new, empty or a run
+directory of the suite, and only one pretraining writes it at a time.
 """
 from __future__ import annotations
 
 import argparse
-import sys
+import itertools
 from functools import partial
 
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, default_collate
 
 import engine
+from evaluation.features import extract
 from evaluation.knn import knn_evaluate
 from feeders.augment import augment_views, random_rotation
-from feeders.dataset import EvalDataset, PretrainDataset, make_sampler, worker_init_fn
+from feeders.dataset import PretrainDataset, make_sampler, worker_init_fn
 from feeders.store import open_store
 from feeders.streams import to_stream
 from models import build_encoder
@@ -37,7 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     engine.add_common_args(parser)
-    g = parser.add_argument_group("loss (METHOD.md section 4)")
+    g = parser.add_argument_group("loss (docs/METHOD.md section 4)")
     d = LossWeights()
     g.add_argument("--w-inv", type=float, default=d.inv, help="invariance weight")
     g.add_argument("--w-varcov", type=float, default=d.varcov, help="variance-covariance weight")
@@ -51,15 +54,15 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--proj-mult", type=int, default=2, help="projector width multiplier")
     g = parser.add_argument_group("optimisation")
     g.add_argument("--weight-decay", type=float, default=1e-5, help="Adam (L2) weight decay")
-    g.add_argument("--schedule", choices=("step", "cosine"), default="step")
+    g.add_argument("--schedule", choices=("step", "cosine"), default="step", help="lr schedule")
     g.add_argument("--milestones", type=int, nargs="*", default=[351], help="step schedule epochs")
     g.add_argument("--gamma", type=float, default=0.1, help="step schedule factor")
-    g.add_argument("--warmup-epochs", type=float, default=0.0)
+    g.add_argument("--warmup-epochs", type=float, default=0.0, help="linear lr warmup epochs")
     g.add_argument("--linear-scaling", action="store_true", help="lr *= global batch / 256")
     g.add_argument("--augment", action=argparse.BooleanOptionalAction, default=True,
-                   help="spatial augmentations of METHOD.md section 1 (--no-augment skips them; temporal crops stay)")
+                   help="spatial augmentations of docs/METHOD.md section 1 (--no-augment skips them; temporal crops stay)")
     g.add_argument("--min-crop", type=int, default=None, metavar="FRAMES",
-                   help="shortest temporal crop in frames (None: --clip-len, METHOD.md section 1, "
+                   help="shortest temporal crop in frames (None: --clip-len, docs/METHOD.md section 1, "
                         "so sequences no longer than a clip are never cropped)")
     g.add_argument("--rotate", type=float, default=0.0,
                    help="also turn each view by its own random rotation, angles about x, y and z "
@@ -89,7 +92,12 @@ def make_train_loader(dataset, args, info: engine.DistInfo) -> DataLoader:
 
 def pretrain_step(model, weights: LossWeights, args, info: engine.DistInfo, parents,
                   dtype, batch, epoch: int, step: int):
-    """One forward pass: batch = (views (B, 4, C, L, V, M), index (B,)) -> (loss, scalars)."""
+    """One forward pass: batch = (views (B, 4, C, L, V, M), index (B,)) -> (loss, scalars).
+
+    `scalars` are in the order they are computed (engine.train names the first non-finite
+    one): std_t, std_s, std_i (the embeddings' mean per-dimension std over the batch, a
+    collapse indicator; non-finite when the encoder or a projector produced NaN or inf), then
+    the loss terms in usdrl_loss's order."""
     views = batch[0].to(info.device, non_blocking=True)
     gen = engine.step_generator(args.seed, epoch, step, info.rank)
     if args.augment:
@@ -102,43 +110,75 @@ def pretrain_step(model, weights: LossWeights, args, info: engine.DistInfo, pare
     with engine.precision_context(dtype, info.device):
         z = model(x, num_views=k)
     z = {d: engine.gather_with_grad(v, dim=1) for d, v in z.items()}  # (4, global B, D)
+    scalars = {f"std_{d}": v.detach().float().std(dim=1).mean() for d, v in z.items()}
     loss, terms = usdrl_loss(z, weights)
-    scalars = {name: v.detach() for name, v in terms.items()}
-    for d, v in z.items():  # collapse indicator: mean per-dimension std over the batch
-        scalars[f"std_{d}"] = v.detach().float().std(dim=1).mean()
+    scalars.update({name: v.detach() for name, v in terms.items()})
     return loss, scalars
 
 
-def knn_monitor(encoder, store, args, info: engine.DistInfo, parents, dtype) -> dict:
-    """KNN-1 (cosine) top-1 of --eval-split against --split, whole sequences resampled."""
-    def features(split):
-        dataset = EvalDataset(store, split, args.clip_len, normalize=args.normalize,
-                              spatial_channels=args.spatial_channels)
-        loader = DataLoader(dataset, batch_size=args.batch_size, num_workers=args.workers,
-                            worker_init_fn=worker_init_fn if args.workers else None)
-        transform = partial(to_stream, stream=args.stream, parents=parents,
-                            spatial_channels=args.spatial_channels)
-        return engine.extract_features(encoder, loader, transform, info.device, dtype)
+def precision_trial(model, optimizer, loader, args, info: engine.DistInfo, parents) -> dict:
+    """samples/s of this run's own pretraining step in fp32 and bf16 on its first batch
+    (engine.trial_speeds: weights, optimizer state and RNG streams are restored after; the
+    batch is read through the sampler's seeded order without touching the loader)."""
+    first = list(itertools.islice(iter(loader.sampler), loader.batch_size))
+    batch = default_collate([loader.dataset[i] for i in first])
+    per_process = len(first)
+    weights = LossWeights.from_args(args)
 
-    gallery, gallery_labels = features(args.split)
-    queries, query_labels = features(args.eval_split)
+    def step_loss(dtype):
+        return pretrain_step(model, weights, args, info, parents, dtype, batch, 0, 0)[0]
+
+    engine.log(info, "precision auto: timing fp32 and bf16 training steps ...")
+    speeds = engine.trial_speeds(step_loss, model, optimizer, per_process)
+    engine.log(info, "precision trial: " + ", ".join(f"{k} {v:.1f} samples/s"
+                                                     for k, v in speeds.items()))
+    return speeds
+
+
+def knn_monitor(encoder, store, args, info: engine.DistInfo, dtype) -> dict:
+    """KNN-1 (cosine) top-1 of --eval-split against --split, whole sequences resampled; run by
+    rank 0 alone (so its features are not sharded over the processes)."""
+    alone = engine.DistInfo(0, 1, 0, info.device)
+    kw = dict(stream=args.stream, clip_len=args.clip_len, normalize=args.normalize,
+              spatial_channels=args.spatial_channels, info=alone, dtype=dtype,
+              batch_size=args.batch_size, workers=args.workers)
+    gallery, gallery_labels = extract(encoder, store, args.split, **kw)
+    queries, query_labels = extract(encoder, store, args.eval_split, **kw)
     return {"knn1_top1": knn_evaluate(queries, query_labels, gallery, gallery_labels, k=1)["top1"]}
 
 
-def main(argv: list[str] | None = None) -> engine.TrainState:
-    args = engine.finish_common_args(build_parser().parse_args(argv))
+def check_args(args) -> None:
+    """ValueError naming the first pretraining flag with an impossible value."""
     if not 0.0 <= args.rotate <= 180.0:
         raise ValueError(f"--rotate must be in [0, 180] degrees, got {args.rotate}")
     if args.min_crop is not None and args.min_crop < 1:
         raise ValueError(f"--min-crop must be >= 1 frame, got {args.min_crop}")
-    info = engine.init_distributed()
-    torch.manual_seed(args.seed)  # projector initialisation (the encoder takes the seed itself)
-    dtype = engine.autocast_dtype(args.precision, info.device)
+    if args.proj_mult < 1:
+        raise ValueError(f"--proj-mult must be >= 1, got {args.proj_mult}")
+    if args.gamma <= 0:
+        raise ValueError(f"--gamma must be > 0 (the step schedule's lr factor), got {args.gamma}")
+    if args.log_every < 1:
+        raise ValueError(f"--log-every must be >= 1 step, got {args.log_every}")
+    engine.check_nonnegative(args, "save_every", "knn_every", "warmup_epochs")
 
+
+def main(argv: list[str] | None = None) -> engine.TrainState:
+    args = engine.finish_common_args(build_parser().parse_args(argv))
+    check_args(args)
+    info = engine.init_distributed()
     store = open_store(args.data)
+    engine.require_split(store, args.split, "--split")
+    if args.knn_every:  # fail now, not after the first epoch
+        engine.require_split(store, args.eval_split, "--eval-split")
+        engine.require_distinct_splits(args.split, args.eval_split)
+    with engine.claim_run_dir(args.output, "pretrain", info):
+        return pretrain(args, store, info)
+
+
+def pretrain(args, store, info: engine.DistInfo) -> engine.TrainState:
+    """The run itself, once the flags are checked and --output is ours."""
+    torch.manual_seed(args.seed)  # projector initialisation (the encoder takes the seed itself)
     parents = store.layout.parents
-    if args.knn_every:
-        store.split_indices(args.eval_split)  # fail now, not after the first epoch
     dataset = PretrainDataset(store, args.split, args.clip_len, args.seed, num_views=NUM_VIEWS,
                               normalize=args.normalize, spatial_channels=args.spatial_channels,
                               min_crop=args.min_crop)
@@ -162,20 +202,24 @@ def main(argv: list[str] | None = None) -> engine.TrainState:
     scheduler = engine.make_scheduler(optimizer, len(loader), schedule=args.schedule,
                                       epochs=args.epochs, warmup_epochs=args.warmup_epochs,
                                       milestones=args.milestones, gamma=args.gamma)
-    state = engine.TrainState(optimizer, scheduler, engine.make_scaler(dtype, info.device))
-    meta = engine.run_metadata(args, info)
     ckpt_path = engine.resume_path(args.resume, args.output)
-    if ckpt_path is not None:
-        ckpt = engine.load_checkpoint(ckpt_path)
-        changed = engine.changed_flags(ckpt.get("meta", {}).get("config", {}), meta["config"])
-        state.load(model, ckpt)
-        engine.log(info, f"resumed from {ckpt_path} at epoch {state.epoch}"
-                   + (f" (changed flags: {', '.join(changed)})" if changed else ""))
+    ckpt = engine.load_checkpoint(ckpt_path) if ckpt_path is not None else None
+    choice = engine.choose_precision(
+        args.precision, info.device, recorded=engine.recorded_precision(ckpt), info=info,
+        workload=f"pretrain {args.backbone}/{args.preset} clip {args.clip_len} batch "
+                 f"{args.batch_size // info.world_size}",
+        trial=partial(precision_trial, model, optimizer, loader, args, info, parents))
+    dtype = engine.autocast_dtype(choice["precision"], info.device)
+    engine.enable_tf32(info.device, choice["precision"])
+    state = engine.TrainState(optimizer, scheduler, engine.make_scaler(dtype, info.device))
+    meta = {**engine.run_metadata(args, info), "precision_choice": choice}
+    meta = engine.resume_run(state, model, args, meta, info, len(loader), args.output,
+                             default_of=build_parser().get_default, ckpt=ckpt)
     if info.is_main:
         engine.write_json(args.output / "config.json", meta)
     engine.log(info, f"pretraining {args.backbone}/{args.preset} on {args.data} {args.split} "
                f"({len(dataset)} sequences, stream {args.stream}), {info.world_size} process(es) "
-               f"on {info.device}, precision {args.precision}, lr {lr:g}, epochs "
+               f"on {info.device}, {engine.describe_precision(choice)}, lr {lr:g}, epochs "
                f"{state.epoch}..{args.epochs}")
 
     ddp_model = engine.wrap_ddp(model, info)
@@ -185,7 +229,7 @@ def main(argv: list[str] | None = None) -> engine.TrainState:
     def on_epoch_end(epoch: int) -> dict:
         if not (args.knn_every and (epoch + 1) % args.knn_every == 0 and info.is_main):
             return {}
-        metrics = knn_monitor(model.encoder, store, args, info, parents, dtype)
+        metrics = knn_monitor(model.encoder, store, args, info, dtype)
         engine.log(info, f"epoch {epoch + 1}: KNN-1 top-1 {metrics['knn1_top1']:.2f} %")
         return metrics
 
@@ -196,7 +240,4 @@ def main(argv: list[str] | None = None) -> engine.TrainState:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except (ValueError, FileNotFoundError, engine.NonFiniteLoss) as err:
-        sys.exit(f"pretrain.py: error: {err}")
+    engine.run_cli(main, "pretrain.py")

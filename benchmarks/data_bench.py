@@ -218,14 +218,15 @@ def main(argv=None) -> None:
     p.add_argument("--convert-workers", default="1,2", help="comma-separated worker counts")
     p.add_argument("--data", help="existing dataset directory for (b) (default: generate one)")
     p.add_argument("--num-sequences", type=int, default=114480, help="synthetic size (0: skip b)")
-    p.add_argument("--gen-workers", type=int, default=2)
+    p.add_argument("--gen-workers", type=int, default=2,
+                   help="processes generating the synthetic set (default: %(default)s)")
     p.add_argument("--loader-workers", default="1,2", help="comma-separated DataLoader workers")
     p.add_argument("--batches", type=int, default=100, help="batches per fixed-length run")
     p.add_argument("--full-epoch", action="store_true", help="also iterate one whole epoch")
     p.add_argument("--compare-memmap", action="store_true",
                    help="also run with memmap reads (the largest worker count)")
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--clip-len", type=int, default=64)
+    p.add_argument("--batch-size", type=int, default=64, help="loader batch size (default: %(default)s)")
+    p.add_argument("--clip-len", type=int, default=64, help="frames per clip (default: %(default)s)")
     p.add_argument("--tmp", help="scratch directory (default: the system temp dir)")
     p.add_argument("--child", help=argparse.SUPPRESS)
     args = p.parse_args(argv)

@@ -8,7 +8,7 @@
 # (b) UTKinect-Action3D cross-subject (utk_xs_j_dste: odd subjects train, even test):
 #     conversion (feeders.prepare --format utkinect), pretraining on windows of the training
 #     streams, frozen and fine-tuned detection, the floor;
-# (c) dense extraction speed and peak memory over whole streams (benchmarks/detection_speed.py:
+# (c) dense extraction speed and peak memory over whole streams (benchmarks/detection_bench.py:
 #     DSTE small and paper, CPU, and CUDA when present).
 # Each part ends with its evaluation.report table. Settings are the scripts' defaults
 # (scripts/_common.sh dataset_defaults; detect.sh: frozen probe lr 1.0 on small sets;
@@ -83,6 +83,6 @@ if _in_list utk "$PARTS"; then
 fi
 if _in_list speed "$PARTS"; then
     stage "(c) dense extraction speed and peak memory"
-    "$PY" benchmarks/detection_speed.py ${SPEED[@]+"${SPEED[@]}"}
+    "$PY" benchmarks/detection_bench.py ${SPEED[@]+"${SPEED[@]}"}
 fi
 stage "done"

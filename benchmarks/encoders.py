@@ -24,14 +24,16 @@ from models.base import count_forward_flops, count_parameters  # noqa: E402
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--encoders", nargs="+", default=list_encoders(), choices=list_encoders())
-    p.add_argument("--presets", nargs="+", default=["paper"])
-    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--encoders", nargs="+", default=list_encoders(), choices=list_encoders(),
+                   help="encoders to time (default: %(default)s)")
+    p.add_argument("--presets", nargs="+", default=["paper"], help="encoder sizes (default: %(default)s)")
+    p.add_argument("--batch-size", type=int, default=16, help="clips per step (default: %(default)s)")
     p.add_argument("--iters", type=int, default=3, help="timed iterations (after one warm-up)")
-    p.add_argument("--layout", default="ntu25")
-    p.add_argument("--clip-len", type=int, default=64)
-    p.add_argument("--channels", type=int, default=3)
-    p.add_argument("--bodies", type=int, default=2)
+    p.add_argument("--layout", default="ntu25",
+                   help="built-in layout name or layout JSON file (default: %(default)s)")
+    p.add_argument("--clip-len", type=int, default=64, help="frames per clip (default: %(default)s)")
+    p.add_argument("--channels", type=int, default=3, help="input channels (default: %(default)s)")
+    p.add_argument("--bodies", type=int, default=2, help="bodies per clip (default: %(default)s)")
     return p.parse_args(argv)
 
 

@@ -187,14 +187,18 @@ def knn_bench(args) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--part", choices=("probe", "knn", "all"), default="all")
-    parser.add_argument("--threads", type=int, default=os.cpu_count())
+    parser.add_argument("--part", choices=("probe", "knn", "all"), default="all",
+                        help="which benchmark to run (default: %(default)s)")
+    parser.add_argument("--threads", type=int, default=os.cpu_count(),
+                        help="torch CPU threads (default: %(default)s)")
     parser.add_argument("--preset", default="small", help="DSTE preset of the probe benchmark")
-    parser.add_argument("--clip-len", type=int, default=64)
+    parser.add_argument("--clip-len", type=int, default=64, help="frames per clip (default: %(default)s)")
     parser.add_argument("--sequences", type=int, default=480, help="synthetic dataset size")
-    parser.add_argument("--reencode-epochs", type=int, default=2)
-    parser.add_argument("--probe-lr", type=float, default=0.1)
-    parser.add_argument("--precision", default="fp32", choices=("fp32", "auto", "bf16"))
+    parser.add_argument("--reencode-epochs", type=int, default=2,
+                        help="probe epochs of the re-encoding baseline (default: %(default)s)")
+    parser.add_argument("--probe-lr", type=float, default=0.1, help="linear probe lr (default: %(default)s)")
+    parser.add_argument("--precision", default="fp32", choices=("fp32", "auto", "bf16"),
+                        help="feature extraction precision (default: %(default)s)")
     parser.add_argument("--knn-scale", type=float, default=1.0, help="fraction of NTU-60 size")
     parser.add_argument("--block", type=int, default=1024, help="query block of our search")
     parser.add_argument("--repeats", type=int, default=2, help="KNN runs per method (min)")

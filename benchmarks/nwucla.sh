@@ -29,7 +29,7 @@ RUN=ucla_xv_j_dste
 RUN_DIR="$SKEL_CHECKPOINTS/$RUN"
 
 # Reference rows (top-1 %, xview): the learning-free floor, cosine 1-NN on raw clips computed
-# here by evaluation.baseline (first_frame: 61.6 %, DATA.md quotes 58.6 % for its variant of the
+# here by evaluation.baseline (first_frame: 61.6 %, docs/DATA.md quotes 58.6 % for its variant of the
 # recipe; view: the same clips turned to face the camera, as the ucla defaults do); P&C (Su et
 # al., CVPR 2020) is the published self-supervised linear probe.
 PC_TOP1=84.9

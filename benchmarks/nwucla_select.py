@@ -192,14 +192,16 @@ def main(argv=None) -> None:
                         "'bone pretraining, ...' candidates")
     p.add_argument("--data", type=Path, default=ROOT / "runs/nwucla/data/ucla",
                    help="the converted NW-UCLA store (feeders.prepare --format nwucla)")
-    p.add_argument("--out", type=Path, default=ROOT / "runs/nwucla/select")
+    p.add_argument("--out", type=Path, default=ROOT / "runs/nwucla/select",
+                   help="directory of the candidate runs (default: %(default)s)")
     p.add_argument("--only", nargs="+", choices=sorted(CANDIDATES), metavar="NAME",
                    help="run these candidates only (default: all): "
                         + ", ".join(CANDIDATES).replace("%", "%%"))  # argparse %-formats help
     p.add_argument("--epochs", type=int, default=None,
                    help="override the schedule's epochs (a quick smoke run)")
-    p.add_argument("--threads", type=int, default=0)
-    p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--threads", type=int, default=0,
+                   help="torch CPU threads per run, 0: torch's default (default: %(default)s)")
+    p.add_argument("--workers", type=int, default=1, help="DataLoader workers per run (default: %(default)s)")
     args = p.parse_args(argv)
     if not args.checkpoint.is_file():
         raise SystemExit(f"--checkpoint {args.checkpoint}: no such file (run "

@@ -5,7 +5,9 @@
 
 For each device (CPU, and CUDA when present) and precision: samples/s, seconds per step,
 GFLOP per step (torch.utils.flop_counter over the whole step, forward + backward) and achieved
-GFLOP/s, plus the time of each phase: augment + stream, forward (encoder + projectors), loss,
+GFLOP/s beside the machine's measured 1024 x 1024 matrix-product rate in the step's precision
+(`matmul GFLOP/s`) and the fractions of that rate and of the faster precision's rate
+(`of matmul`, `of faster matmul`; goal: 0.8 or more), plus the time of each phase: augment + stream, forward (encoder + projectors), loss,
 backward, optimizer, the CPU time spent in the kernel per step and the process's peak RSS. Inputs are random clips of NTU shape (3, L, 25, 2); the step is the one of
 pretrain.py. `--profile` prints the top operators of one step (torch.profiler).
 """
@@ -29,6 +31,16 @@ from models import build_encoder  # noqa: E402
 from models.usdrl import USDRL, usdrl_loss  # noqa: E402
 
 PHASES = ("augment", "forward", "loss", "backward", "optimizer")
+PRECISION_NAMES = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
+_MATMUL: dict[str, dict[str, float]] = {}
+
+
+def matmul_rates(device: torch.device) -> dict[str, float]:
+    """matmul_gflops of each precision the device's autocast offers (measured once)."""
+    if device.type not in _MATMUL:
+        dtypes = [None, torch.bfloat16] + ([torch.float16] if device.type == "cuda" else [])
+        _MATMUL[device.type] = {PRECISION_NAMES[d]: matmul_gflops(device, d) for d in dtypes}
+    return _MATMUL[device.type]
 
 
 def build(args, device: torch.device):
@@ -90,6 +102,25 @@ def count_step_flops(model, optimizer, scaler, views, layout, dtype, device) -> 
     return counter.get_total_flops()
 
 
+def matmul_gflops(device: torch.device, dtype: torch.dtype | None, n: int = 1024,
+                  seconds: float = 0.5) -> float:
+    """The machine's measured rate of an (n x n) @ (n x n) matrix product in `dtype` (None:
+    fp32), GFLOP/s (2 n^3 per product), best of repeated timings over about `seconds`."""
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    gen = torch.Generator().manual_seed(0)
+    a, b = (torch.randn(n, n, generator=gen).to(device, dtype or torch.float32) for _ in range(2))
+    out = a @ b  # warm-up
+    best, spent = float("inf"), 0.0
+    while spent < seconds:
+        sync()
+        tic = time.perf_counter()
+        torch.matmul(a, b, out=out)
+        sync()
+        took = time.perf_counter() - tic
+        best, spent = min(best, took), spent + took
+    return 2 * n ** 3 / best / 1e9
+
+
 def bench(args, device: torch.device, precision: str) -> dict:
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     dtype = engine.autocast_dtype(precision, device)
@@ -115,10 +146,15 @@ def bench(args, device: torch.device, precision: str) -> dict:
         print(f"\n[{device.type} {precision}] top operators of one step")
         print(prof.key_averages().table(sort_by=key, row_limit=args.profile_rows))
     per_step = elapsed / args.steps
+    achieved = flops / 1e9 / per_step
+    rates = matmul_rates(device)
+    own = rates[PRECISION_NAMES[dtype]]
     return {"device": device.type, "threads": torch.get_num_threads() if device.type == "cpu" else "-",
             "precision": f"{precision} ({str(dtype).replace('torch.', '') if dtype else 'fp32'})",
             "samples/s": args.batch_size / per_step, "s/step": per_step,
-            "GFLOP/step": flops / 1e9, "GFLOP/s": flops / 1e9 / per_step,
+            "GFLOP/step": flops / 1e9, "GFLOP/s": achieved,
+            "matmul GFLOP/s": own, "of matmul": achieved / own,
+            "of faster matmul": achieved / max(rates.values()),
             **{f"{p} s": times[p] / args.steps for p in PHASES},
             "kernel s": kernel / args.steps,  # CPU time in the kernel (page faults, zeroing)
             "peak RSS GB": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
@@ -133,14 +169,17 @@ def print_table(rows: list[dict]) -> None:
         print("  ".join(v.rjust(w) for v, w in zip(row, widths)))
 
 
-def main(argv=None) -> list[dict]:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--backbone", default="dste")
-    parser.add_argument("--preset", default="paper")
-    parser.add_argument("--layout", default="ntu25")
-    parser.add_argument("--clip-len", type=int, default=64)
-    parser.add_argument("--precisions", nargs="+", default=["fp32", "auto"], choices=engine.PRECISIONS)
+    parser.add_argument("--batch-size", type=int, default=16,
+                        help="samples per step (x 4 views) (default: %(default)s)")
+    parser.add_argument("--backbone", default="dste", help="encoder (default: %(default)s)")
+    parser.add_argument("--preset", default="paper", help="encoder size (default: %(default)s)")
+    parser.add_argument("--layout", default="ntu25",
+                        help="built-in layout name or layout JSON file (default: %(default)s)")
+    parser.add_argument("--clip-len", type=int, default=64, help="frames per clip (default: %(default)s)")
+    parser.add_argument("--precisions", nargs="+", default=["fp32", "auto"],
+                        choices=engine.PRECISIONS, help="precisions to time (default: %(default)s)")
     parser.add_argument("--steps", type=int, default=3, help="timed steps")
     parser.add_argument("--warmup", type=int, default=1, help="untimed steps first")
     parser.add_argument("--threads", type=int, default=None,
@@ -150,18 +189,28 @@ def main(argv=None) -> list[dict]:
                         help="keep: engine.keep_freed_memory(), as pretrain.py does; system: "
                              "glibc's defaults (large blocks unmapped on free)")
     parser.add_argument("--no-cuda", action="store_true", help="skip CUDA even when present")
+    parser.add_argument("--no-cpu", action="store_true", help="only the CUDA rows")
     parser.add_argument("--profile", action="store_true", help="print the top operators")
-    parser.add_argument("--profile-rows", type=int, default=25)
-    args = parser.parse_args(argv)
+    parser.add_argument("--profile-rows", type=int, default=25, help="operators listed by --profile (default: %(default)s)")
+    return parser
+
+
+def main(argv=None) -> list[dict]:
+    args = build_parser().parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     engine.keep_freed_memory(args.malloc == "keep")
-    devices = [torch.device("cpu")]
+    devices = [] if args.no_cpu else [torch.device("cpu")]
     if torch.cuda.is_available() and not args.no_cuda:
         devices.append(torch.device("cuda"))
     print(f"USDRL pretraining step: {args.backbone}/{args.preset}, batch {args.batch_size} x 4 "
           f"views, clip {args.clip_len}, {torch.get_num_threads()} CPU threads, malloc {args.malloc}, torch {torch.__version__}")
     rows = [bench(args, d, p) for d in devices for p in args.precisions]
+    if not rows:
+        raise SystemExit("pretrain_step.py: no device to time (--no-cpu without CUDA)")
+    for device in devices:
+        print(f"{device.type} matrix product 1024 x 1024: " + ", ".join(
+            f"{k} {v:.0f} GFLOP/s" for k, v in matmul_rates(device).items()))
     print_table(rows)
     return rows
 

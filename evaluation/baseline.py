@@ -1,4 +1,4 @@
-"""The learning-free floor: cosine 1-nearest-neighbour on raw coordinates (DATA.md section 3).
+"""The learning-free floor: cosine 1-nearest-neighbour on raw coordinates (docs/DATA.md section 3).
 
 Each sequence is resampled as a whole to ``clip_len`` frames (32 by default), centred on the
 layout's centre joint of body 1 in the first frame (the evaluation feeder's normalisation;
@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import argparse
 
+import numpy as np
 import torch
 
 from evaluation.knn import knn_evaluate
 from feeders.dataset import NORMALIZATIONS, EvalDataset
+from feeders.store import Store, open_store
 
 
 def raw_clips(store, split: str, clip_len: int, normalize: str = "first_frame"
@@ -29,10 +31,15 @@ def raw_clips(store, split: str, clip_len: int, normalize: str = "first_frame"
 
 def raw_nn_accuracy(store, train_split: str, test_split: str, clip_len: int = 32,
                     normalize: str = "first_frame") -> float:
-    """Top-1 (%) of cosine 1-NN from the test split's raw clips to the training split's."""
+    """Top-1 (%) of cosine 1-NN from the test split's raw clips to the training split's.
+    store: a Store or its directory. A non-finite clip raises NonFiniteError naming it."""
+    store = store if isinstance(store, Store) else open_store(store)
     gallery, gallery_labels = raw_clips(store, train_split, clip_len, normalize)
     queries, query_labels = raw_clips(store, test_split, clip_len, normalize)
-    return knn_evaluate(queries, query_labels, gallery, gallery_labels, k=1)["top1"]
+    names = np.asarray(store.names)
+    return knn_evaluate(queries, query_labels, gallery, gallery_labels, k=1,
+                        query_names=names[store.split_indices(test_split)],
+                        gallery_names=names[store.split_indices(train_split)])["top1"]
 
 
 def main(argv=None) -> float:
@@ -47,7 +54,17 @@ def main(argv=None) -> float:
                         help="coordinate normalisation (default first_frame; see feeders.dataset)")
     parser.add_argument("--value", action="store_true", help="print only the top-1 number")
     args = parser.parse_args(argv)
-    top1 = raw_nn_accuracy(args.data, args.train, args.test, args.clip_len, args.normalize)
+    if args.train == args.test:
+        parser.error(f"--test {args.test!r} is the gallery split (--train): pass the test split")
+    try:
+        store = open_store(args.data)
+        for flag, split in (("--train", args.train), ("--test", args.test)):
+            if split not in store.splits:
+                raise ValueError(f"{flag} {split!r}: dataset {args.data} has no such split; "
+                                 f"available splits: {', '.join(sorted(store.splits))}")
+        top1 = raw_nn_accuracy(store, args.train, args.test, args.clip_len, args.normalize)
+    except ValueError as err:  # StoreError, NonFiniteError (a NaN sequence)
+        parser.error(str(err))
     if args.value:
         print(f"{top1:.2f}")
     else:

@@ -1,5 +1,8 @@
 """Frozen encoders for evaluation: loading pretrained weights, feature extraction, caching.
 
+- ``read_checkpoint``: a pretrain.py / fine-tune checkpoint (``.pt``) or an encoder file of
+  ``python -m models.export`` (``.safetensors``: weights + config); ``FILE#sha256=HEX`` checks
+  the file's SHA-256 first.
 - ``resolve_encoder_config`` / ``build_eval_encoder``: an evaluation run takes backbone, preset,
   stream, clip length and spatial channels from the pretraining checkpoint's config; a flag
   that contradicts it is an error.
@@ -21,12 +24,14 @@ import json
 from functools import partial
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader, Subset
 
 import engine
+from evaluation.checks import require_finite
 from feeders.dataset import EvalDataset
 from feeders.store import open_store
 from feeders.streams import resolve_spatial_channels, to_stream
@@ -59,8 +64,62 @@ def resolve_pretrained(value: str | None, output: Path) -> Path | None:
     return Path(value)
 
 
+ENCODER_FILE_FORMAT = "skelssl-encoder"  # safetensors metadata "format" of models.export files
+
+
+def file_sha256(path: Path) -> str:
+    """Hex SHA-256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def split_sha256(path: str | Path) -> tuple[Path, str | None]:
+    """``FILE#sha256=HEX`` -> (FILE, hex in lower case); a plain path -> (path, None)."""
+    text = str(path)
+    if "#sha256=" not in text:
+        return Path(text), None
+    file, _, want = text.partition("#sha256=")
+    if len(want) != 64 or any(c not in "0123456789abcdef" for c in want.lower()):
+        raise CheckpointError(f"--pretrained {text}: expected #sha256= and 64 hex digits")
+    return Path(file), want.lower()
+
+
+def read_encoder_file(path: Path) -> dict:
+    """A ``models.export`` safetensors file as a checkpoint dict: ``model`` (``encoder.``
+    weights), ``config`` (the encoder flags), ``epoch``."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            state = {f"encoder.{k}": f.get_tensor(k) for k in f.keys()}
+    except Exception as err:  # a truncated or foreign file
+        raise CheckpointError(f"--pretrained {path}: not a readable safetensors file "
+                              f"({err})") from None
+    if meta.get("format") != ENCODER_FILE_FORMAT:
+        raise CheckpointError(f"--pretrained {path}: metadata 'format' is {meta.get('format')!r}, "
+                              f"expected {ENCODER_FILE_FORMAT!r} (python -m models.export)")
+    return {"model": state, "config": json.loads(meta["config"]),
+            "epoch": int(meta.get("epoch", 0))}
+
+
 def read_checkpoint(path: str | Path) -> dict:
-    """``engine.load_checkpoint`` with a CheckpointError naming the file."""
+    """``engine.load_checkpoint`` (or ``read_encoder_file`` for ``.safetensors``) with a
+    CheckpointError naming the file. ``FILE#sha256=HEX`` first checks the file's SHA-256."""
+    path, want = split_sha256(path)
+    if want is not None:
+        if not path.is_file():
+            raise CheckpointError(f"--pretrained: checkpoint {path} does not exist")
+        got = file_sha256(path)
+        if got != want:
+            raise CheckpointError(f"--pretrained {path}: SHA-256 is {got}, expected {want}")
+    if path.suffix == ".safetensors":
+        if not path.is_file():
+            raise CheckpointError(f"--pretrained: checkpoint {path} does not exist")
+        return read_encoder_file(path)
     try:
         ckpt = engine.load_checkpoint(Path(path))
     except (FileNotFoundError, ValueError) as err:
@@ -100,8 +159,8 @@ def resolve_encoder_config(args, ckpt: dict | None, path=None, store=None,
 def setup_eval_run(args, free_fields: tuple[str, ...] = ()):
     """Shared start of the evaluation entry points: open --data, resolve --pretrained and read
     it, take the encoder flags from the checkpoint (set on ``args``; ``free_fields`` may differ
-    from it, see ``resolve_encoder_config``), finish the common flags.
-    Returns ``(store, ckpt or None, cfg)``."""
+    from it, see ``resolve_encoder_config``), finish the common flags, check that both splits
+    exist and differ. Returns ``(store, ckpt or None, cfg)``."""
     store = open_store(args.data)
     args.pretrained = resolve_pretrained(args.pretrained, args.output)
     ckpt = read_checkpoint(args.pretrained) if args.pretrained else None
@@ -109,6 +168,9 @@ def setup_eval_run(args, free_fields: tuple[str, ...] = ()):
     for key, value in cfg.items():
         setattr(args, key, value)
     engine.finish_common_args(args)
+    engine.require_split(store, args.split, "--split")
+    engine.require_split(store, args.eval_split, "--eval-split")
+    engine.require_distinct_splits(args.split, args.eval_split)
     return store, ckpt, cfg
 
 
@@ -181,8 +243,24 @@ def extract(encoder: nn.Module, store, split: str, *, stream: str, clip_len: int
     transform = stream_transform(stream, store.layout.parents, spatial_channels)
     encoder.to(info.device)
     feats, labels = engine.extract_features(encoder, loader, transform, info.device, dtype)
-    return (gather_in_order(feats, len(dataset), info),
-            gather_in_order(labels, len(dataset), info))
+    feats = gather_in_order(feats, len(dataset), info)
+    check_features(feats, store, split, indices)
+    return feats, gather_in_order(labels, len(dataset), info)
+
+
+def split_names(store, split: str | None, indices=None) -> np.ndarray:
+    """Sample names (N,) of ``split`` (None: every sequence), or of the positions ``indices``
+    within it, in that order."""
+    seq = np.arange(len(store)) if split is None else store.split_indices(split)
+    names = np.asarray(store.names)[seq]
+    return names if indices is None else names[np.asarray(indices, dtype=np.int64)]
+
+
+def check_features(feats: torch.Tensor, store, split: str | None, indices=None) -> None:
+    """NonFiniteError naming the split and its first samples whose features (N, D) are not
+    finite (a broken sequence, a diverged encoder): they must never reach a probe or KNN."""
+    require_finite(feats, f"features of split {split} of {store.root}",
+                   split_names(store, split, indices))
 
 
 def weights_digest(module: nn.Module) -> str:
@@ -219,10 +297,13 @@ def cached_extract(encoder: nn.Module, store, split: str, *, cache_dir: Path | N
     if path.is_file():
         try:
             blob = torch.load(path, map_location="cpu", weights_only=True)
-            engine.log(info, f"features: {split} from cache {path}")
-            return blob["features"], blob["labels"]
+            feats, labels = blob["features"], blob["labels"]
         except Exception as err:  # a damaged cache entry is recomputed, never trusted
             engine.log(info, f"features: ignoring unreadable cache {path} ({err})")
+        else:
+            check_features(feats, store, split)
+            engine.log(info, f"features: {split} from cache {path}")
+            return feats, labels
     feats, labels = extract(encoder, store, split, info=info, **kwargs)
     if info.is_main:
         engine.save_checkpoint(path, {"features": feats, "labels": labels, "key": key})

@@ -8,7 +8,8 @@ its results JSON (the JSON's ``scores_file`` field names it): arrays ``names`` (
         [--output RUN_DIR/fusion_finetune.json]
 
 accepts results JSONs or ``.npz`` score files, refuses files whose sample names (or their
-order), labels or class counts differ, and prints every stream's top-1 and the fused top-1.
+order), labels or class counts differ or whose scores are not finite (NaN or inf: the error
+names the first samples), and prints every stream's top-1 and the fused top-1.
 Fusion adds ``weight * softmax(logits)`` per stream (``--logits``: adds raw logits instead).
 Default weights are equal (1:1:1 for three streams); pyskl's 4-stream convention is
 joint:bone:joint-motion:bone-motion = 2:2:1:1. ``--output`` writes the summary (every
@@ -20,11 +21,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
+
+from evaluation.checks import require_finite
 
 
 class ScoreFile(NamedTuple):
@@ -44,14 +46,26 @@ def save_scores(path: str | Path, names, labels, scores) -> None:
     if scores.ndim != 2 or not len(names) == len(labels) == scores.shape[0]:
         raise ValueError(f"{path}: need names (N,), labels (N,), scores (N, C); got "
                          f"{names.shape}, {labels.shape}, {scores.shape}")
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp.npz")
-    os.close(fd)
+    require_finite(scores, f"scores for {path}", names)
+
+    def write(f) -> None:
+        np.savez(f, names=names, labels=labels, scores=scores)
+    atomic_write(path, write)
+
+
+def atomic_write(path: Path, write) -> None:
+    """``write(file object)`` into ``.<name>.tmp<PID>`` next to ``path``, then rename it into
+    place (engine.temp_path's naming, so the run directory's cleanup knows a killed writer's
+    leftover); an OSError (full disk, read-only directory) becomes a ValueError naming path."""
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
-        np.savez(tmp, names=names, labels=labels, scores=scores)
+        with open(tmp, "wb") as f:
+            write(f)
         os.replace(tmp, path)
+    except OSError as err:
+        raise ValueError(f"cannot write {path}: {err.strerror or err}") from err
     finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+        tmp.unlink(missing_ok=True)
 
 
 def load_scores(path: str | Path) -> ScoreFile:
@@ -83,6 +97,7 @@ def load_scores(path: str | Path) -> ScoreFile:
     if out.scores.ndim != 2 or not len(out.names) == len(out.labels) == out.scores.shape[0]:
         raise ValueError(f"{npz_path}: inconsistent shapes names {out.names.shape}, "
                          f"labels {out.labels.shape}, scores {out.scores.shape}")
+    require_finite(out.scores, f"{npz_path}: scores", out.names)
     return out
 
 
@@ -126,6 +141,7 @@ def fuse(files: list[ScoreFile], weights: list[float] | None = None,
     total = np.zeros_like(files[0].scores, dtype=np.float64)
     for w, f in zip(weights, files):
         total += w * (softmax(f.scores) if use_softmax else f.scores)
+    require_finite(total, f"fused scores (weights {weights})", files[0].names)
     return total
 
 
@@ -181,10 +197,11 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"{acc:6.2f}  {path}")
     print(f"{summary['fused_top1']:6.2f}  fused (weights {summary['weights']}, {summary['mode']})")
     if args.output:
-        out = Path(args.output)
-        tmp = out.with_name(out.name + ".tmp")
-        tmp.write_text(json.dumps(summary, indent=2))
-        os.replace(tmp, out)
+        text = json.dumps(summary, indent=2) + "\n"
+        try:
+            atomic_write(Path(args.output), lambda f: f.write(text.encode()))
+        except ValueError as err:
+            parser.error(str(err))
     return summary
 
 

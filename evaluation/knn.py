@@ -19,6 +19,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from evaluation.checks import require_finite
+from progress import progress_bar
+
 BACKENDS = ("torch", "faiss-flat", "faiss-ivf", "faiss-hnsw")
 
 
@@ -44,7 +47,8 @@ def torch_topk(queries: torch.Tensor, gallery: torch.Tensor, k: int = 1,
     """Exact cosine top-k by a blocked matrix product.
 
     queries (Q, D), gallery (G, D) float -> (similarities (Q, k) float32 descending,
-    gallery indices (Q, k) int64). Extra memory: one (block_size, G) buffer.
+    gallery indices (Q, k) int64). Extra memory: one (block_size, G) buffer. A progress bar
+    of the blocks on a terminal.
     """
     _check_pair(queries, gallery, k)
     queries = queries.float()
@@ -57,7 +61,7 @@ def torch_topk(queries: torch.Tensor, gallery: torch.Tensor, k: int = 1,
     on_cpu = queries.device.type == "cpu"
     if on_cpu:  # numpy's OpenBLAS sgemm: 1.4-3x torch's MKL on AMD CPUs, on par on Intel
         gallery_np, buf_np = gallery_t.numpy(), buf.numpy()
-    for start in range(0, num_q, block_size):
+    for start in progress_bar(range(0, num_q, block_size), desc="knn", unit="block", leave=False):
         block = queries[start:start + block_size]
         if on_cpu:
             np.matmul(block.numpy(), gallery_np, out=buf_np[:block.shape[0]])
@@ -133,12 +137,17 @@ def vote(neighbour_labels: torch.Tensor, neighbour_sims: torch.Tensor,
 
 def knn_evaluate(query_feats: torch.Tensor, query_labels: torch.Tensor,
                  gallery_feats: torch.Tensor, gallery_labels: torch.Tensor, k: int = 1,
-                 backend: str = "torch", block_size: int = 1024) -> dict:
+                 backend: str = "torch", block_size: int = 1024, query_names=None,
+                 gallery_names=None) -> dict:
     """KNN classification of queries against a labelled gallery.
 
+    Non-finite features are refused (NonFiniteError naming the first samples: ``*_names``
+    (N,), or positions when None): a NaN query would still get a neighbour and a vote.
     Returns dict: ``pred`` (Q,) int64, ``neighbours`` (Q, k) gallery indices, ``sims`` (Q, k),
     ``top1`` (accuracy of the vote, %) and ``recall_at_k`` (% of queries with at least one
     same-class sample among their k neighbours)."""
+    require_finite(query_feats, "KNN queries", query_names)
+    require_finite(gallery_feats, "KNN gallery", gallery_names)
     num_classes = int(max(gallery_labels.max(), query_labels.max())) + 1
     sims, nbrs = search(query_feats, gallery_feats, k, backend=backend, block_size=block_size)
     nbr_labels = gallery_labels.long()[nbrs]

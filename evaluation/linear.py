@@ -11,10 +11,14 @@ they train the same head up to floating-point noise in the features.
 from __future__ import annotations
 
 import copy
+import math
 from typing import Callable
 
 import torch
 from torch import nn
+
+from evaluation.checks import NonFiniteError
+from progress import progress_bar
 
 
 def make_head(feature_dim: int, num_classes: int, seed: int) -> nn.Linear:
@@ -58,7 +62,8 @@ def train_linear(batch_features: Callable[[torch.Tensor], torch.Tensor],
 
     ``batch_features(idx (B,) int64) -> (B, D) float`` supplies features for those positions.
     ``val`` = (features (Nv, D), labels (Nv,)) enables per-epoch selection of the best head on
-    validation top-1. Returns dict: ``head`` (last epoch), ``best_head`` and ``best_epoch``
+    validation top-1. A non-finite epoch loss raises NonFiniteError (a diverged head is never
+    evaluated). Returns dict: ``head`` (last epoch), ``best_head`` and ``best_epoch``
     (only with ``val``), ``history`` (list of per-epoch dicts: epoch, lr, loss, val_top1).
     """
     device = labels.device
@@ -68,7 +73,7 @@ def train_linear(batch_features: Callable[[torch.Tensor], torch.Tensor],
     order_gen = torch.Generator().manual_seed(seed)
     loss_fn = nn.CrossEntropyLoss()
     history, best = [], {"top1": -1.0, "head": None, "epoch": None}
-    for epoch in range(epochs):
+    for epoch in progress_bar(range(epochs), desc="linear probe", unit="epoch", leave=False):
         for group in opt.param_groups:
             group["lr"] = step_lr(lr, epoch, milestones)
         head.train()
@@ -82,6 +87,9 @@ def train_linear(batch_features: Callable[[torch.Tensor], torch.Tensor],
             opt.step()
             total += loss.item() * idx.shape[0]
             seen += idx.shape[0]
+        if not math.isfinite(total):
+            raise NonFiniteError(f"linear probe: the training loss went non-finite in epoch "
+                                 f"{epoch + 1} (lr {opt.param_groups[0]['lr']:g}); lower --lr")
         record = {"epoch": epoch + 1, "lr": opt.param_groups[0]["lr"], "loss": total / seen}
         if val is not None:
             record["val_top1"] = accuracy(predict(head, val[0].to(device)), val[1].to(device))

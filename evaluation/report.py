@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import re
 import sys
 from pathlib import Path
@@ -62,8 +63,10 @@ def _protocol(stem: str) -> tuple[tuple, str] | None:
 
 def _number(result: dict, key: str, path: Path) -> float:
     value = result.get(key)
-    if not isinstance(value, (int, float)) or isinstance(value, bool):
-        raise ReportError(f"{path}: field '{key}' must be a number (top-1 in %), got {value!r}")
+    if (not isinstance(value, (int, float)) or isinstance(value, bool)
+            or not math.isfinite(value)):
+        raise ReportError(f"{path}: field '{key}' must be a finite number (top-1 in %), got "
+                          f"{value!r}")
     return float(value)
 
 
@@ -125,7 +128,7 @@ def parse_baseline(text: str) -> tuple[str, float]:
         top1 = float(value)
     except ValueError:
         top1 = None
-    if not sep or not name.strip() or top1 is None:
+    if not sep or not name.strip() or top1 is None or not math.isfinite(top1):
         raise ReportError(f"--baseline: expected NAME=TOP1 (e.g. 'P&C linear=84.9'), got {text!r}")
     return name.strip(), top1
 

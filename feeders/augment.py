@@ -1,4 +1,4 @@
-"""Pretraining augmentations (METHOD.md section 1).
+"""Pretraining augmentations (docs/METHOD.md section 1).
 
 Two parts:
 
@@ -14,7 +14,7 @@ Temporal resampling is linear interpolation in time with the sampling grid of
 releases): output frame ``i`` of ``L`` sits at input position ``(i + 0.5) * n / L - 0.5``,
 clamped to ``[0, n - 1]``. A 1-frame input is therefore repeated ``L`` times.
 
-Spatial augmentations, our reading of METHOD.md section 1, drawn independently per view:
+Spatial augmentations, our reading of docs/METHOD.md section 1, drawn independently per view:
 
 - with probability 1/2: shear. All coordinates of the view are multiplied by an ``S x S``
   matrix with unit diagonal and off-diagonal entries ~ U(-1, 1) (``S`` = 3 for xyz, 2 for 2D).
@@ -74,7 +74,7 @@ def temporal_crop_resize(
     """Random crop-and-resize of ``seq (T, M, V, C)`` -> ``(C, L, V, M)`` float32.
 
     ``s ~ U(min_ratio, 1)``; crop length ``min(max(floor(T * s), min_crop), T)`` with
-    ``min_crop`` = ``L`` by default (METHOD.md: a crop is never shorter than the clip, so a
+    ``min_crop`` = ``L`` by default (docs/METHOD.md: a crop is never shorter than the clip, so a
     sequence of at most ``L`` frames is never cropped); start uniform over the valid positions;
     the crop is resampled to ``L = clip_len`` frames.
     """

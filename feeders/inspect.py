@@ -22,6 +22,7 @@ def summarize(store: Store) -> dict:
         "num_classes": store.num_classes,
         "splits": {name: int(idx.size) for name, idx in store.splits.items()},
         "layout": store.layout.name,
+        "layout_source": store.manifest.get("layout_source", "format"),
         "channels": store.channels,
         "joints": store.joints,
         "bodies": store.bodies,
@@ -43,7 +44,7 @@ def format_text(summary: dict) -> str:
         f"dataset      {summary['path']} (from {summary['source_format']})",
         f"sequences    {summary['num_sequences']}",
         f"classes      {summary['num_classes']}",
-        f"layout       {summary['layout']}  C={summary['channels']} V={summary['joints']} "
+        f"layout       {summary['layout']} ({summary['layout_source']})  C={summary['channels']} V={summary['joints']} "
         f"M={summary['bodies']}  {summary['dtype']}",
         f"frames/seq   min {f['min']}  median {f['median']:g}  max {f['max']}  "
         f"(total {f['total']})",

@@ -15,11 +15,25 @@ Partition strategies follow ST-GCN (Yan et al., AAAI 2018), with `normalize_digr
 """
 from __future__ import annotations
 
+import argparse
+import json
+import sys
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
 STRATEGIES = ("uniform", "distance", "spatial", "symmetric")
+
+
+# how a dataset's layout was chosen (manifest field ``layout_source``): given by the user,
+# inferred from the joint count, or fixed by the source format
+LAYOUT_SOURCES = ("declared", "inferred", "format")
+
+
+class LayoutError(ValueError):
+    """A layout cannot be read, is invalid, or cannot be chosen for the data (the message names
+    the file or source and the field)."""
 
 
 @dataclass(frozen=True)
@@ -57,6 +71,14 @@ class Layout:
     @property
     def num_joints(self) -> int:
         return len(self.joints)
+
+    def to_json(self) -> dict:
+        """The layout as the JSON object read by `layout_from_json` (centres and mirror pairs
+        by joint name, parents 0-based)."""
+        pairs = [[self.joints[j], self.joints[m]] for j, m in enumerate(self.mirror) if j < m]
+        return {"name": self.name, "dims": self.dims, "joints": list(self.joints),
+                "parents": list(self.parents), "center": self.joints[self.center],
+                "graph_center": self.joints[self.graph_center], "mirror": pairs}
 
     def edges(self) -> list[tuple[int, int]]:
         """(child, parent) bone pairs, self loops excluded."""
@@ -130,7 +152,7 @@ def _layout(name, joints, parents, center, graph_center, pairs, dims=3):
     return Layout(name, tuple(joints), tuple(parents), center, graph_center, tuple(mirror), dims)
 
 
-# NTU RGB+D (Kinect v2): the 25 bone pairs of METHOD.md §1, written 1-based as (child, parent).
+# NTU RGB+D (Kinect v2): the 25 bone pairs of docs/METHOD.md §1, written 1-based as (child, parent).
 _NTU_PAIRS_1BASED = [(1, 2), (2, 21), (3, 21), (4, 3), (5, 21), (6, 5), (7, 6), (8, 7), (9, 21),
                      (10, 9), (11, 10), (12, 11), (13, 1), (14, 13), (15, 14), (16, 15), (17, 1),
                      (18, 17), (19, 18), (20, 19), (21, 21), (22, 23), (23, 8), (24, 25), (25, 12)]
@@ -196,13 +218,211 @@ PENN13 = _layout(
     dims=2,
 )
 
-LAYOUTS: dict[str, Layout] = {l.name: l for l in (NTU25, KINECT20, OPENPOSE18, COCO17, PENN13)}
+# OpenPose BODY_25 (DATA.md §3.1): OpenPose's render pairs as a tree rooted at the neck.
+BODY25 = _layout(
+    "body25",
+    ["nose", "neck", "right_shoulder", "right_elbow", "right_wrist", "left_shoulder",
+     "left_elbow", "left_wrist", "mid_hip", "right_hip", "right_knee", "right_ankle", "left_hip",
+     "left_knee", "left_ankle", "right_eye", "left_eye", "right_ear", "left_ear",
+     "left_big_toe", "left_small_toe", "left_heel", "right_big_toe", "right_small_toe",
+     "right_heel"],
+    [1, 1, 1, 2, 3, 1, 5, 6, 1, 8, 9, 10, 8, 12, 13, 0, 0, 15, 16, 14, 19, 14, 11, 22, 11],
+    center=1, graph_center=1,
+    pairs=[(5, 2), (6, 3), (7, 4), (12, 9), (13, 10), (14, 11), (16, 15), (18, 17), (19, 22),
+           (20, 23), (21, 24)],
+    dims=2,
+)
+
+# Human3.6M 17 joints in the order 3D pose lifting models output (VideoPose3D, MotionBERT),
+# rooted at the hip (pelvis) joint the lifted poses are relative to.
+H36M17 = _layout(
+    "h36m17",
+    ["hip", "right_hip", "right_knee", "right_foot", "left_hip", "left_knee", "left_foot",
+     "spine", "thorax", "neck_nose", "head", "left_shoulder", "left_elbow", "left_wrist",
+     "right_shoulder", "right_elbow", "right_wrist"],
+    [0, 0, 1, 2, 0, 4, 5, 0, 7, 8, 9, 8, 11, 12, 8, 14, 15],
+    center=0, graph_center=8,
+    pairs=[(4, 1), (5, 2), (6, 3), (11, 14), (12, 15), (13, 16)],
+)
+
+LAYOUTS: dict[str, Layout] = {l.name: l for l in (NTU25, KINECT20, OPENPOSE18, COCO17, PENN13,
+                                                  BODY25, H36M17)}
+
+# ----------------------------------------------------------------------------- JSON layouts
+
+_JSON_FIELDS = ("name", "dims", "joints", "parents", "parents_1based", "center", "graph_center",
+                "mirror")
 
 
-def get_layout(layout: str | Layout) -> Layout:
-    """Look a layout up by name (a Layout passes through)."""
+def _joint_index(value, joints: list[str], where: str) -> int:
+    """A joint given by name or 0-based index -> its index (LayoutError naming `where`)."""
+    if isinstance(value, str):
+        if value not in joints:
+            raise LayoutError(f"{where}: unknown joint name {value!r}")
+        return joints.index(value)
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < len(joints):
+        raise LayoutError(f"{where}: expected a joint name or an index in [0, {len(joints)}), "
+                          f"got {value!r}")
+    return value
+
+
+def _check_tree(parents: list[int], joints: list[str], where: str) -> None:
+    """One root (its own parent) that every joint reaches by following parents."""
+    roots = [joints[v] for v, p in enumerate(parents) if v == p]
+    if len(roots) != 1:
+        raise LayoutError(f"{where}: field 'parents' has {len(roots)} roots {roots} (a joint "
+                          f"that is its own parent); a tree has exactly one")
+    for v in range(len(parents)):
+        path = [v]
+        while parents[path[-1]] != path[-1]:
+            path.append(parents[path[-1]])
+            if path[-1] in path[:-1]:
+                cycle = " -> ".join(joints[j] for j in path[path.index(path[-1]):])
+                raise LayoutError(f"{where}: field 'parents' has a cycle {cycle} (never "
+                                  f"reaches the root {roots[0]!r})")
+
+
+def layout_from_json(obj, where: str = "layout") -> Layout:
+    """Build and validate a Layout from its JSON object (docs/design.md, "feeders.layouts").
+
+    ``{"name", "joints": [names in storage order], "parents": [0-based parent per joint, the
+    root its own parent] (or "parents_1based"), "center": joint name or index, "graph_center"
+    (optional, default: center), "mirror": [[left, right], ...] by name or index, "dims": 2|3}``.
+    Errors are LayoutError naming ``where`` (the file) and the field.
+    """
+    if not isinstance(obj, dict):
+        raise LayoutError(f"{where}: expected a JSON object, got {type(obj).__name__}")
+    unknown = sorted(set(obj) - set(_JSON_FIELDS))
+    if unknown:
+        raise LayoutError(f"{where}: unknown field(s) {unknown}; expected {list(_JSON_FIELDS)}")
+    for field in ("name", "dims", "joints", "center"):
+        if field not in obj:
+            raise LayoutError(f"{where}: field {field!r} missing")
+    name, dims, joints = obj["name"], obj["dims"], obj["joints"]
+    if not isinstance(name, str) or not name:
+        raise LayoutError(f"{where}: field 'name' must be a non-empty string")
+    if dims not in (2, 3) or isinstance(dims, bool):
+        raise LayoutError(f"{where}: field 'dims' must be 2 or 3, got {dims!r}")
+    if (not isinstance(joints, list) or not joints
+            or not all(isinstance(j, str) and j for j in joints)):
+        raise LayoutError(f"{where}: field 'joints' must be a non-empty list of joint names")
+    if len(set(joints)) != len(joints):
+        twice = sorted({j for j in joints if joints.count(j) > 1})
+        raise LayoutError(f"{where}: field 'joints' names {twice} more than once")
+    v = len(joints)
+    if ("parents" in obj) == ("parents_1based" in obj):
+        raise LayoutError(f"{where}: give exactly one of the fields 'parents' (0-based) and "
+                          f"'parents_1based'")
+    field = "parents" if "parents" in obj else "parents_1based"
+    base = 0 if field == "parents" else 1
+    raw = obj[field]
+    if not isinstance(raw, list) or len(raw) != v:
+        raise LayoutError(f"{where}: field {field!r} must be a list of {v} parents (one per "
+                          f"joint), got {len(raw) if isinstance(raw, list) else type(raw).__name__}")
+    for k, p in enumerate(raw):
+        if isinstance(p, bool) or not isinstance(p, int) or not base <= p < v + base:
+            raise LayoutError(f"{where}: field {field!r} entry {k} ({joints[k]}) is {p!r}, "
+                              f"expected an index in [{base}, {v + base})")
+    parents = [p - base for p in raw]
+    _check_tree(parents, joints, where)
+    center = _joint_index(obj["center"], joints, f"{where}: field 'center'")
+    graph_center = _joint_index(obj.get("graph_center", center), joints,
+                                f"{where}: field 'graph_center'")
+    pairs = obj.get("mirror", [])
+    if not isinstance(pairs, list):
+        raise LayoutError(f"{where}: field 'mirror' must be a list of [left, right] pairs")
+    seen: set[int] = set()
+    index_pairs = []
+    for k, pair in enumerate(pairs):
+        at = f"{where}: field 'mirror' pair {k}"
+        if not isinstance(pair, list) or len(pair) != 2:
+            raise LayoutError(f"{at}: expected [left, right], got {pair!r}")
+        left, right = (_joint_index(j, joints, at) for j in pair)
+        if left == right or left in seen or right in seen:
+            raise LayoutError(f"{at} {pair!r} is not a left/right pairing (a joint paired with "
+                              f"itself or in two pairs)")
+        seen |= {left, right}
+        index_pairs.append((left, right))
+    return _layout(name, joints, parents, center, graph_center, index_pairs, dims)
+
+
+def load_layout(path) -> Layout:
+    """Read and validate a layout JSON file (LayoutError naming the file)."""
+    path = Path(path)
+    try:
+        obj = json.loads(path.read_text())
+    except OSError as e:
+        raise LayoutError(f"{path}: cannot read layout file ({e.strerror})") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise LayoutError(f"{path}: not valid JSON ({e})") from None
+    return layout_from_json(obj, str(path))
+
+
+def get_layout(layout: str | Path | Layout) -> Layout:
+    """A layout by built-in name or by the path of a JSON file (a Path, or a string ending in
+    ``.json`` or containing ``/``); a Layout passes through."""
     if isinstance(layout, Layout):
         return layout
+    if isinstance(layout, Path) or str(layout).endswith(".json") or "/" in str(layout):
+        return load_layout(layout)
     if layout not in LAYOUTS:
-        raise ValueError(f"unknown layout {layout!r}; expected one of {sorted(LAYOUTS)}")
+        raise LayoutError(f"unknown layout {layout!r}; expected one of {sorted(LAYOUTS)} or a "
+                          f"layout JSON file (template: python -m feeders.layouts ntu25)")
     return LAYOUTS[layout]
+
+
+def _describe(layout: Layout) -> str:
+    return f"{layout.name} ({layout.num_joints} joints, {layout.dims}D)"
+
+
+def choose_layout(declared, joints: int, dims: tuple[int, ...], where: str) -> tuple[Layout, str]:
+    """The layout of a source with `joints` joints whose channels can hold `dims`-D coordinates
+    (e.g. ``(2,)`` for x, y + score, ``(3, 2)`` for 3 channels: x, y, z or x, y + score).
+
+    Declared (a name, a JSON path or a Layout): checked against the data, returns
+    ``(layout, "declared")``. Otherwise the built-in layout with that joint count and
+    coordinate dimension is used only when it is the only one, with a warning on stderr, and
+    ``(layout, "inferred")`` is returned; no candidate or several raise LayoutError listing them.
+    """
+    if declared is not None:
+        layout = get_layout(declared)
+        if layout.num_joints != joints:
+            raise LayoutError(f"{where}: the data has {joints} joints, but layout {layout.name} "
+                              f"has {layout.num_joints}")
+        if layout.dims not in dims:
+            raise LayoutError(f"{where}: layout {layout.name} is {layout.dims}D, but the data's "
+                              f"channels hold {' or '.join(f'{d}D' for d in dims)} coordinates")
+        return layout, "declared"
+    candidates = [l for l in LAYOUTS.values() if l.num_joints == joints and l.dims in dims]
+    data = f"{joints} joints in {' or '.join(f'{d}D' for d in dims)}"
+    if len(candidates) != 1:
+        found = (f"candidates: {', '.join(map(_describe, candidates))}" if candidates else
+                 f"no built-in layout fits (built-in: {', '.join(map(_describe, LAYOUTS.values()))})")
+        raise LayoutError(f"{where}: cannot choose a layout for {data}; {found}; declare it with "
+                          f"--layout NAME or --layout FILE.json (template: python -m "
+                          f"feeders.layouts ntu25 > mine.json)")
+    layout = candidates[0]
+    print(f"warning: {where}: no layout declared; {data} read as built-in layout "
+          f"{_describe(layout)}. If your joints are in another order, declare them: "
+          f"python -m feeders.layouts {layout.name} > mine.json, edit it, pass --layout mine.json",
+          file=sys.stderr)
+    return layout, "inferred"
+
+
+def layout_json_text(layout: Layout) -> str:
+    """`layout.to_json()` as JSON text with one field per line (a template to edit)."""
+    fields = [f" {json.dumps(k)}: {json.dumps(v)}" for k, v in layout.to_json().items()]
+    return "{\n" + ",\n".join(fields) + "\n}"
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m feeders.layouts",
+        description="Print a built-in layout as JSON, a template for your own --layout FILE.json.")
+    parser.add_argument("name", choices=sorted(LAYOUTS), help="built-in layout")
+    args = parser.parse_args(argv)
+    print(layout_json_text(LAYOUTS[args.name]))
+
+
+if __name__ == "__main__":
+    main()

@@ -29,6 +29,7 @@ from feeders.formats import FORMATS, Source, describe, get_format
 from feeders.layouts import get_layout
 from feeders.store import (DTYPES, Record, StoreWriter, check_outside, check_replaceable,
                             error_message)
+from progress import on_terminal
 
 FLOAT16_MAX = float(np.finfo(np.float16).max)
 
@@ -52,7 +53,8 @@ def check_record(rec: Record, item, source: Source, joints: int, dtype: str) -> 
     if t < 1:
         raise ValueError(f"{where}: no frames (T=0)")
     if v != joints:
-        raise ValueError(f"{where}: {v} joints, expected {joints} (layout {source.layout})")
+        raise ValueError(f"{where}: {v} joints, expected {joints} (layout "
+                         f"{get_layout(source.layout).name})")
     if c != source.channels:
         raise ValueError(f"{where}: {c} channels, expected {source.channels}")
     if not np.isfinite(data).all():
@@ -83,7 +85,8 @@ def _chunksize(num_items: int, workers: int) -> int:
 def iter_read(source: Source, workers: int, progress: bool) -> Iterator[tuple[object, list]]:
     """Yield ``(item, records)`` in item order, reading in ``workers`` processes if allowed."""
     read = functools.partial(_read_item, source.read)
-    bar = tqdm(total=len(source.items), unit="item", disable=not progress, file=sys.stderr)
+    bar = tqdm(total=len(source.items), unit="item", file=sys.stderr,
+               disable=not (progress and on_terminal()))  # redirected output: no bar
     try:
         if workers > 1 and source.parallel and len(source.items) > 1:
             with multiprocessing.get_context("fork").Pool(workers) as pool:
@@ -139,11 +142,12 @@ def run(opts: argparse.Namespace, progress: bool = False) -> dict:
     if opts.num_classes is not None and opts.num_classes != len(source.class_names):
         raise ValueError(f"--num-classes {opts.num_classes}: the {opts.format} source defines "
                          f"{len(source.class_names)} classes")
-    joints = get_layout(source.layout).num_joints
+    layout = get_layout(source.layout)
+    joints = layout.num_joints
     metas, skipped = [], 0
-    with StoreWriter(opts.out, source.layout, len(source.class_names), source.class_names,
+    with StoreWriter(opts.out, layout, len(source.class_names), source.class_names,
                      source.channels, source.bodies, dtype=opts.dtype,
-                     source_format=opts.format) as writer:
+                     source_format=opts.format, layout_source=source.layout_source) as writer:
         for item, recs in iter_read(source, opts.workers, progress):
             skipped += not recs
             for rec in recs:

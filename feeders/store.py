@@ -41,7 +41,7 @@ from typing import Mapping, NamedTuple, Sequence
 
 import numpy as np
 
-from feeders.layouts import Layout, get_layout
+from feeders.layouts import LAYOUT_SOURCES, Layout, LayoutError, get_layout, layout_from_json
 
 FORMAT_VERSION = 1
 CREATED_BY = "feeders.store (format 1)"
@@ -359,9 +359,14 @@ class StoreWriter:
 
     def __init__(self, out_dir, layout: str | Layout, num_classes: int,
                  class_names: Sequence[str], channels: int, bodies: int,
-                 dtype: str = "float32", source_format: str = "unknown"):
+                 dtype: str = "float32", source_format: str = "unknown",
+                 layout_source: str = "format"):
         self.out_dir = Path(out_dir)
-        self.layout = layout if isinstance(layout, Layout) else get_layout(layout)
+        self.layout = get_layout(layout)
+        if layout_source not in LAYOUT_SOURCES:
+            raise ValueError(f"StoreWriter: layout_source must be one of {LAYOUT_SOURCES}, "
+                             f"got {layout_source!r}")
+        self.layout_source = layout_source
         if dtype not in DTYPES:
             raise ValueError(f"StoreWriter: dtype must be one of {DTYPES}, got {dtype!r}")
         if len(class_names) != num_classes:
@@ -513,6 +518,8 @@ class StoreWriter:
         manifest = {
             "format_version": FORMAT_VERSION,
             "layout": self.layout.name,
+            "layout_spec": self.layout.to_json(),
+            "layout_source": self.layout_source,
             "num_classes": self.num_classes,
             "class_names": self.class_names,
             "channels": self.channels,
@@ -626,14 +633,26 @@ def _read_manifest(root: Path) -> dict:
     if len(manifest["class_names"]) != manifest["num_classes"]:
         raise _fail(path, f"{len(manifest['class_names'])} class_names for "
                           f"num_classes={manifest['num_classes']}")
-    try:
-        layout = get_layout(manifest["layout"])
-    except (KeyError, ValueError) as e:
-        raise _fail(path, f"unknown layout {manifest['layout']!r} ({e})") from None
+    layout = manifest_layout(manifest, path)
     if layout.num_joints != manifest["joints"]:
         raise _fail(path, f"joints={manifest['joints']} but layout {layout.name!r} has "
                           f"{layout.num_joints}")
     return manifest
+
+
+def manifest_layout(manifest: dict, path: Path) -> Layout:
+    """The manifest's layout: rebuilt from ``layout_spec`` (the whole layout, written since
+    custom layouts exist) or, in older manifests, looked up by the built-in name ``layout``."""
+    try:
+        if "layout_spec" not in manifest:
+            return get_layout(manifest["layout"])
+        layout = layout_from_json(manifest["layout_spec"], f"{path}: field 'layout_spec'")
+    except LayoutError as e:
+        raise (StoreError(str(e)) if "layout_spec" in manifest else _fail(path, str(e))) from None
+    if layout.name != manifest["layout"]:
+        raise _fail(path, f"field 'layout' is {manifest['layout']!r}, but 'layout_spec' "
+                          f"describes layout {layout.name!r}")
+    return layout
 
 
 def _frame_array_specs(path: Path, manifest: dict) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
@@ -764,7 +783,7 @@ class Store:
         self.root = root
         self.manifest = manifest
         self.frames = frames  # (total_frames, M, V, C) memmap
-        self.layout: Layout = get_layout(manifest["layout"])
+        self.layout: Layout = manifest_layout(manifest, root / MANIFEST_FILE)
         self.num_classes: int = manifest["num_classes"]
         self.class_names: list[str] = manifest["class_names"]
         self.channels: int = manifest["channels"]

@@ -1,4 +1,4 @@
-"""Input streams (modalities) computed from a joint clip (METHOD.md section 1).
+"""Input streams (modalities) computed from a joint clip (docs/METHOD.md section 1).
 
 All functions take and return a batch ``x`` of shape ``(N, C, T, V, M)``:
 N clips, C channels, T frames, V joints, M bodies.

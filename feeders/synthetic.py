@@ -35,6 +35,7 @@ from typing import NamedTuple
 import numpy as np
 
 from feeders.store import Record, StoreWriter, check_replaceable, error_message
+from progress import progress_bar
 
 LAYOUT = "ntu25"
 NUM_JOINTS = 25
@@ -669,11 +670,12 @@ def _generate_block(job: tuple[int, int, int, int]) -> list[Record]:
 
 def write_synthetic(out_dir, num_sequences: int = DEFAULT_NUM_SEQUENCES, seed: int = 0,
                     workers: int = 1, num_subjects: int = NUM_SUBJECTS,
-                    block: int = 64) -> Path:
+                    block: int = 64, progress: bool | None = None) -> Path:
     """Generate a dataset directory (``feeders.store`` format) with xsub splits.
 
     Sequences are made in blocks of ``block`` by ``workers`` processes and written in index
-    order; at most ``2 * workers`` blocks are in memory at a time.
+    order; at most ``2 * workers`` blocks are in memory at a time. ``progress``: a bar of the
+    sequences written (None: on a terminal).
     """
     if num_sequences < 1:
         raise ValueError(f"num_sequences must be >= 1, got {num_sequences}")
@@ -685,10 +687,15 @@ def write_synthetic(out_dir, num_sequences: int = DEFAULT_NUM_SEQUENCES, seed: i
     train, val = [], []
     with StoreWriter(out_dir, LAYOUT, len(CLASS_NAMES), CLASS_NAMES, channels=CHANNELS,
                      bodies=NUM_BODIES, source_format="synthetic") as writer:
+        bar = progress_bar(None, desc="synthetic", total=num_sequences, unit="seq",
+                           enable=progress)
+
         def write(records):
             for rec in records:
                 (train if rec.subject % 2 == 1 else val).append(len(writer))
                 writer.add(rec)
+            if bar is not None:
+                bar.update(len(records))
 
         if workers <= 1:
             for job in jobs:
@@ -699,6 +706,8 @@ def write_synthetic(out_dir, num_sequences: int = DEFAULT_NUM_SEQUENCES, seed: i
                 for w in range(0, len(jobs), wave):
                     for records in pool.imap(_generate_block, jobs[w:w + wave]):
                         write(records)
+        if bar is not None:
+            bar.close()
         return writer.close({"xsub_train": train, "xsub_val": val})
 
 
@@ -710,9 +719,11 @@ def main(argv=None) -> None:
     parser.add_argument("--out", required=True, type=Path,
                         help="output dataset directory (an existing one is replaced only when "
                              "it is a dataset directory written by this suite)")
-    parser.add_argument("--num-sequences", type=int, default=DEFAULT_NUM_SEQUENCES)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1))
+    parser.add_argument("--num-sequences", type=int, default=DEFAULT_NUM_SEQUENCES,
+                        help="sequences to generate (default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=0, help="generator seed (default: %(default)s)")
+    parser.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1),
+                        help="generating processes (default: %(default)s)")
     parser.add_argument("--untrimmed", action="store_true",
                         help="write untrimmed streams instead: 4-7 one-person actions in a row "
                              "with idle and transition frames, per-frame labels in "

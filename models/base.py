@@ -219,7 +219,7 @@ class Stream(nn.Module):
 
 
 class TwoStreamTransformer(nn.Module):
-    """Temporal and spatial token streams over a clip (METHOD.md section 2).
+    """Temporal and spatial token streams over a clip (docs/METHOD.md section 2).
 
     Temporal: L tokens (flattened (M, V, C) poses) -> embedding MLP -> t_stream with a fixed
     sinusoidal table. Spatial: M*V tokens (flattened (L, C) trajectories) -> embedding MLP ->

@@ -1,4 +1,4 @@
-"""DSTE, the Dense Spatio-Temporal Encoder of USDRL (METHOD.md sections 2-3).
+"""DSTE, the Dense Spatio-Temporal Encoder of USDRL (docs/METHOD.md sections 2-3).
 
 Tokens, embeddings, positional tables and pooling are shared with STTR (models.base.
 TwoStreamTransformer); here each stream is a stack of DSTE layers, a layer being

@@ -1,4 +1,4 @@
-"""STTR, the plain spatio-temporal transformer baseline of METHOD.md section 3.
+"""STTR, the plain spatio-temporal transformer baseline of docs/METHOD.md section 3.
 
 Same tokens, embeddings and positional encodings as DSTE (models/dste.py), but each stream is a
 stack of standard post-norm transformer layers (single-head attention, FFN width H).

@@ -5,7 +5,7 @@
 #   bash scripts/recog.sh 0 ntu60_xs_j_dste 300        # checkpoint/ntu60_xs_j_dste/epoch_0300.pt
 #   bash scripts/recog.sh cpu demo_xs_j_dste path/to/other.pt --val-fraction 0.1
 # Writes checkpoint/<RUN_NAME>/linear.json (+ _scores.npz, _confusion.csv). Per-dataset lr
-# (METHOD.md section 5): 0.006 NTU-60 xsub and NTU-120, 0.03 NTU-60 xview, 0.01 PKU-MMD II;
+# (docs/METHOD.md section 5): 0.006 NTU-60 xsub and NTU-120, 0.03 NTU-60 xview, 0.01 PKU-MMD II;
 # small sets (demo, ucla, penn): lr 1.0 at batch 64.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/_common.sh"

@@ -18,6 +18,21 @@ except ImportError:  # pragma: no cover
     pass
 
 
+@pytest.fixture(autouse=True, scope="session")
+def precision_cache(tmp_path_factory):
+    """`--precision auto` trials are cached in a directory of the test session, never in the
+    user's ~/.cache/skelssl (subprocesses inherit the variable)."""
+    import os
+
+    old = os.environ.get("SKELSSL_CACHE_DIR")
+    os.environ["SKELSSL_CACHE_DIR"] = str(tmp_path_factory.mktemp("skelssl_cache"))
+    yield
+    if old is None:
+        os.environ.pop("SKELSSL_CACHE_DIR", None)
+    else:
+        os.environ["SKELSSL_CACHE_DIR"] = old
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     """The real datasets of ../shared/data; skips the test when they are absent."""

@@ -34,7 +34,7 @@ def test_hand_checked_accuracy(tmp_path, capsys):
 
 
 def test_nwucla_cross_view_floor(shared_data, tmp_path):
-    """Golden value on the real NW-UCLA files: 286 of 464 view-3 queries (61.64 %). DATA.md
+    """Golden value on the real NW-UCLA files: 286 of 464 view-3 queries (61.64 %). docs/DATA.md
     quotes 58.6 % for its variant of the recipe; ours resamples with linear interpolation on
     F.interpolate's grid and centres on the spine (kinect20 `center`)."""
     from feeders.prepare import prepare

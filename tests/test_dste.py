@@ -59,7 +59,7 @@ def test_tokens_follow_the_documented_order():
 
 
 def dste_parameter_formula(h, clip_len, joints, bodies, channels, depth=2):
-    """Hand count: METHOD.md sections 2-3."""
+    """Hand count: docs/METHOD.md sections 2-3."""
     lin = lambda i, o: i * o + o  # noqa: E731
     ln = 2 * h
     s = bodies * joints

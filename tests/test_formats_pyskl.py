@@ -62,10 +62,12 @@ def test_roundtrip_3d_exact(tmp_path):
         assert got["frame_dir"] == want["frame_dir"]
         assert got["label"] == want["label"]
         assert got["total_frames"] == want["total_frames"]
-        assert got["keypoint"].dtype == np.float16
+        assert got["keypoint"].dtype == np.float32  # pyskl's dtypes
+        assert type(got["label"]) is int and type(got["total_frames"]) is int
         assert got["keypoint"].shape == want["keypoint"].shape  # padding body trimmed
         np.testing.assert_array_equal(got["keypoint"], want["keypoint"])
         assert "keypoint_score" not in got
+        assert "img_shape" not in got  # 3D data
 
 
 def test_roundtrip_2d_with_score_exact(tmp_path):
@@ -86,8 +88,17 @@ def test_roundtrip_2d_with_score_exact(tmp_path):
         assert got["frame_dir"] == want["frame_dir"] and got["label"] == want["label"]
         assert got["keypoint"].shape == want["keypoint"].shape
         np.testing.assert_array_equal(got["keypoint"], want["keypoint"])
-        assert got["keypoint_score"].dtype == np.float16
+        assert got["keypoint_score"].dtype == np.float32
+        assert got["keypoint_score"].shape == want["keypoint"].shape[:3]
         np.testing.assert_array_equal(got["keypoint_score"], want["keypoint_score"])
+        # no shape in the store: the coordinates' extent, (ceil(max y) + 1, ceil(max x) + 1)
+        kp = want["keypoint"].astype(np.float32)
+        extent = (int(np.ceil(kp[..., 1].max())) + 1, int(np.ceil(kp[..., 0].max())) + 1)
+        assert got["img_shape"] == got["original_shape"] == extent
+    export_main(["--to", "pyskl", "--src", str(tmp_path / "ds"), "--img-shape", "1080", "1920",
+                 "--out", str(tmp_path / "shaped.pkl")])
+    for got in load_pickle(tmp_path / "shaped.pkl")["annotations"]:
+        assert got["img_shape"] == got["original_shape"] == (1080, 1920)
 
 
 def test_drop_score_layout_and_bodies_flags(tmp_path):
@@ -109,9 +120,10 @@ def test_drop_score_layout_and_bodies_flags(tmp_path):
     assert open_store(tmp_path / "k").layout.name == "openpose18"
     anns_odd = make_annotations(np.random.default_rng(3), 2, 7, 3, score=False)
     write_pickle(tmp_path / "odd.pkl", anns_odd)
-    with pytest.raises(ValueError, match="no default layout for V=7"):
+    with pytest.raises(ValueError, match=r"odd.pkl: cannot choose a layout for 7 joints in 3D; "
+                                         r"no built-in layout fits"):
         prepare("pyskl", tmp_path / "odd.pkl", tmp_path / "odd")
-    with pytest.raises(ValueError, match="17 joints, expected 25"):
+    with pytest.raises(ValueError, match="the data has 17 joints, but layout ntu25 has 25"):
         prepare("pyskl", tmp_path / "in.pkl", tmp_path / "c", layout="ntu25")
 
 

@@ -28,6 +28,7 @@ def test_json_summary(dataset, capsys):
     assert summary["splits"] == {"xview_train": 3, "xview_val": 1}
     assert (summary["layout"], summary["channels"], summary["joints"], summary["bodies"]) == (
         "kinect20", 3, 20, 1)
+    assert summary["layout_source"] == "format"
     assert summary["frames"] == {"min": 3, "median": 4.5, "max": 10, "total": 22}
 
 
@@ -35,7 +36,7 @@ def test_text_summary(dataset, capsys):
     ds_inspect.main([str(dataset)])
     text = capsys.readouterr().out
     assert "sequences    4" in text and "classes      3" in text
-    assert "layout       kinect20  C=3 V=20 M=1  float32" in text
+    assert "layout       kinect20 (format)  C=3 V=20 M=1  float32" in text
     assert "frames/seq   min 3  median 4.5  max 10  (total 22)" in text
     assert "xview_train    3" in text and "xview_val      1" in text
 

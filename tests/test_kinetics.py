@@ -166,8 +166,8 @@ def test_missing_folders(tmp_path, out_root):
 
 
 def test_export_to_pyskl_and_back(kinetics, tmp_path):
-    """A 2D+score store exports as keypoint (M, T, 18, 2) + keypoint_score and reads back equal
-    up to float16 rounding (the pyskl keypoint dtype)."""
+    """A 2D+score store exports as keypoint (M, T, 18, 2) + keypoint_score and reads back
+    exactly (float32 keypoints, as pyskl's)."""
     from feeders.export import to_pyskl
 
     to_pyskl(kinetics.root, tmp_path / "k.pkl")
@@ -181,4 +181,4 @@ def test_export_to_pyskl_and_back(kinetics, tmp_path):
         assert back.split_indices(split).tolist() == kinetics.split_indices(split).tolist()
     for i in range(len(kinetics)):
         want = kinetics.sequence(i)
-        np.testing.assert_array_equal(back.sequence(i), want.astype(np.float16))
+        np.testing.assert_array_equal(back.sequence(i), want)

@@ -81,7 +81,7 @@ def test_errors_name_file_and_field(tmp_path, capsys):
     with pytest.raises(ReportError, match="no result files"):
         read_rows(tmp_path)
     _write(tmp_path / "linear.json", {"top1": "high"})
-    with pytest.raises(ReportError, match=r"linear\.json: field 'top1' must be a number"):
+    with pytest.raises(ReportError, match=r"linear\.json: field 'top1' must be a finite number"):
         read_rows(tmp_path)
     (tmp_path / "linear.json").write_text("{broken")
     with pytest.raises(ReportError, match=r"linear\.json: not valid JSON"):

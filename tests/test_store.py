@@ -160,6 +160,16 @@ def test_manifest_missing_or_unparseable(dataset):
 def test_manifest_layout_mismatch(dataset):
     path, _ = dataset
     edit_manifest(path, lambda m: m.update(layout="kinect20"))
+    with pytest.raises(StoreError, match="field 'layout' is 'kinect20', but 'layout_spec' "
+                                         "describes layout 'ntu25'"):
+        open_store(path)
+    edit_manifest(path, lambda m: (m.update(layout="ntu25"),
+                                   m["layout_spec"].update(parents=list(range(25)))))
+    with pytest.raises(StoreError, match=r"manifest.json: field 'layout_spec': field 'parents' "
+                                         r"has 25 roots"):
+        open_store(path)
+    # manifests written before layout_spec existed name a built-in layout
+    edit_manifest(path, lambda m: (m.update(layout="kinect20"), m.pop("layout_spec")))
     with pytest.raises(StoreError, match="joints=25 but layout 'kinect20' has 20"):
         open_store(path)
     edit_manifest(path, lambda m: m.update(layout="nope"))

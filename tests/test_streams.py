@@ -3,7 +3,7 @@ import torch
 
 from feeders.streams import STREAMS, to_stream
 
-# METHOD.md section 1: NTU (child, parent) pairs, 1-based.
+# docs/METHOD.md section 1: NTU (child, parent) pairs, 1-based.
 NTU_PAIRS = [
     (1, 2), (2, 21), (3, 21), (4, 3), (5, 21), (6, 5), (7, 6), (8, 7), (9, 21), (10, 9),
     (11, 10), (12, 11), (13, 1), (14, 13), (15, 14), (16, 15), (17, 1), (18, 17), (19, 18),

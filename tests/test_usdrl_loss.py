@@ -9,7 +9,7 @@ from models.usdrl import LossWeights, _varcov, _xcorr, usdrl_loss
 
 # ---------------------------------------------------------------- direct D x D reference
 def reference_loss(z: dict, w: LossWeights) -> torch.Tensor:
-    """The objective of METHOD.md section 4 written with explicit D x D matrices."""
+    """The objective of docs/METHOD.md section 4 written with explicit D x D matrices."""
     total = {"inv": 0.0, "varcov": 0.0, "xcorr": 0.0}
     for d, zd in z.items():
         inv = sum(((zd[v] - zd[3]) ** 2).mean() for v in range(3))

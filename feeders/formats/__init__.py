@@ -22,6 +22,8 @@ FORMATS: dict[str, str] = {
     "nwucla": "feeders.formats.nwucla",
     "kinetics": "feeders.formats.kinetics",
     "penn": "feeders.formats.penn",
+    "arrays": "feeders.formats.arrays",
+    "openpose": "feeders.formats.openpose",
     "utkinect": "feeders.formats.utkinect",
 }
 
@@ -29,11 +31,13 @@ FORMATS: dict[str, str] = {
 class Source(NamedTuple):
     """What a format's ``scan`` found and how to read it.
 
-    layout: layout name (``feeders.layouts``); channels, bodies: C and M of every record;
+    layout: a built-in layout name or a Layout (``feeders.layouts``); channels, bodies: C and M of every record;
     class_names: list of length num_classes; items: picklable work items (e.g. file paths);
     read: module-level function ``item -> list[Record]`` (may return [] to skip an item);
     parallel: whether ``read`` may run in worker processes;
-    make_splits: ``metas (list[Record] without data, in written order) -> {split: [index]}``.
+    make_splits: ``metas (list[Record] without data, in written order) -> {split: [index]}``;
+    layout_source: how the layout was chosen, recorded in the manifest: ``"format"`` (fixed by
+    the format), ``"declared"`` (``--layout``) or ``"inferred"`` (``layouts.choose_layout``).
     """
 
     layout: str
@@ -44,6 +48,7 @@ class Source(NamedTuple):
     read: Callable
     parallel: bool
     make_splits: Callable
+    layout_source: str = "format"
 
 
 def find_files(src: Path, subdir: str, pattern: str, what: str) -> list[Path]:

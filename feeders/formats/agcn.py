@@ -1,4 +1,4 @@
-"""2s-AGCN / UmURL / USDRL / AimCLR ``.npy`` + ``.pkl`` (DATA.md §1.4).
+"""2s-AGCN / UmURL / USDRL / AimCLR ``.npy`` + ``.pkl`` (docs/DATA.md §1.4).
 
 A folder with, per split ``train`` and ``val``: ``<split>_data_joint.npy`` ``(N, C, T, V, M)``
 (NTU: ``(N, 3, 300, 25, 2)``, zero-padded in time), ``<split>_label.pkl`` = the pickled pair
@@ -41,7 +41,9 @@ class Sample(NamedTuple):
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--layout", default="ntu25", help="joint layout (default ntu25)")
+    parser.add_argument("--layout", default=None,
+                        help="joint layout: a built-in name or a layout JSON file (python -m "
+                             "feeders.layouts NAME prints a template); default ntu25")
     parser.add_argument("--split-name", default="",
                         help="prefix of the split names, e.g. xsub -> xsub_train / xsub_val")
     parser.add_argument("--class-names", type=Path, default=None,
@@ -112,7 +114,8 @@ def scan(src: Path, opts) -> Source:
     present = [s for s in SPLITS if (src / f"{s}_data_joint.npy").is_file()]
     if not present:
         raise ValueError(f"{src}: no train_data_joint.npy or val_data_joint.npy found")
-    joints = get_layout(opts.layout).num_joints
+    layout = get_layout(opts.layout or "ntu25")
+    joints = layout.num_joints
     split_of, items, frame_shape = {}, [], None
     names_of_split = split_names(opts.split_name)
     for split in present:
@@ -133,6 +136,7 @@ def scan(src: Path, opts) -> Source:
                                 None if num_frames is None else int(num_frames[row])))
     class_names = label_class_names([s.label for s in items], src, opts.class_names,
                                     opts.num_classes)
-    return Source(layout=opts.layout, channels=frame_shape[2], bodies=frame_shape[0],
+    return Source(layout=layout, layout_source="declared" if opts.layout else "format",
+                  channels=frame_shape[2], bodies=frame_shape[0],
                   class_names=class_names, items=items, read=read, parallel=True,
                   make_splits=partial(splits_by_name, split_of))

@@ -1,4 +1,4 @@
-"""CTR-GCN / SGN / MAMP ``.npz`` (DATA.md §1.3).
+"""CTR-GCN / SGN / MAMP ``.npz`` (docs/DATA.md §1.3).
 
 Arrays: ``x_train`` ``(N, T, M*V*C)`` float32, zero-padded in time (NTU: ``(N, 300, 150)``, per
 frame body 1's 25 x 3 values then body 2's), ``y_train`` ``(N, K)`` one-hot, ``x_test``,
@@ -48,7 +48,9 @@ class Row(NamedTuple):
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--layout", default="ntu25", help="joint layout (default ntu25)")
+    parser.add_argument("--layout", default=None,
+                        help="joint layout: a built-in name or a layout JSON file (python -m "
+                             "feeders.layouts NAME prints a template); default ntu25")
     parser.add_argument("--channels", type=int, default=3,
                         help="values per joint in each flattened frame (default 3)")
     parser.add_argument("--split-name", default="",
@@ -180,7 +182,8 @@ def scan(src: Path, opts) -> Source:
     src = Path(src)
     if not src.is_file():
         raise ValueError(f"{src}: CTR-GCN .npz file not found")
-    joints = get_layout(opts.layout).num_joints
+    layout = get_layout(opts.layout or "ntu25")
+    joints = layout.num_joints
     items, split_of = [], {}
     names = split_names(opts.split_name)
     compressed, num_classes = False, None
@@ -210,6 +213,7 @@ def scan(src: Path, opts) -> Source:
             split_of[name] = names[split]
     class_names = (read_class_names(opts.class_names, num_classes) if opts.class_names
                    else default_class_names(num_classes))
-    return Source(layout=opts.layout, channels=opts.channels, bodies=frame_shape[0],
+    return Source(layout=layout, layout_source="declared" if opts.layout else "format",
+                  channels=opts.channels, bodies=frame_shape[0],
                   class_names=class_names, items=items, read=read,
                   parallel=not compressed, make_splits=partial(splits_by_name, split_of))

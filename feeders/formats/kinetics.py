@@ -1,4 +1,4 @@
-"""st-gcn Kinetics-skeleton JSON, one file per clip (DATA.md §1.7).
+"""st-gcn Kinetics-skeleton JSON, one file per clip (docs/DATA.md §1.7).
 
 A clip is ``{data: [{frame_index, skeleton: [{pose: [x0, y0, x1, y1, ...], score: [...]}]}],
 label, label_index}`` with OpenPose 18 joints (``openpose18``), coordinates in [0, 1].

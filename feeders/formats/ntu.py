@@ -1,6 +1,6 @@
 """NTU RGB+D 60/120 raw Kinect v2 `.skeleton` files (one file per sample, denoised, 2 bodies).
 
-File layout (docs DATA.md §1): line 1 the frame count; per frame the body count, then per body
+File layout (docs/DATA.md §1): line 1 the frame count; per frame the body count, then per body
 one info line (bodyID, a 17-digit integer, kept as a string, and 9 more values), the joint count
 and one line of 12 values per joint (x, y, z first). Processing follows the CTR-GCN/SGN family:
 

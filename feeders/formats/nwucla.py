@@ -1,4 +1,4 @@
-"""NW-UCLA Multiview Action3D skeletons, ``all_sqe/*.json`` as used by CTR-GCN (DATA.md §1.6).
+"""NW-UCLA Multiview Action3D skeletons, ``all_sqe/*.json`` as used by CTR-GCN (docs/DATA.md §1.6).
 
 One JSON file per sequence: ``{file_name, skeletons: [T][20][3], label: 1..10}``, named
 ``aAA_sSS_eEE_vVV`` (action id, subject, episode/replication, view). Kinect v1 20-joint layout

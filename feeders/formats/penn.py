@@ -1,4 +1,4 @@
-"""Penn Action label files, one ``.mat`` per sequence (DATA.md §1.8).
+"""Penn Action label files, one ``.mat`` per sequence (docs/DATA.md §1.8).
 
 Fields read: ``x``, ``y``, ``visibility`` (T x 13, pixel coordinates and 0/1 flags), ``action``
 (class name) and ``train`` (1 train, -1 test); ``bbox``, ``dimensions`` and ``nframes`` are not

@@ -1,4 +1,4 @@
-"""pyskl / mmaction2 annotation pickle (DATA.md §1.2).
+"""pyskl / mmaction2 annotation pickle (docs/DATA.md §1.2).
 
 The file is one pickled dict ``{'split': {name: [frame_dir, ...]}, 'annotations': [...]}``.
 Each annotation holds ``frame_dir`` (str), ``label`` (0-based int), ``total_frames`` and
@@ -22,16 +22,18 @@ import numpy as np
 
 from feeders import safe_pickle
 from feeders.formats import Source
+from feeders.layouts import choose_layout
 from feeders.store import Record
 
-LAYOUT_BY_JOINTS = {25: "ntu25", 20: "kinect20", 18: "openpose18", 17: "coco17", 13: "penn13"}
 _NTU_NAME = re.compile(r"S(\d{3})C(\d{3})P(\d{3})R(\d{3})A(\d{3})")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--layout", default=None,
-                        help="joint layout; default chosen from V (25 ntu25, 17 coco17, "
-                             "18 openpose18, 20 kinect20, 13 penn13)")
+                        help="joint layout: a built-in name or a layout JSON file "
+                             "(python -m feeders.layouts NAME prints a template); default: the "
+                             "one built-in layout with the file's V joints in its C-D "
+                             "coordinates, with a warning, else an error listing candidates")
     parser.add_argument("--bodies", type=int, default=None,
                         help="bodies M kept per sequence (default: the largest M in the file)")
     parser.add_argument("--drop-score", action="store_true",
@@ -221,9 +223,7 @@ def scan(src: Path, opts) -> Source:
             raise ValueError(f"{src}: annotation {ann['frame_dir']!r} field 'keypoint' has "
                              f"V, C = {kp.shape[2:]}, but the first annotation has "
                              f"{(joints, coords)}")
-    layout = opts.layout or LAYOUT_BY_JOINTS.get(joints)
-    if layout is None:
-        raise ValueError(f"{src}: no default layout for V={joints} joints; pass --layout")
+    layout, layout_source = choose_layout(opts.layout, joints, (coords,), str(src))
     use_score = coords == 2 and "keypoint_score" in anns[0] and not opts.drop_score
     class_names = label_class_names([a["label"] for a in anns], src, opts.class_names,
                                     opts.num_classes)
@@ -231,4 +231,5 @@ def scan(src: Path, opts) -> Source:
     return Source(layout=layout, channels=coords + int(use_score), bodies=bodies,
                   class_names=class_names, items=[Item(src, a, use_score) for a in anns],
                   read=read, parallel=False,
-                  make_splits=partial(make_splits, dict(content.get("split", {})), src))
+                  make_splits=partial(make_splits, dict(content.get("split", {})), src),
+                  layout_source=layout_source)

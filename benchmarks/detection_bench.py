@@ -1,7 +1,7 @@
 """Dense extraction speed and peak memory of the detection pipeline over whole streams.
 
-    python benchmarks/detection_speed.py                         # DSTE small and paper
-    python benchmarks/detection_speed.py --presets small --lengths 256 1024 --batch-size 16
+    python benchmarks/detection_bench.py                         # DSTE small and paper
+    python benchmarks/detection_bench.py --presets small --lengths 256 1024 --batch-size 16
 
 For each preset and stream length, one fresh process writes a store holding one synthetic
 untrimmed stream of that length (NTU layout, feeders.synthetic streams concatenated and cut),
