@@ -101,7 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="pretrain.py checkpoint: a path, `last`, an epoch number or none "
                         "(random init); None: none")
     g.add_argument("--finetune", action="store_true",
-                   help="train the encoder too (default: frozen encoder, cached features)")
+                   help="train the encoder too (without it: frozen encoder, cached features)")
     g.add_argument("--window-stride", type=int, default=None,
                    help="frames between training windows; None: half the clip length")
     g.add_argument("--test-stride", type=int, default=None,
@@ -118,8 +118,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--nms", type=float, default=None, metavar="IOU",
                    help="drop a proposal overlapping a stronger one of its class by more "
                         "than IOU (None: off)")
-    g.add_argument("--weight-decay", type=float, default=None)
-    g.add_argument("--momentum", type=float, default=0.9)
+    g.add_argument("--weight-decay", type=float, default=None,
+                   help="SGD weight decay; None: the mode default (below)")
+    g.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
     g.add_argument("--milestones", type=int, nargs="*", default=None,
                    help="epochs where the lr is multiplied by 0.1")
     g.add_argument("--eval-batch-size", type=int, default=64, help="windows per forward pass")

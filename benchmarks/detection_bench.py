@@ -39,10 +39,10 @@ from models import build_encoder  # noqa: E402
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--presets", nargs="+", default=["small", "paper"])
+    p.add_argument("--presets", nargs="+", default=["small", "paper"], help="DSTE presets")
     p.add_argument("--lengths", type=int, nargs="+", default=[1000, 4000],
                    help="stream lengths in frames")
-    p.add_argument("--clip-len", type=int, default=64)
+    p.add_argument("--clip-len", type=int, default=64, help="window length L")
     p.add_argument("--stride", type=int, default=16, help="test window stride (L / 4)")
     p.add_argument("--batch-size", type=int, default=64, help="windows per forward pass")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")

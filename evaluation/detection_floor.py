@@ -67,10 +67,13 @@ def main(argv=None) -> dict:
                                                            "with _train -> _val)")
     parser.add_argument("--output", type=Path, required=True, help="run directory")
     parser.add_argument("--k", type=int, default=1, help="neighbours per frame")
-    parser.add_argument("--threshold", type=float, default=0.5)
-    parser.add_argument("--min-length", type=int, default=5)
-    parser.add_argument("--smooth", type=int, default=1)
-    parser.add_argument("--nms", type=float, default=None, metavar="IOU")
+    parser.add_argument("--threshold", type=float, default=0.5,
+                        help="proposal threshold on the per-frame vote share")
+    parser.add_argument("--min-length", type=int, default=5, help="shortest proposal, frames")
+    parser.add_argument("--smooth", type=int, default=1,
+                        help="moving average of the scores over this many frames (1: off)")
+    parser.add_argument("--nms", type=float, default=None, metavar="IOU",
+                        help="per-class NMS at this IoU (None: off)")
     args = parser.parse_args(argv)
     if args.k < 1 or args.min_length < 1 or args.smooth < 1:
         parser.error("--k, --min-length and --smooth must be >= 1")
