@@ -61,6 +61,8 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 import engine
+import recipes
+from evaluation.checks import NonFiniteError, require_finite
 from evaluation.detection import evaluate_streams, stitch, summary_line, write_results
 from evaluation.features import (CheckpointError, build_eval_encoder, cache_key, setup_eval_run,
                                  stream_transform)
@@ -133,6 +135,12 @@ def build_parser() -> argparse.ArgumentParser:
 def parse_args(argv=None) -> argparse.Namespace:
     parser = build_parser()
     args = parser.parse_args(argv)
+    scratch = args.pretrained is None or args.pretrained.lower() in ("none", "scratch")
+    try:   # the recipe (recipes.py): the frozen probe's lr of small sets; encoder flags (scratch)
+        recipes.apply_defaults(parser, args, argv,
+                               "detect_finetune" if args.finetune else "detect", scratch=scratch)
+    except ValueError as err:
+        parser.error(str(err))
     for key, value in MODE_DEFAULTS["finetune" if args.finetune else "frozen"].items():
         if getattr(args, key) is None:
             setattr(args, key, value)
@@ -376,6 +384,8 @@ def write_outputs(args, store, probs: dict, metrics: dict, proposals: dict, cfg,
 # ----------------------------------------------------------------------------- main
 def main(argv=None) -> dict:
     args = parse_args(argv)
+    if args.print_config:
+        return recipes.print_config(args)
     if int(os.environ.get("WORLD_SIZE", 1)) > 1:
         sys.exit("error: action_detection.py runs in one process (one GPU or the CPU)")
     try:
@@ -410,6 +420,11 @@ def main(argv=None) -> dict:
                                         stride=args.window_stride, **kw)
         test_f, _ = cached_dense(encoder, test_set, store, args.eval_split,
                                  stride=args.test_stride, **kw)
+        try:   # a NaN feature would still be classified (evaluation/checks.py)
+            require_finite(train_f, f"features of training windows ({args.split})")
+            require_finite(test_f, f"features of test windows ({args.eval_split})")
+        except NonFiniteError as err:
+            sys.exit(f"error: {err}")
         with SummaryWriter(str(args.output / result_tag(False) / "tb")) as writer:
             if args.select_threshold:
                 try:
@@ -423,6 +438,12 @@ def main(argv=None) -> dict:
             head = train_frozen_head(train_f, train_l, store.num_classes, args, info.device,
                                      writer)
         probs = stream_probabilities(window_probabilities(head, test_f), test_set)
+    names = [str(store.names[s]) for s in probs]
+    try:
+        require_finite(np.array([p.sum() for p in probs.values()], dtype=np.float64),
+                       f"scores of split {args.eval_split}", names)   # one sum per stream
+    except NonFiniteError as err:
+        sys.exit(f"error: {err}")
     metrics, proposals = evaluate(probs, store, args)
     path = write_outputs(args, store, probs, metrics, proposals, cfg, info)
     engine.log(info, f"{result_tag(args.finetune)}: {summary_line(metrics)}  -> {path}")

@@ -19,7 +19,11 @@ length) and a Linear(feature_dim -> classes) is trained on them in memory (METHO
 
 finetune: encoder + linear head trained end to end by engine.train: AdamW (no weight decay on
 biases, norms and positional tables), linear warmup then cosine decay per step, optional
-layer-wise lr decay, label smoothing, drop path (transformers). Augmentation: the random
+layer-wise lr decay, label smoothing, drop path (transformers). With --lp-epochs N (the
+small-set recipes: 160) the head is first trained as a linear probe on frozen features of the
+training samples and the fine-tune starts from it (LP-FT); its guard (--lp-guard) keeps that
+linear probe when the fine-tuned model ends below it on the training samples (whole sequences,
+no augmentation), recorded as the last `history` entry. Augmentation: the random
 temporal crop-and-resize of the pretraining feeder with one view per sample (--no-augment:
 whole sequences), then optional per-clip --shear, --rotate and --flip (one seeded generator
 per step). Layer-wise decay: the lr of a parameter at
@@ -55,6 +59,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import engine
+import recipes
 from evaluation.checks import require_finite
 from evaluation.features import (CheckpointError, build_eval_encoder, cached_extract,
                                  checkpoint_config, extract, setup_eval_run, split_names,
@@ -111,6 +116,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="epochs where the lr is multiplied by 0.1")
     g = parser.add_argument_group("fine-tuning")
     g.add_argument("--warmup-epochs", type=float, default=5.0, help="linear lr warmup epochs")
+    g.add_argument("--lp-epochs", type=int, default=0,
+                   help="linear probe then fine-tune (LP-FT): first train the head alone on "
+                        "frozen features of the training samples for this many epochs (SGD, "
+                        "--lp-lr, --batch-size, x0.1 at 3/4 and 7/8, as --mode linear), then "
+                        "fine-tune from it (0: off, a random head; small-set recipes: 160)")
+    g.add_argument("--lp-lr", type=float, default=MODE_DEFAULTS["linear"]["lr"],
+                   help="learning rate of the --lp-epochs linear probe (small-set recipes: 1.0)")
+    g.add_argument("--lp-guard", action=argparse.BooleanOptionalAction, default=True,
+                   help="with --lp-epochs: a fine-tune whose top-1 on the training samples (whole "
+                        "sequences, no augmentation) ends below the linear probe it started "
+                        "from is replaced by that linear probe (the result records it)")
     g.add_argument("--layer-decay", type=float, default=1.0,
                    help="layer-wise lr decay factor (1: off; e.g. 0.8)")
     g.add_argument("--label-smoothing", type=float, default=0.1, help="cross-entropy label smoothing")
@@ -133,8 +149,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def recipe_purpose(args) -> str:
+    """The recipes.py purpose of a run: linear, finetune or semi (a label fraction)."""
+    if args.mode == "linear":
+        return "linear"
+    return "semi" if args.label_fraction < 1.0 else "finetune"
+
+
 def parse_args(argv=None) -> argparse.Namespace:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    scratch = args.pretrained is None or args.pretrained.lower() in ("none", "scratch")
+    recipes.apply_defaults(parser, args, argv, recipe_purpose(args), scratch=scratch)
     for key, value in MODE_DEFAULTS[args.mode].items():
         if getattr(args, key) is None:
             setattr(args, key, value)
@@ -152,6 +178,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         raise ValueError(f"--flip must be a probability in [0, 1], got {args.flip}")
     if args.min_crop is not None and args.min_crop < 1:
         raise ValueError(f"--min-crop must be >= 1 frame, got {args.min_crop}")
+    if args.lp_epochs < 0:
+        raise ValueError(f"--lp-epochs must be >= 0, got {args.lp_epochs}")
     return args
 
 
@@ -304,6 +332,47 @@ def finetune_state(model, args, steps_per_epoch: int, dtype, device) -> engine.T
     return engine.TrainState(optimizer, scheduler, engine.make_scaler(dtype, device))
 
 
+def probe_head(model: Classifier, store, args, train_pos, feat_kw: dict, device) -> float:
+    """LP-FT's first stage: train ``model.head`` as a linear probe on frozen features of the
+    training positions (whole sequences, no augmentation), the procedure of --mode linear with
+    --lp-epochs, --lp-lr and --batch-size; the head starts from the same seeded initialisation.
+    So the fine-tune starts from the linear probe's classifier (and scores its top-1 before the
+    first step) instead of a random head whose first gradients disturb the pretrained encoder.
+    Returns the probe's top-1 % on those training samples."""
+    feats, labels = extract(model.encoder, store, args.split, indices=train_pos, **feat_kw)
+    feats, labels = feats.to(device), labels.to(device)
+    epochs = args.lp_epochs
+    out = train_linear(lambda idx: feats[idx], labels, model.encoder.feature_dim,
+                       store.num_classes, epochs=epochs, lr=args.lp_lr,
+                       batch_size=args.batch_size,
+                       milestones=(int(epochs * 0.75), int(epochs * 0.875)),
+                       momentum=args.momentum, weight_decay=0.0, seed=args.seed)
+    model.head.load_state_dict(out["head"].state_dict())
+    return accuracy(predict(model.head, feats), labels)
+
+
+@torch.no_grad()
+def train_top1(model: Classifier, store, args, train_pos, feat_kw: dict, device) -> float:
+    """Top-1 % of ``model`` on the training positions, whole sequences, no augmentation."""
+    feats, labels = extract(model.encoder, store, args.split, indices=train_pos, **feat_kw)
+    return accuracy(predict(model.head, feats.to(device)).cpu(), labels)
+
+
+def lp_guard(model: Classifier, probe: Classifier, store, args, train_pos, feat_kw: dict,
+             device) -> dict:
+    """LP-FT's guard: ``probe`` (the encoder the fine-tune started from, its head trained by
+    ``probe_head``) against the fine-tuned ``model`` on the training samples; when the
+    fine-tune scores lower there, ``model`` takes the probe's weights, so a fine-tune that went
+    wrong (too short, too high a learning rate) ends where it started, never below it.
+    Returns {"finetune_train_top1", "probe_train_top1", "kept": "finetune" | "linear probe"}."""
+    tuned = train_top1(model, store, args, train_pos, feat_kw, device)
+    probed = probe_head(probe, store, args, train_pos, feat_kw, device)
+    kept = "finetune" if tuned >= probed else "linear probe"
+    if kept == "linear probe":
+        model.load_state_dict(probe.state_dict())
+    return {"finetune_train_top1": tuned, "probe_train_top1": probed, "kept": kept}
+
+
 def run_finetune(args, store, cfg, ckpt, info, dtype, train_pos, val_pos, run_dir, writer):
     """Returns (last-epoch test logits, best dict or None, history) on rank 0, None elsewhere."""
     overrides = {} if args.drop_path is None else {"drop_path": args.drop_path}
@@ -326,14 +395,18 @@ def run_finetune(args, store, cfg, ckpt, info, dtype, train_pos, val_pos, run_di
                              default_of=build_parser().get_default)
     if info.is_main:
         engine.write_json(run_dir / "config.json", meta)
+    feat_kw = dict(stream=cfg["stream"], clip_len=cfg["clip_len"], normalize=cfg["normalize"],
+                   spatial_channels=cfg["spatial_channels"], info=info, dtype=dtype,
+                   batch_size=args.eval_batch_size, workers=args.workers)
+    if state.epoch == 0 and args.lp_epochs:   # a fresh start (a resumed run has its head)
+        top1 = probe_head(model, store, args, train_pos, feat_kw, info.device)
+        engine.log(info, f"LP-FT: head trained as a linear probe for {args.lp_epochs} epochs "
+                   f"(training top-1 {top1:.2f} %), fine-tuning from it")
 
     split_labels = torch.as_tensor(store.labels[store.split_indices(args.split)], dtype=torch.long)
     ddp_model = engine.wrap_ddp(model, info)
     step_fn = partial(finetune_step, ddp_model, split_labels, args, cfg, store.layout,
                       info, dtype)
-    feat_kw = dict(stream=cfg["stream"], clip_len=cfg["clip_len"], normalize=cfg["normalize"],
-                   spatial_channels=cfg["spatial_channels"], info=info, dtype=dtype,
-                   batch_size=args.eval_batch_size, workers=args.workers)
     best_path = run_dir / "best.pt"
     if state.epoch == 0 and info.is_main:
         best_path.unlink(missing_ok=True)  # a stale file of an earlier run
@@ -364,6 +437,15 @@ def run_finetune(args, store, cfg, ckpt, info, dtype, train_pos, val_pos, run_di
     engine.train(ddp_model, step_fn, loader, state, epochs=args.epochs, info=info,
                  seed=args.seed, output=run_dir, extra_state={"meta": meta},
                  on_epoch_end=on_epoch_end)
+    if args.lp_epochs and args.lp_guard:  # the starting point rebuilt: resume-proof
+        start = Classifier(build_eval_encoder(cfg, store, args.seed, ckpt, args.pretrained,
+                                              **overrides), store.num_classes, args.seed)
+        guard = lp_guard(model, start.to(info.device), store, args, train_pos, feat_kw,
+                         info.device)
+        history.append({"epoch": args.epochs, "lp_guard": guard})
+        engine.log(info, f"LP-FT guard: training top-1 fine-tune "
+                   f"{guard['finetune_train_top1']:.2f} %, linear probe "
+                   f"{guard['probe_train_top1']:.2f} %: kept the {guard['kept']}")
     last_logits, _ = logits_of(args.eval_split)
     best = None
     if len(val_pos):
@@ -457,6 +539,8 @@ def write_outputs(args, store, cfg, tag, logits, best, history, train_pos, val_p
 
 def main(argv=None) -> dict | None:
     args = parse_args(argv)
+    if args.print_config:
+        return recipes.print_config(args)
     info = engine.init_distributed()
     store, ckpt, cfg = setup_eval_run(args, ("stream",) if args.mode == "finetune" else ())
     tag = result_tag(args.mode, args.label_fraction)

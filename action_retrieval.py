@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 import engine
+import recipes
 from evaluation.checks import require_finite
 from evaluation.features import build_eval_encoder, cached_extract, setup_eval_run
 from evaluation.knn import BACKENDS, knn_evaluate, l2_normalize
@@ -82,7 +83,12 @@ def write_tensorboard(tb_dir: Path, result: dict, step: int) -> None:
 
 
 def main(argv=None) -> dict | None:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    scratch = args.pretrained is None or args.pretrained.lower() in ("none", "scratch")
+    recipes.apply_defaults(parser, args, argv, "knn", scratch=scratch)
+    if args.print_config:
+        return recipes.print_config(args)
     if args.k < 1:
         raise ValueError(f"--k must be >= 1, got {args.k}")
     info = engine.init_distributed()
@@ -114,7 +120,7 @@ def retrieve(args, store, ckpt, cfg, info, name: str) -> dict | None:
               "checkpoint": str(args.pretrained) if args.pretrained else "scratch",
               "data": str(args.data), "gallery_split": args.split,
               "query_split": args.eval_split, "num_gallery": len(gallery),
-              "num_queries": len(queries), **cfg}
+              "num_queries": len(queries), **cfg, "defaults": args.defaults}
     engine.write_json(Path(args.output) / f"{name}.json", result)
     write_tensorboard(Path(args.output) / name / "tb", result,
                       int(ckpt.get("epoch", 0)) if ckpt is not None else 0)

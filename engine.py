@@ -46,6 +46,7 @@ import torch.distributed.nn.functional as dist_fn
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+import recipes
 from feeders.dataset import NORMALIZATIONS
 from progress import progress_bar
 
@@ -113,6 +114,7 @@ def add_common_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                         "--epochs, worker / thread counts, logging and evaluation intervals): "
                         "the new values take effect from the resumed epoch and are recorded "
                         "in config.json and the checkpoints; without it such a rerun is refused")
+    recipes.add_defaults_arg(g)
     return parser
 
 
@@ -874,10 +876,11 @@ def claim_run_dir(output: Path, job: str, info: DistInfo):
 
 # ----------------------------------------------------------------------------- resuming
 # Flags that may differ between a run and its resumption: they do not change what the run
-# computes (length, parallelism, logging and monitoring, evaluation-only settings).
+# computes (length, parallelism, logging and monitoring, evaluation-only settings; `defaults`
+# only records where the values came from, and the values are compared one by one).
 RESUME_EXEMPT = ("epochs", "resume", "resume_changed", "output", "workers", "threads",
                  "log_every", "save_every", "knn_every", "eval_split", "eval_batch_size",
-                 "cache_dir", "no_cache")
+                 "cache_dir", "no_cache", "defaults", "print_config")
 # Flags that define the model's shape: a checkpoint with other values cannot be resumed.
 RESUME_FIXED = ("backbone", "preset", "clip_len", "proj_mult", "spatial_channels")
 

@@ -8,6 +8,9 @@ One step: views (B, 4, C, L, V, M) from PretrainDataset -> spatial augmentation 
 (generator seeded from seed, epoch, step, rank; --rotate adds a random rotation per view) ->
 stream conversion -> encoder under autocast on all 4B clips -> three projectors -> embeddings
 gathered over processes -> fp32 loss.
+The schedule is the dataset's recipe (--defaults auto, recipes.py: the paper's for NTU-sized
+sets, the small-set recipe for small ones, printed and recorded in config.json as `defaults`);
+flags given on the command line always win.
 Writes <output>/config.json, <output>/last.pt every epoch, <output>/epoch_NNNN.pt every
 --save-every epochs and TensorBoard logs in <output>/tb. Re-running the same command resumes
 from last.pt (--resume auto); a rerun with flags that change the run is refused unless
@@ -24,6 +27,7 @@ import torch
 from torch.utils.data import DataLoader, default_collate
 
 import engine
+import recipes
 from evaluation.features import extract
 from evaluation.knn import knn_evaluate
 from feeders.augment import augment_views, random_rotation
@@ -162,9 +166,19 @@ def check_args(args) -> None:
     engine.check_nonnegative(args, "save_every", "knn_every", "warmup_epochs")
 
 
-def main(argv: list[str] | None = None) -> engine.TrainState:
-    args = engine.finish_common_args(build_parser().parse_args(argv))
-    check_args(args)
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line with the --defaults recipe filled in (recipes.apply_defaults)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    check_args(args)   # the flags given, before the dataset is opened for its recipe
+    recipes.apply_defaults(parser, args, argv, "pretrain")
+    return engine.finish_common_args(args)
+
+
+def main(argv: list[str] | None = None) -> engine.TrainState | None:
+    args = parse_args(argv)
+    if args.print_config:
+        return recipes.print_config(args)
     info = engine.init_distributed()
     store = open_store(args.data)
     engine.require_split(store, args.split, "--split")

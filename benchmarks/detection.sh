@@ -11,7 +11,7 @@
 # (c) dense extraction speed and peak memory over whole streams (benchmarks/detection_bench.py:
 #     DSTE small and paper, CPU, and CUDA when present).
 # Each part ends with its evaluation.report table. Settings are the scripts' defaults
-# (scripts/_common.sh dataset_defaults; detect.sh: frozen probe lr 1.0 on small sets;
+# (the --defaults auto recipes of recipes.py: frozen probe lr 1.0 on small sets;
 # action_detection.py: min length 5, no smoothing, no NMS), fixed before looking at any test
 # stream; the frozen run chooses its threshold on 20 % of the training streams
 # (--select-threshold 0.2), the fine-tuned one keeps 0.5 and runs $FT_EPOCHS epochs (default

@@ -3,13 +3,13 @@
 # Usage: bash benchmarks/nwucla.sh [PATH_TO_NW_UCLA]     (default ../shared/data/nw_ucla)
 #   PATH_TO_NW_UCLA holds all_sqe/ (the CTR-GCN release) or is the all_sqe folder itself.
 # Steps: convert (feeders.prepare --format nwucla into $SKEL_DATA/ucla), pretrain
-# ucla_xv_j_dste with the ucla defaults of scripts/_common.sh, linear probe (recog.sh), KNN-1
+# ucla_xv_j_dste with the ucla recipe of recipes.py (--defaults auto), linear probe (recog.sh), KNN-1
 # (knn.sh), fine-tune (finetune.sh), the same pretraining fine-tuned on bone input
 # (ucla_xv_b_dste) and fused with the joint fine-tune (evaluation.fusion), 10 % semi-supervised
 # fine-tune (semi.sh), then one table (evaluation.report) beside two reference numbers. Every hyperparameter was chosen without the
 # test split (xview_val): the fine-tuning ones by benchmarks/nwucla_select.py (view 1 -> view 2
 # of xview_train), and every reported number is of the last epoch.
-# The ucla defaults pretrain with bf16 autocast, --normalize view and --rotate 60 (scripts/_common.sh).
+# The ucla recipe pretrains with bf16 autocast, --normalize view and --rotate 60 (recipes.py).
 # Environment: SKEL_DATA (default runs/nwucla/data), SKEL_CHECKPOINTS (default
 # runs/nwucla/checkpoint), GPUS (default cpu; e.g. 0 or 0,1), WORKERS (DataLoader workers,
 # default 1). Re-running resumes every stage that has a checkpoint.
@@ -33,8 +33,8 @@ RUN_DIR="$SKEL_CHECKPOINTS/$RUN"
 # recipe; view: the same clips turned to face the camera, as the ucla defaults do); P&C (Su et
 # al., CVPR 2020) is the published self-supervised linear probe.
 PC_TOP1=84.9
-# Every schedule is the scripts' default for a small set (scripts/_common.sh: dataset_defaults,
-# finetune_defaults; recog.sh: linear lr 1.0 at batch 64). Linear: with 1020 clips the default
+# Every schedule is the --defaults auto recipe of a small set (recipes.py, docs/experiments.md;
+# linear lr 1.0 at batch 64). Linear: with 1020 clips the default
 # batch 512 makes 2 steps an epoch (320 in all) and lr 0.006 underfits; batch 64 and lr 1.0 were
 # chosen on a validation split of 20 % of xview_train (val top-1 of a probe on a 1-epoch
 # checkpoint: 0.006/512 18 %, 0.03/64 43 %, 0.1/64 48 %, 0.3/64 53 %, 1.0/64 56 %, 3.0/64 60 %

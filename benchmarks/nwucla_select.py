@@ -8,9 +8,9 @@ a random 10 % hold-out (one clip there is 1 %), and it measures what the benchma
 generalising to a view not trained on.
 
 Every candidate starts from the fine-tuning schedule the scripts give a small set
-(`finetune_defaults ucla full` in scripts/_common.sh, read from there, without its
---val-fraction) and sets the compared flags explicitly, so a row means the same thing whatever
-the defaults become. The split store is written next to the data (feeders.store.add_splits:
+(the `ucla` recipe's fine-tuning values, recipes.py, read from there) and sets the compared
+flags explicitly, with --defaults none, so a row means the same thing whatever the defaults
+become. The split store is written next to the data (feeders.store.add_splits:
 hard links, nothing copied); each candidate's outputs go to <out>/<name>/ and a finished
 candidate is read back instead of re-run (use a new --out after changing the defaults or the
 checkpoint). A second table fuses the view-2 scores of candidates (FUSIONS, evaluation.fusion):
@@ -41,6 +41,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+import recipes  # noqa: E402
 from evaluation.fusion import fuse, load_scores, top1  # noqa: E402
 from feeders.store import add_splits, open_store  # noqa: E402
 
@@ -132,19 +133,12 @@ FUSIONS = {
 }
 
 
-def scripts_schedule() -> list[str]:
-    """The fine-tuning flags of `finetune_defaults ucla full`, without --val-fraction."""
-    cmd = ('source scripts/_common.sh >/dev/null && finetune_defaults ucla full && '
-           'printf "%s\\n" "${FINETUNE_DEFAULTS[@]}"')
-    out = subprocess.run(["bash", "-c", cmd], cwd=ROOT, capture_output=True, text=True,
-                         check=True, env={"SKEL_PYTHON": sys.executable, "PATH": "/usr/bin:/bin"})
-    flags = out.stdout.split()
-    if "--val-fraction" in flags:
-        i = flags.index("--val-fraction")
-        del flags[i:i + 2]
-    if not flags:
-        raise SystemExit("scripts/_common.sh: finetune_defaults ucla full gave no flags")
-    return flags
+def scripts_schedule(store: Path) -> list[str]:
+    """The fine-tuning flags of the `ucla` recipe (recipes.py) on the view-1 training split."""
+    recipe = recipes.resolve("ucla", store, f"view{TRAIN_VIEW}_train", "finetune")
+    if not recipe.values:
+        raise SystemExit("recipes.py: the ucla recipe gave no fine-tuning flags")
+    return recipes.as_flags(recipe.values)
 
 
 def view_split_store(data: Path) -> Path:
@@ -175,7 +169,8 @@ def run_candidate(name: str, flags: list[str], schedule: list[str], store: Path,
         return {**json.loads(result_file.read_text()), "minutes": float("nan")}
     cmd = [sys.executable, "action_recognition.py", "--mode", "finetune", "--data", str(store),
            "--split", f"view{TRAIN_VIEW}_train", "--eval-split", f"view{VAL_VIEW}_val",
-           "--pretrained", str(checkpoint), "--output", str(out), *schedule, *flags,
+           "--pretrained", str(checkpoint), "--output", str(out), "--defaults", "none",
+           *schedule, *flags,
            "--workers", str(args.workers), "--threads", str(args.threads)]
     print(f"== {name}: {' '.join(cmd[1:])}", flush=True)
     start = time.time()
@@ -215,10 +210,10 @@ def main(argv=None) -> None:
             wanted = [n for n in wanted if n not in BONE_PRETRAINED]
         elif not args.bone_checkpoint.is_file():
             raise SystemExit(f"--bone-checkpoint {args.bone_checkpoint}: no such file")
-    schedule = scripts_schedule()
+    store = view_split_store(args.data)
+    schedule = scripts_schedule(store)
     if args.epochs is not None:
         schedule += ["--epochs", str(args.epochs)]
-    store = view_split_store(args.data)
     rows = []
     for name in wanted:
         r = run_candidate(name, CANDIDATES[name], schedule, store, args)

@@ -7,9 +7,11 @@
 # RUN_NAME's dataset must hold untrimmed streams: utk (feeders.prepare --format utkinect),
 # demodet (generated on first use), pku1det / pku2det (feeders.prepare --format pku --task
 # detection). Pretrain first with scripts/pretrain.sh on the same run name (its samples are
-# windows of the training streams). Frozen encoder by default (small sets utk / demodet: lr 1.0) (window features cached in
-# checkpoint/<RUN>/features); --finetune trains it too. One process: a GPU list uses its first
-# GPU, cpuN runs one CPU process. Writes checkpoint/<RUN_NAME>/detection.json (or
+# windows of the training streams). Frozen encoder by default (window features cached in
+# checkpoint/<RUN>/features; the probe's lr from the --defaults auto recipe, recipes.py: 1.0 on
+# small sets such as utk / demodet); --finetune trains it too. `scratch` takes the preset, clip
+# length and normalisation of the dataset's pretraining recipe. One process: a GPU list uses its
+# first GPU, cpuN runs one CPU process. Writes checkpoint/<RUN_NAME>/detection.json (or
 # detection_finetune.json), <tag>_proposals/<video>.txt (label,start,end,confidence) and
 # <tag>_scores.npz; evaluation.report shows the detection table.
 set -euo pipefail
@@ -18,19 +20,11 @@ usage_unless 2 "$@"
 GPUS="$1"; shift
 check_gpus "$GPUS"
 parse_run_name "$1"; shift
-_in_list "$RUN_DATASET" "$UNTRIMMED_DATASETS" \
-    || die "dataset '$RUN_DATASET' has no untrimmed streams; detection runs on: $UNTRIMMED_DATASETS"
 CKPT=last
 if [ $# -gt 0 ] && [[ "$1" != -* ]]; then CKPT="$1"; shift; fi
-EXTRA=()
-[ "$CKPT" = scratch ] && { scratch_encoder_flags; EXTRA=(${SCRATCH_FLAGS[@]+"${SCRATCH_FLAGS[@]}"}); }
-# Small sets (utk, demodet) probe the frozen features with lr 1.0, as recog.sh does for small
-# sets (batch 64; chosen on a validation split of NW-UCLA xview_train, see benchmarks/nwucla.sh);
-# the probe's own default is HiCLR's 0.01. Flags given after the run name win.
-LR=()
-case " $* " in *" --finetune "*) ;; *) case "$RUN_DATASET" in utk|demodet) LR=(--lr 1.0) ;; esac ;; esac
+ensure_dataset
+is_untrimmed || die "dataset '$RUN_DATASET' has no untrimmed streams (no frame_labels in \
+$RUN_DATA/manifest.json); detection runs on e.g. utk demodet pku1det pku2det"
 DEVICE="${GPUS%%,*}"
 [[ "$DEVICE" == cpu* ]] && DEVICE=cpu
-ensure_dataset
-launch "$DEVICE" action_detection.py "${RUN_DATA_ARGS[@]}" --pretrained "$CKPT" \
-    ${LR[@]+"${LR[@]}"} ${EXTRA[@]+"${EXTRA[@]}"} "$@"
+launch "$DEVICE" action_detection.py "${RUN_DATA_ARGS[@]}" --pretrained "$CKPT" "$@"

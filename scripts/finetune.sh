@@ -8,9 +8,11 @@
 #       # the joint pretraining fine-tuned on bone input (only fine-tuning may change the
 #       # stream), then: bash scripts/fusion.sh finetune ntu60_xs_j_dste ntu60_xs_b_dste
 # Defaults (action_recognition.py --help): AdamW lr 3e-4, wd 0.05, batch 64, 100 epochs,
-# 5 warmup epochs then cosine, label smoothing 0.1; small sets (demo, ucla, penn): lr 1e-3,
-# 50 epochs, 2 warmup, --shear 1.0 --rotate 60 (finetune_defaults in _common.sh, chosen without
-# the test split). --val-fraction F also reports a "best" epoch chosen on F of the training
+# 5 warmup epochs then cosine, label smoothing 0.1; small sets (ucla, penn, demo, any small
+# set of your own; the --defaults auto recipe of recipes.py, chosen without the test split):
+# a 160-epoch linear probe of the head first (LP-FT), then lr 1e-3, 50 epochs, 2 warmup,
+# --shear 1.0, and --rotate 60 on cross-view 3D data. `scratch` takes the preset, clip length
+# and normalisation of the dataset's pretraining recipe. --val-fraction F also reports a "best" epoch chosen on F of the training
 # split (never the test split). Writes checkpoint/<RUN_NAME>/finetune.json;
 # training state in checkpoint/<RUN_NAME>/finetune/ (re-running resumes).
 set -euo pipefail
@@ -21,12 +23,6 @@ check_gpus "$GPUS"
 parse_run_name "$1"; shift
 CKPT=last
 if [ $# -gt 0 ] && [[ "$1" != -* ]]; then CKPT="$1"; shift; fi
-EXTRA=()
-# no checkpoint config to inherit: the preset, clip length and normalisation of the dataset's
-# pretraining defaults
-[ "$CKPT" = scratch ] && { scratch_encoder_flags; EXTRA=(${SCRATCH_FLAGS[@]+"${SCRATCH_FLAGS[@]}"}); }
-finetune_defaults "$RUN_DATASET" full
 ensure_dataset
 launch "$GPUS" action_recognition.py --mode finetune "${RUN_DATA_ARGS[@]}" \
-    ${FINETUNE_DEFAULTS[@]+"${FINETUNE_DEFAULTS[@]}"} \
-    --pretrained "$CKPT" ${EXTRA[@]+"${EXTRA[@]}"} "$@"
+    --pretrained "$CKPT" "$@"

@@ -4,9 +4,10 @@
 #   bash scripts/recog.sh 0 ntu60_xs_j_dste            # checkpoint/ntu60_xs_j_dste/last.pt
 #   bash scripts/recog.sh 0 ntu60_xs_j_dste 300        # checkpoint/ntu60_xs_j_dste/epoch_0300.pt
 #   bash scripts/recog.sh cpu demo_xs_j_dste path/to/other.pt --val-fraction 0.1
-# Writes checkpoint/<RUN_NAME>/linear.json (+ _scores.npz, _confusion.csv). Per-dataset lr
-# (docs/METHOD.md section 5): 0.006 NTU-60 xsub and NTU-120, 0.03 NTU-60 xview, 0.01 PKU-MMD II;
-# small sets (demo, ucla, penn): lr 1.0 at batch 64.
+# Writes checkpoint/<RUN_NAME>/linear.json (+ _scores.npz, _confusion.csv). Per-dataset lr from
+# the --defaults auto recipe (recipes.py; docs/METHOD.md section 5): 0.006 NTU-60 xsub and NTU-120,
+# 0.03 NTU-60 xview, 0.01 PKU-MMD II; small sets (ucla, penn, demo, any small set of your own):
+# lr 1.0 at batch 64.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/_common.sh"
 usage_unless 2 "$@"
@@ -15,15 +16,6 @@ check_gpus "$GPUS"
 parse_run_name "$1"; shift
 CKPT=last
 if [ $# -gt 0 ] && [[ "$1" != -* ]]; then CKPT="$1"; shift; fi
-# Small sets (about 1k training clips) take batch 64 and lr 1.0: batch 512 would give two steps
-# an epoch (chosen on a validation split of NW-UCLA xview_train, see benchmarks/nwucla.sh).
-SIZE=()
-case "$RUN_DATASET/$RUN_PROTOCOL" in
-    ntu60/xv) LR=0.03 ;;
-    pku2/*) LR=0.01 ;;
-    demo/*|ucla/*|penn/*) LR=1.0; SIZE=(--batch-size 64) ;;
-    *) LR=0.006 ;;
-esac
 ensure_dataset
 launch "$GPUS" action_recognition.py --mode linear "${RUN_DATA_ARGS[@]}" \
-    --pretrained "$CKPT" --lr "$LR" ${SIZE[@]+"${SIZE[@]}"} "$@"
+    --pretrained "$CKPT" "$@"

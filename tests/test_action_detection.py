@@ -129,3 +129,25 @@ def test_threshold_selected_on_training_streams(streams, tmp_path):
     assert result["config"]["threshold"] == sel["threshold"]
     best = max(sel["grid_mAP_a@0.5"].values())
     assert sel["grid_mAP_a@0.5"][f"{sel['threshold']:g}"] == best
+
+
+def test_recipe_and_non_finite_features(streams, tmp_path, capsys, monkeypatch):
+    """--defaults: the frozen probe of a small set gets lr 1.0 (recipes.py), a given --lr wins;
+    a NaN feature stops the run with a message naming the split (evaluation/checks.py)."""
+    base = ["--data", str(streams), "--output", str(tmp_path / "run"), "--print-config"]
+    action_detection.main(base)
+    config = json.loads(capsys.readouterr().out.split("\n", 1)[1])
+    assert config["lr"] == 1.0 and config["defaults"]["set"]["lr"] == 1.0
+    action_detection.main(base + ["--lr", "0.05"])
+    assert json.loads(capsys.readouterr().out.split("\n", 1)[1])["lr"] == 0.05
+    original = action_detection.extract_dense
+
+    def broken(*args, **kw):
+        feats, labels = original(*args, **kw)
+        feats[1] = float("nan")
+        return feats, labels
+    monkeypatch.setattr(action_detection, "extract_dense", broken)
+    with pytest.raises(SystemExit,
+                       match=r"features of training windows \(xsub_train\).*non-finite"):
+        action_detection.main(["--data", str(streams), "--output", str(tmp_path / "nan"),
+                               "--no-cache", *COMMON])

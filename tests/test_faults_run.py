@@ -54,15 +54,18 @@ def data(tmp_path_factory):
 
 
 def flags(data, out, *extra):
-    """A tiny pretraining: 12 training sequences, 3 steps per epoch."""
+    """A tiny pretraining: 12 training sequences, 3 steps per epoch; the entry point's own
+    defaults (--defaults none: not the demo recipe), which the expected values below are of."""
     return ["--data", str(data), "--output", str(out), "--backbone", "dste", "--preset", "tiny",
             "--clip-len", "16", "--batch-size", "4", "--workers", "0", "--threads", "1",
-            "--seed", "3", "--milestones", "1", "--save-every", "1", *extra]
+            "--seed", "3", "--milestones", "1", "--save-every", "1", "--defaults", "none",
+            *extra]
 
 
 def eval_flags(data, out, *extra):
     return ["--data", str(data), "--output", str(out), "--backbone", "dste", "--preset", "tiny",
-            "--clip-len", "16", "--workers", "0", "--precision", "fp32", *extra]
+            "--clip-len", "16", "--workers", "0", "--precision", "fp32", "--defaults", "none",
+            *extra]
 
 
 def cli_error(capsys, main, argv, prog) -> str:

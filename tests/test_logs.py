@@ -28,7 +28,7 @@ def test_pretrain_log_txt_and_plain_stdout(data, tmp_path, capsys):
     out = tmp_path / "run"
     common = ["--data", str(data), "--output", str(out), "--backbone", "dste", "--preset", "tiny",
               "--clip-len", "8", "--batch-size", "4", "--workers", "0", "--precision", "fp32",
-              "--milestones", "1"]
+              "--milestones", "1", "--defaults", "none"]   # the parser's lr 5e-4
     pretrain.main(common + ["--epochs", "1"])
     pretrain.main(common + ["--epochs", "2"])  # resumes
     stdout = capsys.readouterr()

@@ -155,9 +155,10 @@ def test_selection_view_split_and_schedule(ucla, tmp_path):
     assert (len(train), len(val)) == (516, 504)
     assert set(views.views[train]) == {1} and set(views.views[val]) == {2}
     assert set(train) | set(val) == set(ucla.split_indices("xview_train"))
-    flags = select.scripts_schedule()
+    flags = select.scripts_schedule(tmp_path / "ucla_views")
     assert "--val-fraction" not in flags
-    assert flags[flags.index("--shear") + 1] == "1.0" and flags[flags.index("--rotate") + 1] == "60"
+    assert float(flags[flags.index("--shear") + 1]) == 1.0
+    assert float(flags[flags.index("--rotate") + 1]) == 60.0  # cross-view 3D
     # every fusion row fuses candidates that exist, with one weight per member when given
     for name, (members, weights) in select.FUSIONS.items():
         assert set(members) <= set(select.CANDIDATES), name

@@ -105,6 +105,7 @@ def test_semi_supervised_finetune(data, tmp_path):
     # the same seed draws the same labelled subset
     rerun = ar.training_positions(store.labels[store.split_indices("xsub_train")],
                                   ar.parse_args(["--data", "x", "--output", "y",
+                                                 "--defaults", "none",
                                                  "--label-fraction", "0.5"]))
     assert train_names[rerun[0]].tolist() == labelled
 
@@ -254,8 +255,11 @@ def test_recog_and_finetune_scripts(data, pretrained, tmp_path):
     script("scripts/recog.sh", "cpu", "demo_xs_b_dste", "3", "--epochs", "1", "--workers", "0")
     saved = json.loads((run_dir / "linear.json").read_text())
     assert saved["checkpoint"] == str(run_dir / "epoch_0003.pt")
-    # the small-dataset defaults of recog.sh: lr 1.0 at batch 64
-    assert (saved["lr"], saved["batch_size"], saved["epochs"], saved["stream"]) == (1.0, 64, 1, "b")
+    # the small-set linear recipe (recipes.py): lr 1.0 at batch 64, cut to the tiny set's size
+    import recipes
+    batch = recipes.small_batch(saved["num_train"])
+    assert batch < 64 and saved["flags"]["defaults"]["name"] == "demo"
+    assert (saved["lr"], saved["batch_size"], saved["epochs"], saved["stream"]) == (1.0, batch, 1, "b")
     script("scripts/finetune.sh", "cpu", "demo_xs_b_dste", "scratch", "--preset", "tiny",
            "--clip-len", "8", "--epochs", "1", "--batch-size", "12", "--workers", "0")
     saved = json.loads((run_dir / "finetune.json").read_text())
@@ -356,8 +360,39 @@ def test_finetune_shear_reaches_the_model():
     assert torch.allclose(seen[5], flipped, atol=1e-6)
     assert not torch.allclose(seen[5], turned)    # some clip of the four was mirrored
     with pytest.raises(ValueError, match="--flip must be a probability"):
-        ar.main(["--data", "x", "--output", "y", "--flip", "1.5"])
+        ar.main(["--data", "x", "--output", "y", "--defaults", "none", "--flip", "1.5"])
     with pytest.raises(ValueError, match="--shear must be in"):
-        ar.main(["--data", "x", "--output", "y", "--shear", "2"])
+        ar.main(["--data", "x", "--output", "y", "--defaults", "none", "--shear", "2"])
     with pytest.raises(ValueError, match="--rotate must be in"):
-        ar.main(["--data", "x", "--output", "y", "--rotate", "-5"])
+        ar.main(["--data", "x", "--output", "y", "--defaults", "none", "--rotate", "-5"])
+
+
+@pytest.fixture(scope="module")
+def usdrl_checkpoint(data, tmp_path_factory):
+    """One epoch of tiny USDRL pretraining on the synthetic set (an encoder with features)."""
+    import pretrain
+    out = tmp_path_factory.mktemp("usdrl")
+    pretrain.main(["--data", str(data), "--output", str(out), "--preset", "tiny", "--clip-len",
+                   "16", "--epochs", "1", "--batch-size", "8", "--workers", "0", "--save-every",
+                   "0", "--precision", "fp32"])
+    return out / "last.pt"
+
+
+def test_default_finetune_not_below_the_linear_probe(data, usdrl_checkpoint, tmp_path):
+    """The small-set recipe's fine-tune (LP-FT and its guard) ends at or above the linear probe
+    of the same encoder; without LP (--lp-epochs 0) or without the guard (--no-lp-guard) the
+    same short fine-tunes end below it, so each mechanism is what holds the line here."""
+    def top1(name, *flags):
+        return ar.main(["--data", str(data), "--output", str(tmp_path / name), "--pretrained",
+                        str(usdrl_checkpoint), "--workers", "0", "--precision", "fp32",
+                        *flags])
+    linear = top1("linear", "--mode", "linear")["top1"]
+    assert linear > 100 / 12 + 10   # the probe is well above chance (12 classes)
+    one = top1("ft1", "--mode", "finetune", "--epochs", "1")
+    assert one["flags"]["lp_epochs"] == 160 and one["top1"] >= linear
+    no_lp = top1("ft1_no_lp", "--mode", "finetune", "--epochs", "1", "--lp-epochs", "0")
+    assert no_lp["top1"] < linear
+    two = top1("ft2", "--mode", "finetune", "--epochs", "2")
+    assert two["top1"] >= linear and two["history"][-1]["lp_guard"]["kept"] == "linear probe"
+    assert top1("ft2_no_guard", "--mode", "finetune", "--epochs", "2",
+                "--no-lp-guard")["top1"] < linear

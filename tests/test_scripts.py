@@ -16,7 +16,7 @@ def bash(script: str, env_extra=None):
 
 def parse(name: str, **env):
     return bash(f'set -euo pipefail; source scripts/_common.sh; parse_run_name {name}; '
-                'printf "%s\\n" "$RUN_SPLIT" "$RUN_EVAL_SPLIT" "${RUN_ARGS[@]}"', env)
+                'printf "%s\\n" "$RUN_SPLIT" "$RUN_EVAL_SPLIT" "${RUN_DATA_ARGS[@]}"', env)
 
 
 @pytest.mark.parametrize("name,split,stream,backbone", [
@@ -25,6 +25,9 @@ def parse(name: str, **env):
     ("ntu120_xe_bm_msg3d", "xset_train", "bm", "msg3d"),
     ("ucla_xv_jm_sttr", "xview_train", "jm", "sttr"),
     ("kinetics_tv_m_dste", "train", "m", "dste"),
+    ("utk_xs_j_dste", "xsub_train", "j", "dste"),
+    ("demodet_xs_j_dste", "xsub_train", "j", "dste"),
+    ("pku2det_xv_b_dste", "xview_train", "b", "dste"),
 ])
 def test_run_name_maps_to_flags(name, split, stream, backbone):
     res = parse(name, SKEL_DATA="/datasets")
@@ -38,29 +41,13 @@ def test_run_name_maps_to_flags(name, split, stream, backbone):
                      "--backbone": backbone, "--output": f"checkpoint/{name}"}
 
 
-def test_dataset_defaults_follow_the_paper():
-    args = parse("ntu60_xs_j_dste").stdout.split()
-    assert args[args.index("--batch-size") + 1] == "356"
-    assert args[args.index("--epochs") + 1] == "451"
-    assert args[args.index("--milestones") + 1] == "351"
-    args = parse("pku2_xs_j_dste").stdout.split()
-    assert args[args.index("--batch-size") + 1] == "512"
-    assert args[args.index("--milestones") + 1] == "801"
-    assert parse("demo_xs_j_dste").stdout.split().count("small") == 1
-    args = parse("ucla_xv_j_dste").stdout.split()  # the cross-view small set (benchmarks/nwucla.sh)
-    assert args[args.index("--normalize") + 1] == "view"
-    assert args[args.index("--rotate") + 1] == "60"
-
-
-@pytest.mark.parametrize("name", ["ntu60_xs_j_dste", "ntu120_xe_b_dste", "pku1_xs_j_dste",
-                                  "pku2_xs_j_dste", "ucla_xv_j_dste", "demo_xs_j_dste",
-                                  "kinetics_tv_j_stgcn", "penn_tv_j_dste", "utk_xs_j_dste",
-                                  "demodet_xs_j_dste", "pku1det_xv_j_dste", "pku2det_xs_j_dste"])
-def test_every_dataset_default_is_a_pretrain_flag(name):
-    import pretrain
-    lines = parse(name, SKEL_DATA="/datasets").stdout.split("\n")
-    args = pretrain.build_parser().parse_args([a for a in lines[2:] if a])
-    assert args.data.name == name.split("_")[0] and args.stream == name.split("_")[2]
+def test_scripts_hold_no_per_dataset_numbers():
+    """The recipes live in recipes.py: the scripts only map a run name to flags."""
+    for script in (ROOT / "scripts").glob("*.sh"):
+        text = "\n".join(line for line in script.read_text().splitlines()
+                         if not line.lstrip().startswith("#"))   # the code, not the comments
+        for number in ("--epochs 120", "--lr 1e-3", "--batch-size 356", "--rotate 60", "LR=0."):
+            assert number not in text, (script.name, number)
 
 
 @pytest.mark.parametrize("name,problem", [
@@ -164,7 +151,7 @@ def test_detect_demodet_end_to_end(tmp_path):
     """pretrain.sh on an untrimmed set pretrains on windows of its streams; detect.sh runs the
     frozen detection on the checkpoint; a trimmed set is refused."""
     env = {"SKEL_DATA": str(tmp_path / "data"), "SKEL_CHECKPOINTS": str(tmp_path / "ckpt"),
-           "SKEL_DEMODET_STREAMS": "4", "OMP_NUM_THREADS": "1"}
+           "SKEL_DEMODET_STREAMS": "4", "SKEL_DEMO_SEQUENCES": "24", "OMP_NUM_THREADS": "1"}
     res = bash(f"bash scripts/pretrain.sh cpu demodet_xs_j_dste {TINY} --batch-size 16", env)
     assert res.returncode == 0, res.stderr[-3000:]
     assert "cutting" in res.stderr and "demodet_windows" in res.stdout
@@ -174,3 +161,42 @@ def test_detect_demodet_end_to_end(tmp_path):
     assert (run / "detection.json").is_file() and (run / "detection_proposals").is_dir()
     res = bash("bash scripts/detect.sh cpu demo_xs_j_dste", env)
     assert res.returncode == 2 and "has no untrimmed streams" in res.stderr
+
+
+def test_a_dataset_with_a_name_of_its_own_through_every_script(tmp_path):
+    """Any prepared directory under $SKEL_DATA is a run name's dataset, its protocols from its
+    split names: pretrain, linear probe, KNN, fine-tune, semi-supervised and fusion."""
+    import json
+    import sys
+    env = {"SKEL_DATA": str(tmp_path / "data"), "SKEL_CHECKPOINTS": str(tmp_path / "ckpt"),
+           "SKEL_PYTHON": sys.executable, "OMP_NUM_THREADS": "1"}
+    res = subprocess.run([sys.executable, "-m", "feeders.synthetic", "--out",
+                          str(tmp_path / "data" / "mydata"), "--num-sequences", "24",
+                          "--workers", "1"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    res = bash("bash scripts/pretrain.sh cpu mydata_xv_j_dste", env)
+    assert res.returncode == 2
+    assert "dataset mydata has no protocol 'xv'; its protocols: xs" in res.stderr
+    run = "mydata_xs_j_dste"
+    fast = "--workers 0 --epochs 1"
+    steps = [f"bash scripts/pretrain.sh cpu {run} {fast} --preset tiny --clip-len 16 "
+             "--save-every 0",
+             f"bash scripts/recog.sh cpu {run} last {fast}",
+             f"bash scripts/knn.sh cpu {run} last --workers 0",
+             f"bash scripts/finetune.sh cpu {run} last {fast} --lp-epochs 2",
+             f"bash scripts/semi.sh cpu {run} 0.5 last {fast} --lp-epochs 2 --batch-size 4",
+             f"bash scripts/finetune.sh cpu mydata_xs_b_dste {tmp_path}/ckpt/{run}/last.pt {fast} "
+             "--lp-epochs 2",
+             f"bash scripts/fusion.sh finetune {run} mydata_xs_b_dste "
+             f"--output {tmp_path}/fused.json"]
+    for step in steps:
+        res = bash(step, env)
+        assert res.returncode == 0, (step, res.stderr[-2000:])
+    out = tmp_path / "ckpt" / run
+    config = json.loads((out / "config.json").read_text())["config"]
+    assert config["defaults"]["name"] == "auto-small"            # chosen from its manifest
+    assert config["normalize"] == "view" and config["preset"] == "tiny"  # the flag won
+    for name in ("linear.json", "knn.json", "finetune.json", "finetune_0.5.json"):
+        result = json.loads((out / name).read_text())
+        assert result["data"] == f"{tmp_path}/data/mydata" and "top1" in result, name
+    assert len(json.loads((tmp_path / "fused.json").read_text())["streams"]) == 2
