@@ -77,8 +77,7 @@ parse_run_name() {
 }
 
 # ensure_dataset: generate the demo (and demodet) dataset on first use; for any other missing
-# dataset print
-# the command that creates it and exit 1.
+# dataset print the command that creates it and exit 1.
 ensure_dataset() {
     [ -f "$RUN_DATA/manifest.json" ] && return 0
     if [ "$RUN_DATASET" = demo ]; then
