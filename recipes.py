@@ -35,7 +35,7 @@ import json
 import os
 import shlex
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -66,7 +66,7 @@ SMALL_FINETUNE = {"epochs": 50, "lr": 1e-3, "warmup_epochs": 2.0, "batch_size": 
                   "shear": 1.0, "lp_epochs": 160, "lp_lr": 1.0}
 SMALL_SEMI = {**SMALL_FINETUNE, "epochs": 40, "batch_size": 16}
 ENCODER_KEYS = ("preset", "clip_len", "normalize")   # a checkpoint has its own
-PURPOSES = ("pretrain", "linear", "finetune", "semi", "knn")
+PURPOSES = ("pretrain", "linear", "finetune", "semi", "knn", "detect", "detect_finetune")
 
 
 @dataclass(frozen=True)
@@ -79,6 +79,7 @@ class Known:
     protocols: tuple[str, ...]
     prepare: str              # the `python -m` arguments that create it; {out}: its directory
     linear_lr: dict           # protocol -> linear probe lr (paper kinds; "*": any other)
+    pretrain: dict | None = None   # pretraining values that differ from its kind's
 
 
 KNOWN: dict[str, Known] = {
@@ -108,9 +109,24 @@ KNOWN: dict[str, Known] = {
     "penn": Known("small", "penn13", 15, ("tv",),
                   "feeders.prepare --format penn --src /path/to/Penn_Action --out {out}", {}),
     "demo": Known("demo", "ntu25", 12, ("xs",), "feeders.synthetic --out {out}", {}),
+    # Untrimmed streams for detection (action_detection.py; class 0 is the background).
+    # UTKinect-Action3D: 10 training streams (about 7.6k frames), one frontal Kinect: the
+    # small-set recipe (no view normalisation or rotation, from the data) at 20 epochs, sized for
+    # a shared 2-core CPU (benchmarks/detection.sh).
+    "utk": Known("small", "kinect20", 11, ("xs",),
+                 "feeders.prepare --format utkinect --src /path/to/UTKinect/joints --out {out}",
+                 {}, {"epochs": 20, "milestones": [16]}),
+    "demodet": Known("demo", "ntu25", 11, ("xs",), "feeders.synthetic --untrimmed --out {out}",
+                     {}),
+    "pku1det": Known("paper", "ntu25", 52, ("xs", "xv"),
+                     "feeders.prepare --format pku --task detection --src "
+                     "/path/to/PKU-MMD-phase1 --out {out} --workers 8", {"*": 0.006}),
+    "pku2det": Known("pku2", "ntu25", 52, ("xs", "xv"),
+                     "feeders.prepare --format pku --task detection --src "
+                     "/path/to/PKU-MMD-phase2 --out {out} --workers 8", {"*": 0.01}),
 }
 # A manifest's source_format -> the dataset it is, when the format alone says it.
-FORMAT_DATASETS = {"nwucla": "ucla", "penn": "penn", "kinetics": "kinetics"}
+FORMAT_DATASETS = {"nwucla": "ucla", "penn": "penn", "kinetics": "kinetics", "utkinect": "utk"}
 RECIPES = (*KNOWN, "small", "paper")   # names accepted by --defaults NAME
 
 
@@ -164,7 +180,12 @@ def identify(facts: DataFacts) -> tuple[str | None, str]:
     """(known dataset name or None, why). From the manifest first: its ``benchmark``/``name``
     field, then its source format (NTU by class count, PKU-MMD by directory name); then the
     directory name when the manifest agrees with it (layout and class count). A directory named
-    like a known dataset whose manifest disagrees is not taken for it (the reason says so)."""
+    like a known dataset whose manifest disagrees is not taken for it (the reason says so).
+    Windows cut from untrimmed streams (feeders.untrimmed, source format ``<format>-windows``,
+    directory ``<dataset>_windows``) are taken for their dataset."""
+    if facts.source_format.endswith("-windows") and facts.directory.endswith("_windows"):
+        facts = replace(facts, directory=facts.directory[: -len("_windows")],
+                        source_format=facts.source_format[: -len("-windows")])
     if facts.declared in KNOWN:
         return facts.declared, f"manifest names it {facts.declared}"
     fmt = facts.source_format
@@ -173,7 +194,7 @@ def identify(facts: DataFacts) -> tuple[str | None, str]:
     if fmt == "ntu" and facts.num_classes in (60, 120):
         name = f"ntu{facts.num_classes}"
         return name, f"source_format ntu, {facts.num_classes} classes"
-    if fmt == "pku" and facts.directory not in ("pku1", "pku2"):
+    if fmt == "pku" and facts.directory not in ("pku1", "pku2", "pku1det", "pku2det"):
         return None, (f"PKU-MMD data in '{facts.directory}': the phase is not recorded (name the "
                       f"directory pku1 or pku2, or pass --defaults pku1|pku2)")
     if fmt == "synthetic" and facts.directory != "demo":
@@ -236,9 +257,12 @@ def pretrain_values(kind: str, facts: DataFacts) -> dict:
 
 
 def eval_values(kind: str, known: Known | None, facts: DataFacts, purpose: str) -> dict:
-    """Evaluation flag values (linear, finetune, semi; knn has none of its own)."""
+    """Evaluation flag values (linear, finetune, semi, detect: the frozen detection probe; knn
+    and detect_finetune have none of their own)."""
     small = kind in ("small", "demo", "auto-small")
     protocol = protocol_of_split(facts.split)
+    if purpose == "detect":   # batches of windows, not of streams: the probe's lr only
+        return {"lr": SMALL_LINEAR["lr"]} if small else {}
     if purpose == "linear":
         if small:
             return {**SMALL_LINEAR, "batch_size": small_batch(facts.num_train)}
@@ -302,7 +326,7 @@ def resolve(requested: str, data, split: str, purpose: str) -> Resolved:
     if kind == "demo" and purpose == "pretrain":
         reason += " (the demo's pretraining: neither, as measured for the README)"
     if purpose == "pretrain":
-        values = pretrain_values(kind, facts)
+        values = {**pretrain_values(kind, facts), **((known and known.pretrain) or {})}
     else:
         values = eval_values(kind, known, facts, purpose)
     return Resolved(requested, name, reason, values)

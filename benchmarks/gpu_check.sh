@@ -80,7 +80,7 @@ check knn_on_gpu            120 py  benchmarks/gpu_check.py knn
 check pretrain_step_bench   300 py  benchmarks/pretrain_step.py --preset small --batch-size 32 --clip-len 64 --precisions fp32 fp16 bf16 auto --steps 3 --no-cpu
 check encoders_bench        300 py  benchmarks/encoders.py --presets small --batch-size 16 --iters 3
 if [ -f benchmarks/detection_bench.py ]; then
-    check detection_bench   240 py  benchmarks/detection_bench.py
+    check detection_bench   240 py  benchmarks/detection_bench.py --presets small paper --lengths 1000 4000
 fi
 
 if [ "$DRY" = 1 ]; then

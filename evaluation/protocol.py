@@ -4,15 +4,20 @@
     {"kind": "finetune", "label_fraction": 0.1}   --mode finetune (semi-supervised when < 1)
     {"kind": "knn",      "k": 1}                  action_retrieval.py
     {"kind": "fusion",   "of": <the fused results' protocol, or null>}   evaluation.fusion
+    {"kind": "detection", "encoder": "frozen" | "finetuned" | "floor"}   action_detection.py,
+                                                  evaluation.detection_floor (a table of its own)
 
 A new evaluation adds its kind here (with its name and place in the table) and writes
 `make_protocol(kind, ...)` into its results.
 """
 from __future__ import annotations
 
-KINDS = ("linear", "knn", "finetune", "fusion")
+KINDS = ("linear", "knn", "finetune", "fusion", "detection")
 _FIELDS = {"linear": ("label_fraction",), "finetune": ("label_fraction",), "knn": ("k",),
-           "fusion": ("of",)}
+           "fusion": ("of",), "detection": ("encoder",)}
+DETECTION_ENCODERS = {"frozen": "detection, frozen encoder",
+                      "finetuned": "detection, fine-tuned encoder",
+                      "floor": "detection floor (per-frame raw 1-NN, learning-free)"}
 _NAMES = {"linear": "linear probe", "finetune": "fine-tune"}
 
 
@@ -21,9 +26,9 @@ class ProtocolError(ValueError):
 
 
 def make_protocol(kind: str, *, label_fraction: float | None = None, k: int | None = None,
-                  of: dict | None = None) -> dict:
-    """The protocol dict of `kind` with its one field (label_fraction, k or of)."""
-    values = {"label_fraction": label_fraction, "k": k, "of": of}
+                  of: dict | None = None, encoder: str | None = None) -> dict:
+    """The protocol dict of `kind` with its one field (label_fraction, k, of or encoder)."""
+    values = {"label_fraction": label_fraction, "k": k, "of": of, "encoder": encoder}
     if kind not in KINDS:
         raise ProtocolError(f"unknown protocol kind {kind!r}; valid: {', '.join(KINDS)}")
     return check_protocol({"kind": kind, **{f: values[f] for f in _FIELDS[kind]}})
@@ -44,6 +49,10 @@ def check_protocol(protocol, where: str = "protocol") -> dict:
         if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) \
                 or not 0 < fraction <= 1:
             raise ProtocolError(f"{where}: label_fraction must be a number in (0, 1], got {fraction!r}")
+    elif kind == "detection":
+        if protocol["encoder"] not in DETECTION_ENCODERS:
+            raise ProtocolError(f"{where}: encoder must be one of {', '.join(DETECTION_ENCODERS)}, "
+                                f"got {protocol['encoder']!r}")
     elif kind == "knn":
         k = protocol["k"]
         if isinstance(k, bool) or not isinstance(k, int) or k < 1:
@@ -59,6 +68,8 @@ def protocol_name(protocol: dict) -> str:
     kind = protocol["kind"]
     if kind == "knn":
         return f"KNN-{protocol['k']}"
+    if kind == "detection":
+        return DETECTION_ENCODERS[protocol["encoder"]]
     if kind == "fusion":
         return "score fusion" if protocol["of"] is None else f"{protocol_name(protocol['of'])}, fused"
     fraction = protocol["label_fraction"]

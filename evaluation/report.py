@@ -12,7 +12,10 @@ shows the run, the protocol, the test top-1 of the last epoch and, when a valida
 carved from the training split, the test top-1 of the epoch selected on it. --baseline
 NAME=TOP1 adds reference rows (numbers computed or published elsewhere) at the end. A JSON
 with results but no ``protocol`` (written before the field existed) is skipped with a note on
-stderr; no result at all is an error.
+stderr; no result at all is an error. Detection results (protocol kind ``detection``:
+action_detection.py frozen or --finetune, evaluation.detection_floor) get a second table:
+mAP_a at IoU 0.1 / 0.3 / 0.5 / 0.7, mAP_v, F1 and 2D-AP (the official PKU-MMD metrics), frame
+accuracy, edit and F1@50.
 """
 from __future__ import annotations
 
@@ -22,7 +25,8 @@ import math
 import sys
 from pathlib import Path
 
-from evaluation.protocol import ProtocolError, check_protocol, protocol_name, protocol_order
+from evaluation.protocol import (DETECTION_ENCODERS, ProtocolError, check_protocol, protocol_name,
+                                 protocol_order)
 
 
 class ReportError(ValueError):
@@ -63,6 +67,8 @@ def read_rows(run_dir: Path, skipped: list[str] | None = None) -> list[dict]:
             protocol = check_protocol(result["protocol"], f"{path}: field 'protocol'")
         except ProtocolError as exc:
             raise ReportError(str(exc)) from None
+        if protocol["kind"] == "detection":
+            continue  # read_detection_rows: a table of its own
         row = (_fusion_row(result, protocol, path) if protocol["kind"] == "fusion"
                else _result_row(result, protocol, path))
         found.append((protocol_order(protocol), {"run": run_dir.name, **row}))
@@ -121,6 +127,64 @@ def format_table(rows: list[dict], baselines: list[tuple[str, float]] = ()) -> s
     return "\n".join(lines)
 
 
+DETECTION_COLUMNS = ("mAP_a@0.1", "mAP_a@0.3", "mAP_a@0.5", "mAP_a@0.7", "mAP_v@0.5",
+                     "F1@0.5", "2D-AP", "frame acc", "edit", "F1@50")
+
+
+def read_detection_rows(run_dir: Path) -> list[dict]:
+    """Rows {run, protocol, file, <DETECTION_COLUMNS>} of the JSONs in run_dir whose protocol is
+    a detection one (mAP values read from the ``mAP_a`` / ``mAP_v`` objects keyed by the IoU
+    threshold), frozen, fine-tuned, floor."""
+    found = []
+    for path in sorted(Path(run_dir).glob("*.json")):
+        protocol = _detection_protocol(path)
+        if protocol is None:
+            continue
+        try:
+            result = json.loads(path.read_text())
+            seg = result["segmentation"]
+            row = {"run": Path(run_dir).name, "protocol": protocol_name(protocol),
+                   "file": path.name,
+                   **{f"mAP_a@{t}": _number(result["mAP_a"], t, path)
+                      for t in ("0.1", "0.3", "0.5", "0.7")},
+                   "mAP_v@0.5": _number(result["mAP_v"], "0.5", path),
+                   "F1@0.5": _number(result, "F1@0.5", path),
+                   "2D-AP": _number(result, "2D-AP", path),
+                   "frame acc": _number(seg, "accuracy", path),
+                   "edit": _number(seg, "edit", path), "F1@50": _number(seg, "F1@50", path)}
+        except json.JSONDecodeError as exc:
+            raise ReportError(f"{path}: not valid JSON ({exc})") from None
+        except (KeyError, TypeError, AttributeError) as exc:
+            raise ReportError(f"{path}: not an action_detection.py result (missing {exc})") from None
+        found.append((list(DETECTION_ENCODERS).index(protocol["encoder"]), row))
+    return [row for _, row in sorted(found, key=lambda item: item[0])]
+
+
+def _detection_protocol(path: Path) -> dict | None:
+    """The detection protocol of a result JSON, or None for any other file."""
+    try:
+        result = json.loads(path.read_text())
+    except (json.JSONDecodeError, OSError):
+        return None
+    protocol = result.get("protocol") if isinstance(result, dict) else None
+    if not isinstance(protocol, dict) or protocol.get("kind") != "detection":
+        return None
+    try:
+        return check_protocol(protocol, f"{path}: field 'protocol'")
+    except ProtocolError as exc:
+        raise ReportError(str(exc)) from None
+
+
+def format_detection_table(rows: list[dict]) -> str:
+    """A Markdown table of detection rows (values in %)."""
+    lines = ["| run | protocol | " + " | ".join(DETECTION_COLUMNS) + " | source |",
+             "|---|---|" + "---:|" * len(DETECTION_COLUMNS) + "---|"]
+    for row in rows:
+        lines.append(f"| {row['run']} | {row['protocol']} | "
+                     + " | ".join(_cell(row[c]) for c in DETECTION_COLUMNS) + f" | {row['file']} |")
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m evaluation.report",
                                      description=__doc__.split("\n\n")[0])
@@ -133,7 +197,8 @@ def main(argv=None) -> int:
     try:
         baselines = [parse_baseline(text) for text in args.baseline]
         rows = [row for run_dir in args.run_dirs for row in read_rows(run_dir, skipped)]
-        if not rows:
+        detection = [row for run_dir in args.run_dirs for row in read_detection_rows(run_dir)]
+        if not rows and not detection:
             raise ReportError(f"no result files (JSONs with a 'protocol' field) in "
                               f"{', '.join(map(str, args.run_dirs))}")
     except ReportError as exc:
@@ -141,7 +206,10 @@ def main(argv=None) -> int:
         return 2
     for note in skipped:
         print(f"note: skipped {note}", file=sys.stderr)
-    print(format_table(rows, baselines))
+    if rows or baselines:
+        print(format_table(rows, baselines))
+    if detection:
+        print(("\n" if rows or baselines else "") + format_detection_table(detection))
     return 0
 
 

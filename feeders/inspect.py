@@ -11,11 +11,12 @@ import json
 import numpy as np
 
 from feeders.store import Store, StoreError, open_store
+from feeders.untrimmed import LABELS_KEY, summarize_untrimmed
 
 
 def summarize(store: Store) -> dict:
     """Counts, shapes and frames-per-sequence statistics of a store."""
-    return {
+    summary = {
         "path": str(store.root),
         "num_sequences": len(store),
         "num_classes": store.num_classes,
@@ -31,6 +32,9 @@ def summarize(store: Store) -> dict:
         "source_format": store.manifest["source_format"],
         "frame_arrays": store.frame_array_names,
     }
+    if LABELS_KEY in store.frame_array_names:   # untrimmed streams: instances, background
+        summary["untrimmed"] = summarize_untrimmed(store)
+    return summary
 
 
 def format_text(summary: dict) -> str:
@@ -50,6 +54,10 @@ def format_text(summary: dict) -> str:
         lines.append(splits)
     if summary["frame_arrays"]:
         lines.append(f"frame arrays {', '.join(summary['frame_arrays'])}")
+    for name, part in summary.get("untrimmed", {}).items():
+        per_class = " ".join(f"{n}:{c}" for n, c in part["per_class"].items())
+        lines.append(f"instances    {name:<14} {part['instances']}  background "
+                     f"{100 * part['background_share']:.1f} % of frames  ({per_class})")
     return "\n".join(lines)
 
 

@@ -13,6 +13,11 @@ Subjects 1..40; the cross-subject split puts odd subjects in ``xsub_train`` and 
 ``xsub_val``.
 
     python -m feeders.synthetic --out DIR [--num-sequences 4000] [--seed 0] [--workers 2]
+    python -m feeders.synthetic --untrimmed --out DIR [--num-streams 40] [--seed 0]
+
+``--untrimmed`` writes whole streams for temporal detection (``generate_stream``): one subject
+performs several one-person actions in a row with idle and transition frames between them,
+per-frame labels in the ``frame_labels`` array (0 = background).
 
 Body frame convention (used by all angle code below): x = the subject's left, y = up,
 z = the subject's forward. A bone's local rotation is ``Ry(ay) @ Rz(az) @ Rx(ax)`` relative to
@@ -566,6 +571,90 @@ def generate_sequence(seed: int, index: int, subjects: list[Subject]) -> Sequenc
     return Sequence(name, label, data.astype(np.float32), sid, view)
 
 
+# ----------------------------------------------------------------------------- untrimmed streams
+
+UNTRIMMED_ACTIONS = tuple(c for c in range(len(CLASS_NAMES)) if c not in TWO_PERSON)
+UNTRIMMED_CLASS_NAMES = ("background", *(CLASS_NAMES[c] for c in UNTRIMMED_ACTIONS))
+UNTRIMMED_SUBJECTS = 10
+DEFAULT_NUM_STREAMS = 40
+ACTIONS_PER_STREAM = (4, 7)    # inclusive range of actions in one stream
+GAP_FRAMES = (15, 60)          # idle / transition frames before, between and after actions
+TRANSITION = 0.5               # probability that the person turns and steps during a gap
+_STREAM_TAG = 0x57AEA1         # keeps stream draws apart from the trimmed sequences'
+
+
+def _stream_plan(rng: np.random.Generator) -> list[tuple[int, int, int]]:
+    """[(action class, start, stop)] of one stream plus its total length, in frames."""
+    count = int(rng.integers(ACTIONS_PER_STREAM[0], ACTIONS_PER_STREAM[1] + 1))
+    plan, t = [], int(rng.integers(*GAP_FRAMES))
+    for _ in range(count):
+        length = int(rng.integers(MIN_LEN, MAX_LEN + 1))
+        plan.append((int(rng.choice(UNTRIMMED_ACTIONS)), t, t + length))
+        t += length + int(rng.integers(*GAP_FRAMES))
+    return plan, t
+
+
+def generate_stream(seed: int, index: int, subjects: list[Subject]) -> Sequence:
+    """Untrimmed stream ``index``: one subject performs 4..7 one-person actions in a row, with
+    15..59 idle frames before, between and after them (during a gap the person may also turn
+    and step: transition frames); one camera for the whole stream.
+
+    Returns a ``Sequence`` whose ``label`` is the per-frame labels ``(T,)`` int16 (0 =
+    background, 1..10 = ``UNTRIMMED_CLASS_NAMES``); randomness from
+    ``default_rng([seed, index, _STREAM_TAG])`` and the subject table.
+    """
+    rng = np.random.default_rng([seed, index, _STREAM_TAG])
+    sid = index % len(subjects) + 1
+    plan, frames = _stream_plan(rng)
+    body = Body(subjects[sid - 1], frames)
+    seconds = np.arange(frames) / FPS
+    body.idle(rng, seconds, rng.uniform(1.0, 5.0))
+    labels = np.zeros(frames, dtype=np.int16)
+    gap_start = 0
+    for action, start, stop in plan:
+        if rng.random() < TRANSITION and start - gap_start > 2:   # turn and step in the gap
+            ramp = _smoothstep((np.arange(frames) - gap_start) / (start - gap_start))
+            body.add("root_yaw", ramp * rng.uniform(-40, 40))
+            body.shift[:, 0] += ramp * rng.uniform(-0.3, 0.3)
+        u = np.clip((np.arange(frames) - start) / (stop - start), 0.0, 1.0)
+        clip = _Clip(seconds, u ** rng.uniform(0.6, 1.6), (stop - start) / FPS)
+        _ACTIONS[action](rng, clip, [body], body.subject.vigour * rng.uniform(0.75, 1.25))
+        labels[start:stop] = UNTRIMMED_ACTIONS.index(action) + 1
+        gap_start = stop
+    world = _place_bodies(rng, 0, [body])
+    cam, yaw = _camera(rng, world)
+    data = np.zeros((frames, NUM_BODIES, NUM_JOINTS, CHANNELS))
+    data[:, 0] = cam[0]
+    _sensor_noise(rng, data)
+    view = 1 if yaw < -15 else (3 if yaw > 15 else 2)
+    name = f"stream{index:05d}_P{sid:03d}"
+    return Sequence(name, labels, data.astype(np.float32), sid, view)
+
+
+def write_untrimmed(out_dir, num_streams: int = DEFAULT_NUM_STREAMS, seed: int = 0,
+                    num_subjects: int = UNTRIMMED_SUBJECTS) -> Path:
+    """A dataset directory of untrimmed streams with per-frame labels (``frame_labels``) and
+    xsub splits (odd subjects train, even ones val); the record label is the stream's most
+    frequent action."""
+    if num_streams < 1:
+        raise ValueError(f"num_streams must be >= 1, got {num_streams}")
+    if num_subjects < 2:
+        raise ValueError(f"num_subjects must be >= 2 (one per split half), got {num_subjects}")
+    subjects = subject_table(seed, num_subjects)
+    train, val = [], []
+    with StoreWriter(out_dir, LAYOUT, len(UNTRIMMED_CLASS_NAMES), list(UNTRIMMED_CLASS_NAMES),
+                     channels=CHANNELS, bodies=NUM_BODIES,
+                     source_format="synthetic-untrimmed") as writer:
+        for i in range(num_streams):
+            seq = generate_stream(seed, i, subjects)
+            actions = seq.label[seq.label > 0]
+            (train if seq.subject % 2 == 1 else val).append(len(writer))
+            writer.add(Record(seq.name, int(np.bincount(actions).argmax()), seq.data,
+                              subject=seq.subject, view=seq.view,
+                              frame_arrays={"frame_labels": seq.label}))
+        return writer.close({"xsub_train": train, "xsub_val": val})
+
+
 # ----------------------------------------------------------------------------- writing a store
 
 def _generate_block(job: tuple[int, int, int, int]) -> list[Record]:
@@ -635,11 +724,23 @@ def main(argv=None) -> None:
     parser.add_argument("--seed", type=int, default=0, help="generator seed (default: %(default)s)")
     parser.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1),
                         help="generating processes (default: %(default)s)")
+    parser.add_argument("--untrimmed", action="store_true",
+                        help="write untrimmed streams instead: 4-7 one-person actions in a row "
+                             "with idle and transition frames, per-frame labels in "
+                             "frame_labels (0 = background, 1..10), --num-streams streams of "
+                             f"{UNTRIMMED_SUBJECTS} subjects")
+    parser.add_argument("--num-streams", type=int, default=DEFAULT_NUM_STREAMS,
+                        help="with --untrimmed: number of streams")
     args = parser.parse_args(argv)
-    if args.num_sequences < 1 or args.workers < 1:
-        parser.error("--num-sequences and --workers must be >= 1")
+    if args.num_sequences < 1 or args.workers < 1 or args.num_streams < 1:
+        parser.error("--num-sequences, --num-streams and --workers must be >= 1")
     start = time.perf_counter()
     try:
+        if args.untrimmed:
+            path = write_untrimmed(args.out, args.num_streams, args.seed)
+            print(f"wrote {args.num_streams} untrimmed streams to {path} in "
+                  f"{time.perf_counter() - start:.1f} s")
+            return
         path = write_synthetic(args.out, args.num_sequences, args.seed, args.workers)
     except (ValueError, OSError) as e:
         parser.error(error_message(e))

@@ -3,7 +3,9 @@
 # RUN_NAME = <dataset>_<protocol>_<stream>_<backbone>, e.g. ntu60_xs_j_dste
 #   dataset : any directory $SKEL_DATA/<dataset> holding a prepared dataset (manifest.json),
 #             a name without _; the known ones (ntu60 ntu120 pku1 pku2 ucla demo kinetics penn)
-#             may be missing: the scripts then print the command that prepares them
+#             may be missing: the scripts then print the command that prepares them; the
+#             untrimmed ones (utk demodet pku1det pku2det: streams with per-frame labels) are
+#             for detection (scripts/detect.sh)
 #   protocol: from the dataset's split names: xs (xsub_train/xsub_val), xv (xview_*), xe (xset_*),
 #             tv (train/val), p (any other p_train/p_val pair)
 #   stream  : j m b jm bm jmb        (python -m models --list-streams; jmb: --method umurl)
@@ -19,7 +21,8 @@
 # Multi-node (GPU lists): every node runs the same command with
 #   NNODES=<nodes> NODE_RANK=<this node, 0..NNODES-1> MASTER_ADDR=<node 0 host> MASTER_PORT=<port>
 # Environment: SKEL_DATA (dataset root, default data), SKEL_DEMO_SEQUENCES (size of the generated
-# demo dataset, default 1200), SKEL_CHECKPOINTS (default checkpoint).
+# demo dataset, default 1200), SKEL_DEMODET_STREAMS (streams of the generated demodet set,
+# default 40), SKEL_CHECKPOINTS (default checkpoint).
 # Relative paths are relative to the repository root; the scripts run from there.
 # Python: the project's .venv (created with the pinned requirements on first use), or
 # $SKEL_PYTHON when set.
@@ -44,7 +47,7 @@ run_name_error() {
 error: bad run name '$1': $2
 A run name is <dataset>_<protocol>_<stream>_<backbone>, e.g. ntu60_xs_j_dste:
   dataset : a prepared dataset directory under ${DATA_ROOT} (name without _), or a known one:
-            ntu60 ntu120 pku1 pku2 ucla demo kinetics penn
+            ntu60 ntu120 pku1 pku2 ucla demo kinetics penn utk demodet pku1det pku2det
   protocol: from the dataset's split names: xs (xsub_*), xv (xview_*), xe (xset_*), tv
             (train/val), p (p_train/p_val)
   stream  : $STREAM_NAMES
@@ -74,14 +77,20 @@ parse_run_name() {
                    --backbone "$RUN_BACKBONE" --output "$RUN_OUTPUT")
 }
 
-# ensure_dataset: generate the demo dataset on first use; for any other missing dataset print
-# the command that creates it and exit 1.
+# ensure_dataset: generate the demo (and demodet) dataset on first use; for any other missing
+# dataset print the command that creates it and exit 1.
 ensure_dataset() {
     [ -f "$RUN_DATA/manifest.json" ] && return 0
     if [ "$RUN_DATASET" = demo ]; then
         echo "[data] generating the synthetic demo dataset in $RUN_DATA" >&2
         "$PY" -m feeders.synthetic --out "$RUN_DATA" \
             --num-sequences "${SKEL_DEMO_SEQUENCES:-1200}" >&2
+        return 0
+    fi
+    if [ "$RUN_DATASET" = demodet ]; then
+        echo "[data] generating the synthetic untrimmed streams in $RUN_DATA" >&2
+        "$PY" -m feeders.synthetic --untrimmed --out "$RUN_DATA" \
+            --num-streams "${SKEL_DEMODET_STREAMS:-40}" >&2
         return 0
     fi
     {
@@ -134,4 +143,28 @@ launch() {
     fi
     CUDA_VISIBLE_DEVICES="$gpus" "$PY" -m torch.distributed.run "${rdzv[@]}" \
         --nproc_per_node="$count" "$@"
+}
+
+# is_untrimmed: whether the run's dataset holds untrimmed streams (per-frame labels,
+# frame_labels in its manifest's frame_arrays); call after ensure_dataset.
+is_untrimmed() { grep -q '"frame_labels"' "$RUN_DATA/manifest.json"; }
+
+# pretraining_windows: for an untrimmed dataset, pretraining samples are windows of its streams:
+# write them once to $SKEL_DATA/<dataset>_windows (feeders.untrimmed: windows of twice the
+# recipe's clip length every half clip, so the pretraining crops have room) and point
+# RUN_DATA_ARGS' --data there (recipes.identify takes <dataset>_windows for <dataset>). Other
+# datasets are left alone.
+pretraining_windows() {
+    is_untrimmed || return 0
+    local clip=64 i flags windows="$DATA_ROOT/${RUN_DATASET}_windows"
+    read -ra flags <<< "$("$PY" -m recipes show "$RUN_DATA" --split "$RUN_SPLIT" | tail -n 1)"
+    for ((i = 0; i < ${#flags[@]}; i++)); do
+        [ "${flags[$i]}" = --clip-len ] && clip="${flags[$((i + 1))]}"
+    done
+    if [ ! -f "$windows/manifest.json" ]; then
+        echo "[data] cutting $RUN_DATA into windows of $((2 * clip)) frames for pretraining: $windows" >&2
+        "$PY" -m feeders.untrimmed --src "$RUN_DATA" --out "$windows" --window $((2 * clip)) \
+            --stride $((clip / 2)) >&2
+    fi
+    RUN_DATA_ARGS[1]="$windows"   # RUN_DATA_ARGS starts with --data "$RUN_DATA"
 }

@@ -8,13 +8,15 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-SCRIPTS = ["pretrain.py", "action_recognition.py", "action_retrieval.py",
+SCRIPTS = ["pretrain.py", "action_recognition.py", "action_retrieval.py", "action_detection.py",
            "benchmarks/data_bench.py", "benchmarks/encoders.py", "benchmarks/eval_bench.py",
            "benchmarks/nwucla_select.py", "benchmarks/pretrain_step.py",
-           "benchmarks/recipes_bench.py", "benchmarks/gpu_check.py", "benchmarks/stgcn_study.py"]
+           "benchmarks/recipes_bench.py", "benchmarks/gpu_check.py", "benchmarks/stgcn_study.py",
+           "benchmarks/detection_bench.py"]
 MODULES = ["evaluation.baseline", "evaluation.fusion", "evaluation.report", "feeders.export",
            "feeders.inspect", "feeders.layouts", "feeders.prepare", "feeders.synthetic",
-           "feeders.visualize", "models.__main__", "models.convert", "recipes"]
+           "feeders.visualize", "models.__main__", "models.convert", "recipes",
+           "evaluation.detection_floor", "feeders.untrimmed"]
 
 
 @pytest.mark.parametrize("target", SCRIPTS + MODULES)

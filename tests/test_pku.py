@@ -131,3 +131,33 @@ def test_missing_label_file_and_folders(pku_dir, tmp_path, out_root):
         prepare("pku", pku_dir, tmp_path / "out")
     with pytest.raises(ValueError, match="no skeleton folder"):
         prepare("pku", tmp_path, out_root / "out")
+
+
+@pytest.mark.parametrize("convention, lines, expected", [
+    # default: 0-based, end exclusive -> frames[start:end]
+    ("0-exclusive", ["3,0,4,1", "51,4,10,2"], [3] * 4 + [51] * 6 + [0] * 2),
+    # 1-based, end included -> frames[start - 1:end]: the same instances written 1..4, 5..10
+    ("1-inclusive", ["3,1,4,1", "51,5,10,2"], [3] * 4 + [51] * 6 + [0] * 2),
+    ("1-inclusive", ["3,0,4,1", "51,4,10,2"], None),      # start 0 is not 1-based
+    ("0-exclusive", ["3,1,12,1", "51,12,13,1"], None),    # end 13 > 12 frames
+    ("1-inclusive", ["3,1,12,1"], [3] * 12),              # the whole video, 1..12
+])
+def test_label_frame_conventions(pku_dir, tmp_path, convention, lines, expected):
+    (pku_dir / "label" / "0002-L.txt").write_text("\n".join(lines) + "\n")
+    if expected is None:
+        with pytest.raises(ValueError, match="0002-L.txt"):
+            prepare("pku", pku_dir, tmp_path / "out", task="detection", label_frames=convention)
+        return
+    prepare("pku", pku_dir, tmp_path / "out", task="detection", label_frames=convention)
+    store = open_store(tmp_path / "out")
+    assert store.frame_array("frame_labels", 0).tolist() == expected
+
+
+def test_real_phase2_skeleton(shared_data):
+    """A10N08-L.txt: 1040 frames x 150 values; the second body non-zero in 728 frames (awk)."""
+    path = shared_data / "pku_samples" / "A10N08-L.txt"
+    data = pku.read_skeleton(path)
+    assert data.shape == (1040, 2, 25, 3) and data.dtype == np.float32
+    assert np.allclose(data[0, 0, 0], [-0.304560, 0.212575, 2.728912])
+    assert int(np.any(data[:, 1] != 0, axis=(1, 2)).sum()) == 728
+    assert np.isfinite(data).all()

@@ -140,3 +140,30 @@ def test_errors_name_file_and_field(tmp_path, capsys):
         read_rows(tmp_path)
     assert main([str(tmp_path / "missing")]) == 2
     assert "not a directory" in capsys.readouterr().err
+
+
+def test_detection_rows(tmp_path, capsys):
+    from evaluation.report import main, read_detection_rows
+    result = {"mAP_a": {"0.1": 80.0, "0.3": 70.0, "0.5": 55.5, "0.7": 20.0},
+              "mAP_v": {"0.1": 81.0, "0.3": 71.0, "0.5": 56.0, "0.7": 21.0},
+              "F1@0.5": 60.0, "AP@0.5": 50.0, "2D-AP": 40.0,
+              "segmentation": {"accuracy": 75.0, "edit": 65.0, "F1@10": 1.0, "F1@25": 1.0,
+                               "F1@50": 50.0}}
+    result["protocol"] = {"kind": "detection", "encoder": "frozen"}
+    # read by protocol, not by file name: the floor's file sorts first, its row comes last
+    (tmp_path / "a_floor.json").write_text(json.dumps(
+        {**result, "2D-AP": 5.0, "protocol": {"kind": "detection", "encoder": "floor"}}))
+    (tmp_path / "detection.json").write_text(json.dumps(result))
+    (tmp_path / "other.json").write_text(json.dumps({k: v for k, v in result.items()
+                                                     if k != "protocol"}))  # no protocol: ignored
+    rows = read_detection_rows(tmp_path)
+    assert [r["file"] for r in rows] == ["detection.json", "a_floor.json"]
+    assert rows[0]["mAP_a@0.5"] == 55.5 and rows[0]["edit"] == 65.0 and rows[1]["2D-AP"] == 5.0
+    assert main([str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert f"| {tmp_path.name} | detection, frozen encoder | 80.0 | 70.0 | 55.5 | 20.0 | 56.0 |" in out
+    assert "top-1" not in out                          # no recognition results here
+    del result["mAP_a"]["0.5"]
+    (tmp_path / "detection.json").write_text(json.dumps(result))
+    assert main([str(tmp_path)]) == 2
+    assert "detection.json" in capsys.readouterr().err

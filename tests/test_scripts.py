@@ -25,6 +25,9 @@ def parse(name: str, **env):
     ("ntu120_xe_bm_msg3d", "xset_train", "bm", "msg3d"),
     ("ucla_xv_jm_sttr", "xview_train", "jm", "sttr"),
     ("kinetics_tv_m_dste", "train", "m", "dste"),
+    ("utk_xs_j_dste", "xsub_train", "j", "dste"),
+    ("demodet_xs_j_dste", "xsub_train", "j", "dste"),
+    ("pku2det_xv_b_dste", "xview_train", "b", "dste"),
 ])
 def test_run_name_maps_to_flags(name, split, stream, backbone):
     res = parse(name, SKEL_DATA="/datasets")
@@ -145,6 +148,22 @@ def test_pretrain_two_cpu_processes(demo_env):
     assert "2 process(es) on cpu" in res.stdout
     ckpt = Path(demo_env["SKEL_CHECKPOINTS"]) / "demo_xs_j_stgcn" / "last.pt"
     assert ckpt.is_file()
+
+
+def test_detect_demodet_end_to_end(tmp_path):
+    """pretrain.sh on an untrimmed set pretrains on windows of its streams; detect.sh runs the
+    frozen detection on the checkpoint; a trimmed set is refused."""
+    env = {"SKEL_DATA": str(tmp_path / "data"), "SKEL_CHECKPOINTS": str(tmp_path / "ckpt"),
+           "SKEL_DEMODET_STREAMS": "4", "SKEL_DEMO_SEQUENCES": "24", "OMP_NUM_THREADS": "1"}
+    res = bash(f"bash scripts/pretrain.sh cpu demodet_xs_j_dste {TINY} --batch-size 16", env)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "cutting" in res.stderr and "demodet_windows" in res.stdout
+    res = bash("bash scripts/detect.sh cpu demodet_xs_j_dste last --epochs 2 --workers 0", env)
+    assert res.returncode == 0, res.stderr[-3000:]
+    run = tmp_path / "ckpt" / "demodet_xs_j_dste"
+    assert (run / "detection.json").is_file() and (run / "detection_proposals").is_dir()
+    res = bash("bash scripts/detect.sh cpu demo_xs_j_dste", env)
+    assert res.returncode == 2 and "has no untrimmed streams" in res.stderr
 
 
 def test_a_dataset_with_a_name_of_its_own_through_every_script(tmp_path):

@@ -24,6 +24,7 @@ FORMATS: dict[str, str] = {
     "penn": "feeders.formats.penn",
     "arrays": "feeders.formats.arrays",
     "openpose": "feeders.formats.openpose",
+    "utkinect": "feeders.formats.utkinect",
 }
 
 

@@ -10,9 +10,13 @@ Source layout (the official release, ``--src`` a folder):
   ``cross-view*.txt``, each a ``Training videos:`` line followed by comma-separated video ids,
   then a ``Validation videos:`` (officially spelt ``Validataion``) line and its ids.
 
-``start`` and ``end`` are read as 0-based frame indices with ``end`` exclusive, i.e. the clip is
-``frames[start:end]`` (the convention of the common public PKU-MMD preprocessing scripts);
-an interval must satisfy ``0 <= start < end <= T``.
+The dataset does not document its frame-index convention, so ``--label-frames`` states it:
+``0-exclusive`` (the default, the convention of the common public PKU-MMD preprocessing
+scripts): 0-based with ``end`` exclusive, the clip is ``frames[start:end]`` and an interval
+must satisfy ``0 <= start < end <= T``; ``1-inclusive``: 1-based with ``end`` included, the
+clip is ``frames[start - 1:end]`` (``1 <= start <= end <= T``). Either way the store holds
+0-based, end-exclusive intervals, so detection proposals (0-based, end exclusive) compare
+with label files of the default convention as they are.
 
 Tasks (``--task``):
 
@@ -75,6 +79,7 @@ class Video(NamedTuple):
     skeleton: str
     labels: str
     task: str
+    label_frames: str = "0-exclusive"
 
     def __str__(self) -> str:
         return self.skeleton
@@ -129,8 +134,14 @@ def _parse_label_line(line: str) -> tuple[int, int, int] | None:
         return None
 
 
-def read_labels(path: Path, num_frames: int) -> list[Interval]:
-    """A label file -> intervals, checked against the class range and the video length."""
+LABEL_FRAMES = ("0-exclusive", "1-inclusive")
+
+
+def read_labels(path: Path, num_frames: int, label_frames: str = "0-exclusive") -> list[Interval]:
+    """A label file -> 0-based end-exclusive intervals, checked against the class range and
+    the video length; ``label_frames`` is the file's convention (``LABEL_FRAMES``)."""
+    if label_frames not in LABEL_FRAMES:
+        raise ValueError(f"label_frames must be one of {LABEL_FRAMES}, got {label_frames!r}")
     intervals = []
     for number, line in enumerate(Path(path).read_text().splitlines(), start=1):
         if not line.strip():
@@ -140,11 +151,17 @@ def read_labels(path: Path, num_frames: int) -> list[Interval]:
             raise ValueError(f"{path}:{number}: expected 'class,start,end,confidence' "
                              f"(integers, then a number), got {line.strip()[:60]!r}")
         action, start, end = parsed
+        if label_frames == "1-inclusive":
+            if start < 1:
+                raise ValueError(f"{path}:{number}: start {start} < 1, but --label-frames "
+                                 f"1-inclusive counts frames from 1")
+            start -= 1
         if not 1 <= action <= len(CLASS_NAMES):
             raise ValueError(f"{path}:{number}: class {action} outside 1..{len(CLASS_NAMES)}")
         if not 0 <= start < end <= num_frames:
             raise ValueError(f"{path}:{number}: interval [{start}, {end}) not within the "
-                             f"video's {num_frames} frames (need 0 <= start < end <= T)")
+                             f"video's {num_frames} frames (need 0 <= start < end <= T; "
+                             f"0-based, end exclusive, read as --label-frames {label_frames})")
         intervals.append(Interval(action, start, end))
     return intervals
 
@@ -166,7 +183,7 @@ def video_view(name: str) -> int:
 def read(video: Video) -> list[Record]:
     """One video -> its labelled clips (recognition) or itself with frame labels (detection)."""
     data = read_skeleton(Path(video.skeleton))
-    intervals = read_labels(Path(video.labels), len(data))
+    intervals = read_labels(Path(video.labels), len(data), video.label_frames)
     view = video_view(video.name)
     if video.task == "recognition":
         return [Record(name=f"{video.name}_{k}", label=iv.action - 1,
@@ -224,6 +241,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--task", choices=["recognition", "detection"], default="recognition",
                         help="recognition: labelled intervals as clips; detection: whole "
                              "videos with per-frame labels (0 = background)")
+    parser.add_argument("--label-frames", choices=LABEL_FRAMES, default="0-exclusive",
+                        help="frame-index convention of the label files (undocumented by the "
+                             "dataset): 0-exclusive = frames[start:end], 1-inclusive = "
+                             "frames[start - 1:end]")
     parser.add_argument("--labels", type=Path, default=None,
                         help="label folder (default: SRC/label or SRC/Train_Label_PKU_final)")
     parser.add_argument("--split-file", type=Path, action="append", default=None,
@@ -268,7 +289,8 @@ def scan(src: Path, opts) -> Source:
         labels = label_dir / path.name
         if not labels.is_file():
             raise ValueError(f"{path}: no label file {labels}")
-        videos.append(Video(path.stem, str(path), str(labels), opts.task))
+        videos.append(Video(path.stem, str(path), str(labels), opts.task,
+                            getattr(opts, "label_frames", "0-exclusive")))
     split_sets = {}
     for f in _split_files(src, opts):
         train, val = read_split_file(f)

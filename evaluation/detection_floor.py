@@ -1,0 +1,106 @@
+"""The learning-free floor of temporal detection: per-frame nearest neighbour on raw coordinates.
+
+Every frame of every stream is one pose ``(M, V, C)``, centred on the layout's centre joint of
+body 1 in that frame (bodies absent in the frame stay zero) and flattened; each test frame
+takes the per-frame labels of its ``--k`` most cosine-similar training frames (evaluation.knn;
+probabilities = the vote shares, k = 1: one-hot), and the proposals, metrics and outputs are
+those of action_detection.py (same --threshold, --min-length, --smooth, --nms).
+
+    python -m evaluation.detection_floor --data DIR --split xsub_train --output RUN_DIR
+        [--eval-split xsub_val] [--k 1] [--threshold 0.5] [--min-length 5] [--smooth 1]
+
+Writes <output>/detection_floor.json (+ _proposals/, _scores.npz), like detection.json.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from engine import eval_split_for
+from evaluation.protocol import make_protocol
+from evaluation.detection import evaluate_streams, summary_line, write_results
+from evaluation.knn import l2_normalize, search
+from feeders.store import StoreError, open_store
+from feeders.untrimmed import stream_labels
+
+PROTOCOL = ("learning-free floor: cosine k-NN of each frame's raw pose (centred on body 1's "
+            "centre joint in that frame) among the training frames; proposals as "
+            "action_detection.py")
+
+
+def frame_poses(store, s: int) -> torch.Tensor:
+    """Stream ``s`` as ``(T, M*V*C)`` float32 poses centred per frame on body 1's centre joint."""
+    seq = np.array(store.sequence(s), dtype=np.float32)            # (T, M, V, C)
+    dims = min(store.channels, store.layout.dims)
+    present = np.any(seq != 0, axis=(2, 3))                          # (T, M)
+    center = seq[:, 0, store.layout.center, :dims].copy()           # (T, dims)
+    seq[..., :dims] -= center[:, None, None, :]
+    seq[~present] = 0
+    return torch.from_numpy(seq.reshape(len(seq), -1))
+
+
+def floor_probabilities(store, train_split: str, test_split: str, k: int = 1
+                        ) -> dict[int, np.ndarray]:
+    """Per-frame class probabilities ``(T, K + 1)`` of each test stream (by store index)."""
+    train = store.split_indices(train_split)
+    gallery = l2_normalize(torch.cat([frame_poses(store, int(s)) for s in train]))
+    gallery_labels = torch.from_numpy(np.concatenate([stream_labels(store, int(s))
+                                                      for s in train]))
+    out = {}
+    for s in store.split_indices(test_split):
+        _, idx = search(l2_normalize(frame_poses(store, int(s))), gallery, k=k)
+        votes = torch.zeros(idx.shape[0], store.num_classes)
+        votes.scatter_add_(1, gallery_labels[idx], torch.ones(idx.shape))
+        out[int(s)] = (votes / k).numpy()
+    return out
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(prog="python -m evaluation.detection_floor",
+                                     description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", type=Path, required=True, help="store of untrimmed streams")
+    parser.add_argument("--split", default="xsub_train", help="training (gallery) split")
+    parser.add_argument("--eval-split", default=None, help="test split (default: --split "
+                                                           "with _train -> _val)")
+    parser.add_argument("--output", type=Path, required=True, help="run directory")
+    parser.add_argument("--k", type=int, default=1, help="neighbours per frame")
+    parser.add_argument("--threshold", type=float, default=0.5,
+                        help="proposal threshold on the per-frame vote share")
+    parser.add_argument("--min-length", type=int, default=5, help="shortest proposal, frames")
+    parser.add_argument("--smooth", type=int, default=1,
+                        help="moving average of the scores over this many frames (1: off)")
+    parser.add_argument("--nms", type=float, default=None, metavar="IOU",
+                        help="per-class NMS at this IoU (None: off)")
+    args = parser.parse_args(argv)
+    if args.k < 1 or args.min_length < 1 or args.smooth < 1:
+        parser.error("--k, --min-length and --smooth must be >= 1")
+    if not 0.0 <= args.threshold < 1.0:
+        parser.error(f"--threshold must be in [0, 1), got {args.threshold}")
+    args.eval_split = args.eval_split or eval_split_for(args.split)
+    try:
+        store = open_store(args.data)
+        probs = floor_probabilities(store, args.split, args.eval_split, args.k)
+    except (StoreError, ValueError) as err:
+        sys.exit(f"error: {err}")
+    names = {s: str(store.names[s]) for s in probs}
+    labels = {names[s]: stream_labels(store, s) for s in probs}
+    metrics, proposals = evaluate_streams({names[s]: p for s, p in probs.items()}, labels,
+                                          store.num_classes - 1, threshold=args.threshold,
+                                          min_length=args.min_length, smooth=args.smooth,
+                                          nms_iou=args.nms)
+    args.output.mkdir(parents=True, exist_ok=True)
+    config = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
+    path = write_results(args.output, "detection_floor", {names[s]: p for s, p in probs.items()},
+                         labels, metrics, proposals,
+                         {"protocol": make_protocol("detection", encoder="floor"), "method": PROTOCOL,
+                          "mode": "floor", "config": config})
+    print(f"detection_floor: {summary_line(metrics)}  -> {path}")
+    return metrics
+
+
+if __name__ == "__main__":
+    main()
