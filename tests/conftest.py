@@ -19,6 +19,17 @@ except ImportError:  # pragma: no cover
     pass
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Every test starts with one torch thread and leaves it so, whatever --threads an entry
+    point set (tiny models on a shared machine: one thread avoids OpenMP barrier stalls)."""
+    import torch
+
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(1)
+
+
 @pytest.fixture(autouse=True, scope="session")
 def precision_cache(tmp_path_factory):
     """`--precision auto` trials are cached in a directory of the test session, never in the

@@ -40,14 +40,6 @@ from feeders.synthetic import write_synthetic
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     return write_synthetic(tmp_path_factory.mktemp("synthetic") / "demo", num_sequences=24, seed=0)

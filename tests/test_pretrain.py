@@ -11,15 +11,6 @@ from feeders.streams import to_stream
 from feeders.synthetic import write_synthetic
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models on a shared machine: one thread avoids OpenMP barrier stalls."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     return write_synthetic(tmp_path_factory.mktemp("synthetic") / "demo", num_sequences=24, seed=0)

@@ -28,14 +28,6 @@ INFO = engine.DistInfo(rank=0, world_size=1, local_rank=0, device=torch.device("
 TINY = ["--clip-len", "16", "--workers", "0", "--precision", "fp32"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     return write_synthetic(tmp_path_factory.mktemp("syn") / "data", 24, seed=0)

@@ -1,7 +1,6 @@
 """The ST-GCN study (issue 18 item 1): the pre-activation unit by hand, the study flags from the
 command line into the model and the checkpoint and back, the study's augmentation by hand, and
 the linear-scaling flag (item 5)."""
-import json
 
 import pytest
 import torch
@@ -16,17 +15,8 @@ from feeders.augment import (STUDY_ROTATE_DEGREES, STUDY_SCALE, STUDY_TRANSLATE,
                              rotation_matrices, study_augment)
 from feeders.layouts import NTU25, STRATEGIES, get_layout
 from feeders.synthetic import write_synthetic
-from models.gcn_blocks import PartitionGraphConv
 from models.param_groups import finetune_param_groups
 from models.stgcn import PreActSTGCNBlock, build_stgcn
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

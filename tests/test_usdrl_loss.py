@@ -34,15 +34,6 @@ def reference_loss(z: dict, w: LossWeights) -> torch.Tensor:
     return w.inv * total["inv"] + w.varcov * total["varcov"] + w.xcorr * total["xcorr"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small kernels on a shared machine: one thread avoids OpenMP barrier stalls."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def random_z(b, dims, dtype, seed=0):
     g = torch.Generator().manual_seed(seed)
     return {d: torch.randn(4, b, n, generator=g, dtype=dtype) * 0.7 + 0.1
