@@ -111,6 +111,20 @@ usage_unless() {
     exit 2
 }
 
+# parse_eval_command GPUS RUN_NAME [CKPT | EPOCH] [flags]: the command line of recog.sh, knn.sh,
+# finetune.sh and detect.sh. Sets GPUS, the RUN_* of parse_run_name, CKPT (default last) and the
+# array FLAGS (the flags after them), and makes sure the dataset exists.
+parse_eval_command() {
+    usage_unless 2 "$@"
+    GPUS="$1"; shift
+    check_gpus "$GPUS"
+    parse_run_name "$1"; shift
+    CKPT=last
+    if [ $# -gt 0 ] && [[ "$1" != -* ]]; then CKPT="$1"; shift; fi
+    FLAGS=("$@")
+    ensure_dataset
+}
+
 # check_gpus GPUS: exit with a message unless GPUS is cpu, cpuN (N >= 1) or a list like 0,1,3.
 check_gpus() {
     [[ "$1" =~ ^(cpu|cpu[1-9][0-9]*|[0-9]+(,[0-9]+)*)$ ]] \

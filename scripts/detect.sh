@@ -16,15 +16,9 @@
 # <tag>_scores.npz; evaluation.report shows the detection table.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/_common.sh"
-usage_unless 2 "$@"
-GPUS="$1"; shift
-check_gpus "$GPUS"
-parse_run_name "$1"; shift
-CKPT=last
-if [ $# -gt 0 ] && [[ "$1" != -* ]]; then CKPT="$1"; shift; fi
-ensure_dataset
+parse_eval_command "$@"
 is_untrimmed || die "dataset '$RUN_DATASET' has no untrimmed streams (no frame_labels in \
 $RUN_DATA/manifest.json); detection runs on e.g. utk demodet pku1det pku2det"
 DEVICE="${GPUS%%,*}"
 [[ "$DEVICE" == cpu* ]] && DEVICE=cpu
-launch "$DEVICE" action_detection.py "${RUN_DATA_ARGS[@]}" --pretrained "$CKPT" "$@"
+launch "$DEVICE" action_detection.py "${RUN_DATA_ARGS[@]}" --pretrained "$CKPT" "${FLAGS[@]}"

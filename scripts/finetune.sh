@@ -17,12 +17,6 @@
 # training state in checkpoint/<RUN_NAME>/finetune/ (re-running resumes).
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/_common.sh"
-usage_unless 2 "$@"
-GPUS="$1"; shift
-check_gpus "$GPUS"
-parse_run_name "$1"; shift
-CKPT=last
-if [ $# -gt 0 ] && [[ "$1" != -* ]]; then CKPT="$1"; shift; fi
-ensure_dataset
+parse_eval_command "$@"
 launch "$GPUS" action_recognition.py --mode finetune "${RUN_DATA_ARGS[@]}" \
-    --pretrained "$CKPT" "$@"
+    --pretrained "$CKPT" "${FLAGS[@]}"

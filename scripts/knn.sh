@@ -6,12 +6,6 @@
 # Writes checkpoint/<RUN_NAME>/knn.json (knn_k<K>.json for k > 1).
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/_common.sh"
-usage_unless 2 "$@"
-GPUS="$1"; shift
-check_gpus "$GPUS"
-parse_run_name "$1"; shift
-CKPT=last
-if [ $# -gt 0 ] && [[ "$1" != -* ]]; then CKPT="$1"; shift; fi
-ensure_dataset
+parse_eval_command "$@"
 launch "$GPUS" action_retrieval.py "${RUN_DATA_ARGS[@]}" \
-    --pretrained "$CKPT" "$@"
+    --pretrained "$CKPT" "${FLAGS[@]}"
