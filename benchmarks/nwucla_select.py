@@ -205,6 +205,21 @@ def run_candidate(name: str, flags: list[str], schedule: list[str], store: Path,
     return {**json.loads(result_file.read_text()), "minutes": (time.time() - start) / 60}
 
 
+def needing_checkpoint(wanted: list[str], names: set[str], path: Path | None, only, flag: str,
+                       what: str, how: str) -> list[str]:
+    """`wanted` without the candidates `names` when their checkpoint `flag` is not given (an
+    error when they were asked for with --only); SystemExit when the file is missing."""
+    if not names & set(wanted):
+        return wanted
+    if path is None:
+        if only:
+            raise SystemExit(f"the '{what}, ...' candidates need {flag} ({how})")
+        return [n for n in wanted if n not in names]
+    if not path.is_file():
+        raise SystemExit(f"{flag} {path}: no such file")
+    return wanted
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--checkpoint", type=Path, required=True,
@@ -232,22 +247,12 @@ def main(argv=None) -> None:
         raise SystemExit(f"--checkpoint {args.checkpoint}: no such file (run "
                          f"benchmarks/nwucla.sh or scripts/pretrain.sh cpu ucla_xv_j_dste first)")
     wanted = args.only or list(CANDIDATES)
-    if BONE_PRETRAINED & set(wanted):
-        if args.bone_checkpoint is None:
-            if args.only:
-                raise SystemExit("the 'bone pretraining, ...' candidates need --bone-checkpoint "
-                                 "(scripts/pretrain.sh cpu ucla_xv_b_dste)")
-            wanted = [n for n in wanted if n not in BONE_PRETRAINED]
-        elif not args.bone_checkpoint.is_file():
-            raise SystemExit(f"--bone-checkpoint {args.bone_checkpoint}: no such file")
-    if GCN_PRETRAINED & set(wanted):
-        if args.gcn_checkpoint is None:
-            if args.only:
-                raise SystemExit("the 'GCN pretraining, ...' candidates need --gcn-checkpoint "
-                                 "(pretrain.py --backbone stgcn on xview_train)")
-            wanted = [n for n in wanted if n not in GCN_PRETRAINED]
-        elif not args.gcn_checkpoint.is_file():
-            raise SystemExit(f"--gcn-checkpoint {args.gcn_checkpoint}: no such file")
+    wanted = needing_checkpoint(wanted, BONE_PRETRAINED, args.bone_checkpoint, args.only,
+                                "--bone-checkpoint", "bone pretraining",
+                                "scripts/pretrain.sh cpu ucla_xv_b_dste")
+    wanted = needing_checkpoint(wanted, GCN_PRETRAINED, args.gcn_checkpoint, args.only,
+                                "--gcn-checkpoint", "GCN pretraining",
+                                "pretrain.py --backbone stgcn on xview_train")
     store = view_split_store(args.data)
     schedule = scripts_schedule(store)
     if args.epochs is not None:

@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import time
@@ -43,6 +42,7 @@ sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
 
+import engine  # noqa: E402
 import recipes  # noqa: E402
 from feeders.formats import FORMATS  # noqa: E402
 from feeders.store import Record, StoreWriter, open_store  # noqa: E402
@@ -64,16 +64,6 @@ QUICK = {  # tiny settings for --quick: flags after the run name win over the re
     "finetune": ["--epochs", "1", "--lp-epochs", "2"],
     "scratch": ["--preset", "tiny", "--clip-len", "16", "--epochs", "1", "--lp-epochs", "2"],
 }
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def sh(cmd: list[str], env: dict) -> str:
@@ -165,7 +155,7 @@ def run_dataset(name: str, args, env: dict) -> dict | None:
 
 
 def table(rows: list[dict], command: str) -> str:
-    lines = [f"`{command}`, {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, {cpu_name()}, "
+    lines = [f"`{command}`, {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, {engine.cpu_model()}, "
              f"{os.cpu_count()} cores", "",
              "| dataset | recipe | floor | scratch | linear | KNN-1 | fine-tune | all above the "
              "floor | minutes |", "|---|---|---:|---:|---:|---:|---:|---|---:|"]
