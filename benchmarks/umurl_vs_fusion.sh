@@ -16,13 +16,15 @@
 # the whole pipeline end to end in minutes on 2 CPU cores; its accuracies mean nothing.
 # Full budget: about 3 x 42 + 126 minutes of pretraining on 2 CPU cores (the ucla defaults take
 # 42 min 32 s per model there, benchmarks/nwucla.sh), about 4.5 hours with the evaluations.
+# EPOCHS (default 120, the ucla defaults) sets the epochs of each separate model (UmURL gets
+# 3 x EPOCHS), the lr drop at 5/6 of them: EPOCHS=30 is a quarter of the budget (about 70 min).
 # Environment: SKEL_DATA (default runs/nwucla/data: the conversion of benchmarks/nwucla.sh is
 # reused), SKEL_CHECKPOINTS (default runs/umurl_vs_fusion[_quick]/checkpoint), GPUS (default cpu),
 # WORKERS (default 1). Re-running resumes every stage that has a checkpoint.
 set -euo pipefail
 QUICK=0
 if [ "${1:-}" = "--quick" ]; then QUICK=1; shift; fi
-case "${1:-}" in -h|--help) sed -n '2,21p' "$0"; exit 0 ;; esac
+case "${1:-}" in -h|--help) sed -n '2,23p' "$0"; exit 0 ;; esac
 SRC="${1:-$(dirname "${BASH_SOURCE[0]}")/../../shared/data/nw_ucla}"
 [ -d "$SRC" ] || { echo "error: NW-UCLA folder '$SRC' not found (expected all_sqe/*.json)" >&2; exit 2; }
 SRC="$(cd "$SRC" && pwd)"
@@ -37,7 +39,8 @@ if [ "$QUICK" = 1 ]; then
     EPOCHS=2; MILESTONE=2; SIZE=(--preset tiny); PROBE=(--epochs 5)
     RUNTIME+=(--threads 1)   # tiny models on a shared CPU: one thread avoids barrier stalls
 else
-    EPOCHS=120; MILESTONE=100; SIZE=(); PROBE=()   # the ucla defaults (scripts/_common.sh)
+    EPOCHS="${EPOCHS:-120}"; SIZE=(); PROBE=()   # the ucla defaults (recipes.SMALL)
+    MILESTONE=$(( EPOCHS * 5 / 6 ))              # 100 of 120, as recipes.SMALL
 fi
 SEPARATE=(ucla_xv_j_dste ucla_xv_m_dste ucla_xv_b_dste)
 UNIFIED=ucla_xv_jmb_dste
