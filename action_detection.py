@@ -50,7 +50,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 from functools import partial
 from pathlib import Path
 
@@ -63,13 +62,11 @@ from torch.utils.data import DataLoader
 import engine
 import recipes
 from evaluation.protocol import make_protocol
-from evaluation.checks import NonFiniteError, require_finite
+from evaluation.checks import require_finite
 from evaluation.detection import evaluate_streams, stitch, summary_line, write_results
-from evaluation.features import (CheckpointError, build_eval_encoder, cache_key, setup_eval_run,
-                                 stream_transform)
+from evaluation.features import build_eval_encoder, cache_key, setup_eval_run, stream_transform
 from evaluation.linear import make_head, train_linear
 from feeders.dataset import make_loader
-from feeders.store import StoreError
 from feeders.untrimmed import WindowDataset, stream_labels
 
 MODE_DEFAULTS = {
@@ -386,19 +383,30 @@ def write_outputs(args, store, probs: dict, metrics: dict, proposals: dict, cfg,
 
 # ----------------------------------------------------------------------------- main
 def main(argv=None) -> dict:
-    args = parse_args(argv)
+    """Detection with the flags `argv` (library use: this process's settings are left alone)."""
+    return run(parse_args(argv))
+
+
+def run(args: argparse.Namespace) -> dict | None:
+    """Detection with parsed flags: check them and the data, claim --output, then ``detect``.
+    Bad flags or data raise ValueError (run_program: one line, exit status 2)."""
     if args.print_config:
         return recipes.print_config(args)
     if int(os.environ.get("WORLD_SIZE", 1)) > 1:
-        sys.exit("error: action_detection.py runs in one process (one GPU or the CPU)")
-    try:
-        store, ckpt, cfg = setup_eval_run(args)
-        stream_labels(store, 0)
-    except (CheckpointError, StoreError, ValueError) as err:
-        sys.exit(f"error: {err}")
+        raise ValueError("action_detection.py runs in one process (one GPU or the CPU)")
+    store, ckpt, cfg = setup_eval_run(args)
+    stream_labels(store, 0)
     args.window_stride = args.window_stride or max(1, cfg["clip_len"] // 2)
     args.test_stride = args.test_stride or max(1, cfg["clip_len"] // 4)
     info = engine.init_distributed()
+    with engine.claim_run_dir(args.output, result_tag(args.finetune), info):
+        return detect(args, store, ckpt, cfg, info)
+
+
+def detect(args, store, ckpt, cfg: dict, info: engine.DistInfo) -> dict:
+    """Train the per-frame classifier (frozen encoder with cached window features, or
+    --finetune), score every test stream, and write detection.json, the proposals and the
+    per-frame scores. Returns the metrics."""
     torch.manual_seed(args.seed)
     dtype = engine.autocast_dtype(args.precision, info.device)
     window_kw = dict(normalize=cfg["normalize"], spatial_channels=cfg["spatial_channels"])
@@ -407,7 +415,6 @@ def main(argv=None) -> dict:
                              **window_kw)
     engine.log(info, f"detection: {len(train_set)} training windows ({args.split}), "
                      f"{len(test_set)} test windows ({args.eval_split}), L={cfg['clip_len']}")
-    args.output.mkdir(parents=True, exist_ok=True)
     transform = stream_transform(cfg["stream"], store.layout.parents, cfg["spatial_channels"])
     if args.finetune:
         model = run_finetune(args, store, cfg, ckpt, info, dtype, train_set)
@@ -423,18 +430,13 @@ def main(argv=None) -> dict:
                                         stride=args.window_stride, **kw)
         test_f, _ = cached_dense(encoder, test_set, store, args.eval_split,
                                  stride=args.test_stride, **kw)
-        try:   # a NaN feature would still be classified (evaluation/checks.py)
-            require_finite(train_f, f"features of training windows ({args.split})")
-            require_finite(test_f, f"features of test windows ({args.eval_split})")
-        except NonFiniteError as err:
-            sys.exit(f"error: {err}")
+        # a NaN feature would still be classified (evaluation/checks.py)
+        require_finite(train_f, f"features of training windows ({args.split})")
+        require_finite(test_f, f"features of test windows ({args.eval_split})")
         with SummaryWriter(str(args.output / result_tag(False) / "tb")) as writer:
             if args.select_threshold:
-                try:
-                    args.threshold_selection = select_threshold(train_f, train_l, train_set,
-                                                                store, args, info.device, writer)
-                except ValueError as err:
-                    sys.exit(f"error: {err}")
+                args.threshold_selection = select_threshold(train_f, train_l, train_set,
+                                                            store, args, info.device, writer)
                 args.threshold = args.threshold_selection["threshold"]
                 engine.log(info, f"threshold {args.threshold:g} chosen on held-out training "
                                  f"streams: {args.threshold_selection['grid_mAP_a@0.5']}")
@@ -442,11 +444,8 @@ def main(argv=None) -> dict:
                                      writer)
         probs = stream_probabilities(window_probabilities(head, test_f), test_set)
     names = [str(store.names[s]) for s in probs]
-    try:
-        require_finite(np.array([p.sum() for p in probs.values()], dtype=np.float64),
-                       f"scores of split {args.eval_split}", names)   # one sum per stream
-    except NonFiniteError as err:
-        sys.exit(f"error: {err}")
+    require_finite(np.array([p.sum() for p in probs.values()], dtype=np.float64),
+                   f"scores of split {args.eval_split}", names)   # one sum per stream
     metrics, proposals = evaluate(probs, store, args)
     path = write_outputs(args, store, probs, metrics, proposals, cfg, info)
     engine.log(info, f"{result_tag(args.finetune)}: {summary_line(metrics)}  -> {path}")
@@ -454,4 +453,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    engine.run_program(parse_args, run, "action_detection.py")

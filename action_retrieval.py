@@ -87,11 +87,23 @@ def write_tensorboard(tb_dir: Path, result: dict, step: int) -> None:
         writer.add_scalar(f"knn/recall_at_{result['k']}", result["recall_at_k"], step)
 
 
-def main(argv=None) -> dict | None:
+def parse_args(argv=None) -> argparse.Namespace:
+    """The flags, with the --defaults recipe filled in (recipes.apply_defaults)."""
     parser = build_parser()
     args = parser.parse_args(argv)
     scratch = args.pretrained is None or args.pretrained.lower() in ("none", "scratch")
     recipes.apply_defaults(parser, args, argv, "knn", scratch=scratch)
+    return args
+
+
+def main(argv=None) -> dict | None:
+    """KNN retrieval with the flags `argv` (library use: this process's settings are left
+    alone)."""
+    return run(parse_args(argv))
+
+
+def run(args: argparse.Namespace) -> dict | None:
+    """KNN retrieval with parsed flags: check them, claim --output, then ``retrieve``."""
     if args.print_config:
         return recipes.print_config(args)
     if args.k < 1:
@@ -148,4 +160,4 @@ def retrieve(args, store, ckpt, cfg, info, name: str) -> dict | None:
 
 
 if __name__ == "__main__":
-    engine.run_cli(main, "action_retrieval.py")
+    engine.run_program(parse_args, run, "action_retrieval.py")

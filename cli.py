@@ -7,6 +7,7 @@ as `python ENTRY.py` / `python -m MODULE` does: a bad flag or input is one line
     skel-pretrain      = python pretrain.py             skel-prepare   = python -m feeders.prepare
     skel-recog         = python action_recognition.py   skel-synthetic = python -m feeders.synthetic
     skel-retrieval     = python action_retrieval.py     skel-inspect   = python -m feeders.inspect
+    skel-detect        = python action_detection.py
     skel-baseline      = python -m evaluation.baseline  skel-export    = python -m feeders.export
     skel-fusion        = python -m evaluation.fusion    skel-report    = python -m evaluation.report
     skel-plots         = python -m evaluation.plots     skel-visualize = python -m feeders.visualize
@@ -24,19 +25,31 @@ def _run(main) -> None:
     run_cli(main, os.path.basename(sys.argv[0]))
 
 
+def _run_program(module) -> None:
+    """A training / evaluation entry point, with its process-wide settings (engine.run_program)."""
+    from engine import run_program
+
+    run_program(module.parse_args, module.run, os.path.basename(sys.argv[0]))
+
+
 def pretrain() -> None:
     import pretrain as module
-    _run(module.main)
+    _run_program(module)
 
 
 def recog() -> None:
     import action_recognition as module
-    _run(module.main)
+    _run_program(module)
 
 
 def retrieval() -> None:
     import action_retrieval as module
-    _run(module.main)
+    _run_program(module)
+
+
+def detect() -> None:
+    import action_detection as module
+    _run_program(module)
 
 
 def prepare() -> None:

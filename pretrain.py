@@ -167,7 +167,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> engine.TrainState | None:
-    args = parse_args(argv)
+    """Pretrain with the flags `argv` (library use: this process's settings are left alone)."""
+    return run(parse_args(argv))
+
+
+def run(args: argparse.Namespace) -> engine.TrainState | None:
+    """Pretrain with parsed flags (``parse_args``): claim --output, then ``pretrain``."""
     # the study flags become the checkpoint's encoder_overrides (restored by every evaluation)
     args.encoder_overrides = study_overrides(args, args.backbone)
     if args.print_config:
@@ -251,4 +256,4 @@ def pretrain(args, store, info: engine.DistInfo) -> engine.TrainState:
 
 
 if __name__ == "__main__":
-    engine.run_cli(main, PROG)
+    engine.run_program(parse_args, run, PROG)

@@ -47,7 +47,7 @@ def check_nccl() -> str:
     parts = [torch.empty(3, device=device)]
     dist.all_gather(parts, torch.ones(3, device=device))
     y = torch.randn(5, 3, device=device, requires_grad=True)
-    gathered = engine._GatherWithGrad.apply(y, 0)  # the cross-process path, forced
+    gathered = engine.distributed._GatherWithGrad.apply(y, 0)  # the cross-process path, forced
     gathered.sum().backward()
     assert torch.equal(gathered, y) and torch.equal(y.grad, torch.ones_like(y))
     # torch's SyncBatchNorm kernel (NCCL all_gather of the statistics) against BatchNorm

@@ -23,6 +23,7 @@ import hashlib
 import json
 from functools import partial
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -39,6 +40,7 @@ from feeders.streams import FUSED, resolve_spatial_channels, to_stream
 from models.stgcn import STUDY_FLAGS, study_overrides, study_setting
 from models.checkpoint import (build_configured_encoder, checkpoint_config, encoder_state,
                                state_mismatch)
+from progress import progress_bar
 
 ENCODER_FIELDS = ("backbone", "preset", "stream", "clip_len", "spatial_channels", "normalize")
 FALLBACK = {"backbone": "dste", "preset": "paper", "stream": "j", "clip_len": 64,
@@ -258,6 +260,32 @@ def gather_in_order(x: torch.Tensor, total: int, info: engine.DistInfo) -> torch
 
 
 @torch.no_grad()
+def extract_features(encoder: nn.Module, loader, transform: Callable, device: torch.device,
+                     dtype: torch.dtype | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Global features of every clip of an evaluation loader, in loader order.
+
+    loader yields (clip (N, C, L, V, M), label (N,), index (N,)); transform(clip) -> encoder
+    input (e.g. the stream conversion). Returns (features (S, Dt + Ds) float32 on the CPU,
+    labels (S,) int64). Multi-clip items (N, K, C, L, V, M) give features (S, K, Dt + Ds).
+    The encoder is put in eval mode and restored afterwards. A progress bar of the batches on
+    a terminal.
+    """
+    was_training = encoder.training
+    encoder.eval()
+    feats, labels = [], []
+    for clip, label, _ in progress_bar(loader, desc="features", total=len(loader), unit="batch",
+                                       leave=False):
+        clips = clip.flatten(0, 1) if clip.dim() == 6 else clip
+        with engine.precision_context(dtype, device):
+            out = encoder(transform(clips.to(device, non_blocking=True)))
+        feat = out.global_feat.float().cpu()
+        feats.append(feat.view(*clip.shape[:2], -1) if clip.dim() == 6 else feat)
+        labels.append(label.long())
+    encoder.train(was_training)
+    return torch.cat(feats), torch.cat(labels)
+
+
+@torch.no_grad()
 def extract(encoder: nn.Module, store, split: str, *, stream: str, clip_len: int,
             spatial_channels: int | None, info: engine.DistInfo, dtype: torch.dtype | None,
             batch_size: int = 256, workers: int = 0, indices=None, normalize: str = "first_frame",
@@ -274,7 +302,7 @@ def extract(encoder: nn.Module, store, split: str, *, stream: str, clip_len: int
                         pin_memory=info.device.type == "cuda")
     transform = stream_transform(stream, store.layout.parents, spatial_channels)
     encoder.to(info.device)
-    feats, labels = engine.extract_features(encoder, loader, transform, info.device, dtype)
+    feats, labels = extract_features(encoder, loader, transform, info.device, dtype)
     feats = gather_in_order(feats, len(dataset), info)
     check_features(feats, store, split, indices)
     return feats, gather_in_order(labels, len(dataset), info)

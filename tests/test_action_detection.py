@@ -93,7 +93,7 @@ def test_bad_flags_and_data(streams, tmp_path, capsys):
                                "--threshold", "1.5"])
     assert exc.value.code == 2 and "--threshold" in capsys.readouterr().err
     trimmed = synthetic.write_synthetic(tmp_path / "trimmed", num_sequences=4, num_subjects=4)
-    with pytest.raises(SystemExit, match="no per-frame labels"):
+    with pytest.raises(ValueError, match="no per-frame labels"):
         action_detection.main(["--data", str(trimmed), "--output", str(tmp_path / "x"),
                                *COMMON])
 
@@ -147,7 +147,7 @@ def test_recipe_and_non_finite_features(streams, tmp_path, capsys, monkeypatch):
         feats[1] = float("nan")
         return feats, labels
     monkeypatch.setattr(action_detection, "extract_dense", broken)
-    with pytest.raises(SystemExit,
+    with pytest.raises(ValueError,
                        match=r"features of training windows \(xsub_train\).*non-finite"):
         action_detection.main(["--data", str(streams), "--output", str(tmp_path / "nan"),
                                "--no-cache", *COMMON])

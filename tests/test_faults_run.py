@@ -223,7 +223,7 @@ def test_a_file_system_without_locks_warns_and_goes_on(monkeypatch, tmp_path, ca
     def no_locks(fd, operation):
         raise OSError(errno.ENOLCK, "No locks available")
 
-    monkeypatch.setattr(engine.fcntl, "lockf", no_locks)
+    monkeypatch.setattr(engine.runs.fcntl, "lockf", no_locks)
     engine.prepare_run_dir(tmp_path / "run")
     engine.lock_run(tmp_path / "run", "pretrain").release()
     assert "has no locks (No locks available); a second writer" in capsys.readouterr().err
@@ -644,7 +644,8 @@ else:  # kill -9 half-way through writing last.pt at the end of epoch `epoch`
             os.kill(os.getpid(), signal.SIGKILL)
         real_save(state, f)
     torch.save = save
-pretrain.main(sys.argv[4:])
+sys.argv = ["pretrain.py", *sys.argv[4:]]   # run as the program runs (its --threads 1 applied)
+engine.run_program(pretrain.parse_args, pretrain.run, "pretrain.py")
 """
 
 

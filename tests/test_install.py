@@ -26,13 +26,15 @@ def test_editable_install_into_fresh_venv(tmp_path):
     out = subprocess.run([str(python), "-m", "pip", "install", "--no-deps", "--no-build-isolation",
                           "-e", str(ROOT)], capture_output=True, text=True, env=env, timeout=300)
     assert out.returncode == 0, out.stdout + out.stderr
-    probe = subprocess.run([str(python), "-c", "import engine, pretrain, cli, models.dste, "
-                            "feeders.formats.pyskl, evaluation.knn; print(engine.ROOT)"],
+    probe = subprocess.run([str(python), "-c", "import engine, engine.loop, pretrain, cli, "
+                            "action_detection, models.dste, feeders.formats.pyskl, evaluation.knn; "
+                            "print(engine.ROOT)"],
                            cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert probe.returncode == 0, probe.stderr
     assert probe.stdout.strip() == str(ROOT)
     scripts = {path.name for path in (venv / "bin").glob("skel-*")}
-    assert {"skel-pretrain", "skel-recog", "skel-retrieval", "skel-prepare", "skel-export",
+    assert {"skel-pretrain", "skel-recog", "skel-retrieval", "skel-detect", "skel-prepare",
+            "skel-export",
             "skel-plots", "skel-export-encoder", "skel-report"} <= scripts
     for command in ("skel-pretrain", "skel-plots"):  # each start imports torch: two suffice
         help_out = subprocess.run([str(venv / "bin" / command), "--help"], cwd=tmp_path,

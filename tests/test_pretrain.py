@@ -197,16 +197,63 @@ def test_2d_score_data_keeps_its_confidence_channel(monkeypatch, tmp_path):
     assert meta["config"]["spatial_channels"] == 2
 
 
-def test_threads_flag(data, tmp_path):
+def test_threads_flag_is_a_program_setting(data, tmp_path, capsys):
+    """--threads changes the process only through engine.run_program (the entry points run as
+    programs); a library call (main(argv), finish_common_args) leaves the caller's setting."""
     parser = pretrain.build_parser()
     torch.set_num_threads(2)
     engine.finish_common_args(parser.parse_args(flags(data, tmp_path, "--threads", "1")))
-    assert torch.get_num_threads() == 1
-    torch.set_num_threads(2)
-    engine.finish_common_args(parser.parse_args(flags(data, tmp_path)))  # 0: left as it is
-    assert torch.get_num_threads() == 2
+    pretrain.main(flags(data, tmp_path / "p", "--threads", "1") + ["--print-config"])
+    assert torch.get_num_threads() == 2 and not (tmp_path / "p").exists()
     with pytest.raises(ValueError, match="--threads must be >= 0"):
         engine.finish_common_args(parser.parse_args(flags(data, tmp_path, "--threads", "-1")))
+    applied = engine.apply_process_settings(parser.parse_args(flags(data, tmp_path, "--threads", "1")))
+    assert torch.get_num_threads() == 1 and applied["threads"] == 1
+    assert applied["malloc"] in ("keep", "system")
+    torch.set_num_threads(2)
+    engine.apply_process_settings(parser.parse_args(flags(data, tmp_path)))  # 0: left as it is
+    assert torch.get_num_threads() == 2
+    with pytest.raises(ValueError, match="--threads must be >= 0"):
+        engine.apply_process_settings(parser.parse_args(flags(data, tmp_path, "--threads", "-1")))
+
+
+def test_run_program_applies_settings_then_runs(tmp_path):
+    """run_program: parse the process's command line, apply --threads, run; a bad value is one
+    line `prog: error: ...` with exit status 2, as run_cli."""
+    import subprocess
+    import sys
+
+    script = """
+import argparse, sys, torch, engine
+def parse():
+    p = argparse.ArgumentParser(); p.add_argument("--threads", type=int, default=0)
+    return p.parse_args()
+engine.run_program(parse, lambda args: print("threads", torch.get_num_threads()), "prog")
+"""
+    ok = subprocess.run([sys.executable, "-c", script, "--threads", "1"], capture_output=True,
+                        text=True, cwd=engine.ROOT, timeout=120)
+    assert ok.returncode == 0 and ok.stdout.split() == ["threads", "1"], ok.stderr
+    bad = subprocess.run([sys.executable, "-c", script, "--threads", "-2"], capture_output=True,
+                         text=True, cwd=engine.ROOT, timeout=120)
+    assert bad.returncode == 2 and bad.stderr.strip() == "prog: error: --threads must be >= 0, got -2"
+
+
+def test_entry_points_run_as_programs():
+    """Each training / evaluation entry point runs through engine.run_program(parse_args, run,
+    ...) and its main(argv) is run(parse_args(argv)): the one place process settings apply."""
+    import ast
+
+    for name in ("pretrain.py", "action_recognition.py", "action_retrieval.py",
+                 "action_detection.py"):
+        tree = ast.parse((engine.ROOT / name).read_text())
+        functions = {node.name: node for node in tree.body if isinstance(node, ast.FunctionDef)}
+        assert {"parse_args", "run", "main"} <= set(functions), name
+        guard = [node for node in tree.body if isinstance(node, ast.If)][-1]
+        call = ast.unparse(guard.body[0])
+        assert call.startswith("engine.run_program(parse_args, run, "), (name, call)
+        returned = [ast.unparse(n.value) for n in ast.walk(functions["main"])
+                    if isinstance(n, ast.Return)]
+        assert returned == ["run(parse_args(argv))"], (name, returned)
 
 
 @pytest.mark.parametrize("backbone", ["sttr", "stgcn", "msg3d"])
