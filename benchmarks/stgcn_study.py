@@ -37,7 +37,7 @@ from nwucla_select import TRAIN_VIEW, VAL_VIEW, view_split_store  # noqa: E402
 
 RESIDUALS = ("original", "preact")
 # The study's optimiser is Adam lr 1e-4 at batch 16; ours is the fine-tuning AdamW + warmup +
-# cosine of action_recognition.py at a rate for training from scratch.
+# cosine of action_recognition.py (evaluation/finetune.py) at a rate for training from scratch.
 SCHEDULE = ["--mode", "finetune", "--pretrained", "none", "--backbone", "stgcn",
             "--clip-len", "32", "--normalize", "view", "--batch-size", "16", "--lr", "1e-3",
             "--warmup-epochs", "2", "--layer-decay", "1.0", "--label-smoothing", "0.1",

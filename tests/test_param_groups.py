@@ -2,7 +2,7 @@
 import pytest
 from torch import nn
 
-import action_recognition as ar
+from evaluation.finetune import Classifier, param_groups
 from models import build_encoder, list_encoders
 from models.param_groups import encoder_layer_ids, finetune_param_groups
 
@@ -57,8 +57,8 @@ def test_declared_layer_ids_and_lr_scales(name):
 
 
 def test_dste_lr_scales_by_hand():
-    model = ar.Classifier(build_encoder("dste", "tiny", **KW), 5, seed=0)
-    groups = ar.param_groups(model, weight_decay=0.05, layer_decay=0.8)
+    model = Classifier(build_encoder("dste", "tiny", **KW), 5, seed=0)
+    groups = param_groups(model, weight_decay=0.05, layer_decay=0.8)
     scale = {id(p): g["lr"] for g in groups for p in g["params"]}
     params = dict(model.named_parameters())
     assert scale[id(params["encoder.t_embed.fc1.weight"])] == pytest.approx(0.512)  # 0.8 ** 3
@@ -81,11 +81,11 @@ def test_an_encoder_without_declarations_is_an_error():
     with pytest.raises(TypeError, match="encoder Undeclared does not declare its optimiser groups: "
                                         "missing num_layers, layer_id, no_weight_decay"):
         finetune_param_groups(Undeclared(), nn.Linear(4, 2), 0.05, 0.8)
-    model = ar.Classifier.__new__(ar.Classifier)
+    model = Classifier.__new__(Classifier)
     nn.Module.__init__(model)
     model.encoder, model.head = Undeclared(), nn.Linear(4, 2)
     with pytest.raises(TypeError, match="does not declare"):  # also with layer decay off
-        ar.param_groups(model, weight_decay=0.05, layer_decay=1.0)
+        param_groups(model, weight_decay=0.05, layer_decay=1.0)
 
 
 def test_bad_declarations_are_errors():

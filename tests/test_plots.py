@@ -6,10 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-import action_recognition as ar
 import action_retrieval
 import engine
-from evaluation import plots
+from evaluation import plots, recognition
 from feeders.store import open_store
 from feeders.synthetic import write_synthetic
 from models import build_encoder
@@ -36,7 +35,7 @@ def run(tmp_path_factory):
 def test_confusion_figure_labels_and_cells(tmp_path):
     cm = np.array([[3, 1, 0], [0, 2, 2], [1, 0, 0]])
     names = ["wave", "clap", "kick"]
-    ar.write_confusion_csv(tmp_path / "linear_confusion.csv", cm, names)
+    recognition.write_confusion_csv(tmp_path / "linear_confusion.csv", cm, names)
     back, back_names = plots.read_confusion_csv(tmp_path / "linear_confusion.csv")
     assert back.tolist() == cm.tolist() and back_names == names
     fig = plots.confusion_figure(cm, names)

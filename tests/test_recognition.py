@@ -8,6 +8,7 @@ import torch
 
 import action_recognition as ar
 import engine
+from evaluation import finetune, recognition
 from evaluation.features import CheckpointError
 from evaluation.fusion import load_scores
 from feeders.store import open_store
@@ -107,7 +108,7 @@ def test_semi_supervised_finetune(data, tmp_path):
     ckpt = engine.load_checkpoint(tmp_path / "finetune_0.5" / "last.pt")
     assert ckpt["epoch"] == 1 and ckpt["model"]["head.weight"].shape == (12, 64)
     # the same seed draws the same labelled subset
-    rerun = ar.training_positions(store.labels[store.split_indices("xsub_train")],
+    rerun = recognition.training_positions(store.labels[store.split_indices("xsub_train")],
                                   ar.parse_args(["--data", "x", "--output", "y",
                                                  "--defaults", "none",
                                                  "--label-fraction", "0.5"]))
@@ -121,12 +122,12 @@ def test_finetune_min_crop_reaches_the_training_crops(data):
     for flag, expected in (([], None), (["--min-crop", "4"], 4)):
         args = ar.parse_args(["--data", str(data), "--output", "y", "--mode", "finetune",
                               "--batch-size", "4", "--workers", "0", *flag])
-        loader = ar.finetune_loader(args, store, cfg, info, np.arange(8))
+        loader = finetune.finetune_loader(args, store, cfg, info, np.arange(8))
         assert loader.dataset.min_crop == expected and loader.dataset.num_views == 1
 
 
 def test_confusion_matrix():
-    cm = ar.confusion_matrix(np.array([0, 1, 1, 2, 2]), np.array([0, 1, 2, 2, 0]), 3)
+    cm = recognition.confusion_matrix(np.array([0, 1, 1, 2, 2]), np.array([0, 1, 2, 2, 0]), 3)
     assert cm.tolist() == [[1, 0, 1], [0, 1, 0], [0, 1, 1]]
 
 
@@ -205,6 +206,22 @@ def test_finetune_validation_and_class_count_mismatch_on_resume(data, tmp_path):
     engine.save_checkpoint(last, ckpt)
     with pytest.raises(CheckpointError, match="head for 5 classes but dataset .* has 12"):
         run(data, tmp_path, *flags[:-1], "2")
+
+
+def test_finetune_resumes_a_run_older_than_a_flag_at_its_default(data, tmp_path):
+    """main hands the parser's defaults to the fine-tune (evaluation.recognition.evaluate ->
+    run_finetune -> engine.resume_run): a run from before --flip resumes without it."""
+    flags = ["--mode", "finetune", "--backbone", "stgcn", "--preset", "tiny", "--batch-size",
+             "6", "--epochs", "1"]
+    run(data, tmp_path, *flags)
+    last = tmp_path / "finetune" / "last.pt"
+    ckpt = engine.load_checkpoint(last)
+    del ckpt["meta"]["config"]["flip"]  # a run from before --flip existed
+    engine.save_checkpoint(last, ckpt)
+    with pytest.raises(ValueError, match="would change the run"):
+        run(data, tmp_path, *flags[:-1], "2", "--flip", "0.5")
+    assert run(data, tmp_path, *flags[:-1], "2")["epochs"] == 2   # at its default: fine
+    assert engine.load_checkpoint(last)["epoch"] == 2
 
 
 def test_bad_flags(data, tmp_path):
@@ -324,7 +341,7 @@ def test_finetune_shear_reaches_the_model():
     for shear, rotate in ((0.0, 0.0), (0.5, 0.0), (0.0, 30.0), (0.5, 30.0)):
         args = argparse.Namespace(shear=shear, rotate=rotate, flip=0.0, seed=7,
                                   label_smoothing=0.0, **VARIANTS_OFF)
-        ar.finetune_step(Probe(), labels, args, cfg, NTU25, info, None, batch, 2, 5)
+        finetune.finetune_step(Probe(), labels, args, cfg, NTU25, info, None, batch, 2, 5)
     assert torch.equal(seen[0], clips)
     expected = random_shear(clips, 0.5, engine.step_generator(7, 2, 5, 0), 3)
     assert torch.allclose(seen[1], expected) and not torch.allclose(seen[1], clips)
@@ -336,13 +353,13 @@ def test_finetune_shear_reaches_the_model():
     # the stream conversion comes after the augmentation: bones of the rotated clip
     args = argparse.Namespace(shear=0.0, rotate=30.0, flip=0.0, seed=7, label_smoothing=0.0,
                               **VARIANTS_OFF)
-    ar.finetune_step(Probe(), labels, args, {"stream": "b", "spatial_channels": 3},
+    finetune.finetune_step(Probe(), labels, args, {"stream": "b", "spatial_channels": 3},
                      NTU25, info, None, batch, 2, 5)
     assert torch.allclose(seen[4], bones(turned, NTU25.parents, 3), atol=1e-6)
     # --flip draws after the angles, from the same generator
     args = argparse.Namespace(shear=0.0, rotate=30.0, flip=0.5, seed=7, label_smoothing=0.0,
                               **VARIANTS_OFF)
-    ar.finetune_step(Probe(), labels, args, cfg, NTU25, info, None, batch, 2, 5)
+    finetune.finetune_step(Probe(), labels, args, cfg, NTU25, info, None, batch, 2, 5)
     gen = engine.step_generator(7, 2, 5, 0)
     flipped = random_flip(random_rotation(clips, 30.0, gen, 3), 0.5, gen, NTU25.mirror)
     assert torch.allclose(seen[5], flipped, atol=1e-6)

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 import action_recognition as ar
 import action_retrieval
 import engine
+from evaluation import finetune
 from evaluation.dtn import (BranchClassifier, MutualClassifier, branch_loss, mutual_loss,
                             parse_branches, resample_time, teacher_temperature)
 from evaluation.features import extract
@@ -68,16 +69,16 @@ def test_tpn_shapes(backbone, levels):
 
 
 def test_tpn_auxiliary_loss_weight_and_gradients():
-    model = ar.Classifier(TPNEncoder(_tiny("stgcn"), num_classes=4), 4, seed=0)
+    model = finetune.Classifier(TPNEncoder(_tiny("stgcn"), num_classes=4), 4, seed=0)
     x, labels = _randn(4, 3, 16, 25, 2), torch.tensor([0, 1, 2, 3])
     args = argparse.Namespace(label_smoothing=0.0, neck="tpn", branches=None, mutual_stream=None)
-    loss, logits, terms = ar.variant_loss(model, x, labels, args, 0.0)
+    loss, logits, terms = finetune.variant_loss(model, x, labels, args, 0.0)
     model.eval()
     with torch.no_grad():   # the same numbers once more, by hand (eval: BN fixed both times)
         out, aux = model.encoder.forward_aux(x)
         main = F.cross_entropy(model.head(out.global_feat), labels)
         aux_ce = F.cross_entropy(aux, labels)
-        loss2, _, terms2 = ar.variant_loss(model, x, labels, args, 0.0)
+        loss2, _, terms2 = finetune.variant_loss(model, x, labels, args, 0.0)
     assert AUX_WEIGHT == 0.5
     torch.testing.assert_close(loss2, main + 0.5 * aux_ce)
     torch.testing.assert_close(terms2["aux_ce"], aux_ce)
@@ -175,7 +176,7 @@ def test_branch_and_mutual_classifiers():
     assert len(separate.encoders) == 2
     assert torch.equal(separate.encoders[0].blocks[0].gcn.conv.weight,
                        separate.encoders[1].blocks[0].gcn.conv.weight)   # initialised alike
-    groups = ar.param_groups(separate, 0.05, 1.0)
+    groups = finetune.param_groups(separate, 0.05, 1.0)
     assert sum(len(g["params"]) for g in groups) == len(list(separate.parameters()))
     with pytest.raises(ValueError, match="any number of frames"):
         BranchClassifier(_tiny("dste"), 4, (8, 16), seed=0)
