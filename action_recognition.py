@@ -213,7 +213,13 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def main(argv=None) -> dict | None:
-    args = parse_args(argv)
+    """The linear probe or fine-tune with the flags `argv` (library use: this process's
+    settings are left alone)."""
+    return run(parse_args(argv))
+
+
+def run(args: argparse.Namespace) -> dict | None:
+    """With parsed flags: claim --output, then ``evaluation.recognition.evaluate``."""
     engine.apply_lr_scaling(args)
     if args.print_config:
         return recipes.print_config(args)
@@ -226,4 +232,4 @@ def main(argv=None) -> dict | None:
 
 
 if __name__ == "__main__":
-    engine.run_cli(main, "action_recognition.py")
+    engine.run_program(parse_args, run, "action_recognition.py")

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-CLI_FUNCTIONS = {"build_parser", "recipe_purpose", "check_variants", "parse_args", "main"}
+CLI_FUNCTIONS = {"build_parser", "recipe_purpose", "check_variants", "parse_args", "main",
+                 "run"}
 CLI_SCRIPTS = {"action_recognition", "action_retrieval", "action_detection", "pretrain", "cli"}
 
 
