@@ -76,6 +76,7 @@ MODE_DEFAULTS = {
                  "milestones": [100]},
 }
 THRESHOLD_GRID = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+SMOOTH_GRID = (1, 5, 9, 15)   # moving-average widths (frames) tried with --select-threshold
 PROTOCOL = ("per-frame linear classifier over K + 1 classes on dense window features "
             "(temporal tokens + spatial tokens pooled to L positions); windows averaged over "
             "their overlap; proposals = runs above threshold per class, scored by mean "
@@ -109,9 +110,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--threshold", type=float, default=0.5,
                    help="a frame belongs to a class's proposal when its probability exceeds this")
     g.add_argument("--select-threshold", type=float, default=0.0, metavar="FRACTION",
-                   help="frozen encoder: choose --threshold from 0.1..0.9 by mAP_a@0.5 on this "
-                        "fraction of the training streams held out (the head trained on the "
-                        "rest), then train on all of them (0: off, use --threshold)")
+                   help="frozen encoder: choose --threshold (0.1..0.9) and --smooth (1, 5, 9, "
+                        "15 frames) by mAP_a@0.5 on this fraction of the training streams held "
+                        "out (the head trained on the rest), then train on all of them; the "
+                        "chosen values replace the flags' (0: off, use --threshold and --smooth)")
     g.add_argument("--min-length", type=int, default=5, help="shortest proposal, in frames")
     g.add_argument("--smooth", type=int, default=1,
                    help="moving average of the probabilities over this many frames (1: off)")
@@ -308,10 +310,12 @@ def stream_probabilities(window_probs: np.ndarray, dataset: WindowDataset,
 
 def select_threshold(feats: torch.Tensor, labels: torch.Tensor, dataset: WindowDataset, store,
                      args, device, writer) -> dict:
-    """Choose --threshold on the training split only: hold out every k-th training stream
-    (--select-threshold F of them, at least one), train the frozen head on the others' windows,
-    and take the threshold of THRESHOLD_GRID with the best mAP_a at IoU 0.5 on the held-out
-    streams (ties: the lower threshold). Returns {"threshold", "held_out", "grid"}."""
+    """Choose --threshold and --smooth on the training split only: hold out every k-th
+    training stream (--select-threshold F of them, at least one), train the frozen head on the
+    others' windows, and take the pair of THRESHOLD_GRID x SMOOTH_GRID with the best mAP_a at
+    IoU 0.5 on the held-out streams (ties: the lower threshold, then the narrower smoothing).
+    Noisy per-frame probabilities break an action into many short runs, which smoothing joins.
+    Returns {"threshold", "smooth", "held_out", "grid_mAP_a@0.5": {smooth: {threshold: %}}}."""
     streams = np.unique(dataset.windows[:, 0])
     count = max(1, int(round(args.select_threshold * len(streams))))
     if count >= len(streams):
@@ -323,11 +327,14 @@ def select_threshold(feats: torch.Tensor, labels: torch.Tensor, dataset: WindowD
     probs = stream_probabilities(window_probabilities(head, feats[mask]), dataset,
                                  dataset.windows[mask.numpy()])
     grid = {}
-    for t in THRESHOLD_GRID:
-        args_t = argparse.Namespace(**{**vars(args), "threshold": t})
-        grid[f"{t:g}"] = evaluate(probs, store, args_t)[0]["mAP_a"]["0.5"]
-    best = max(THRESHOLD_GRID, key=lambda t: (grid[f"{t:g}"], -t))
-    return {"threshold": best, "held_out": [str(store.names[s]) for s in held],
+    for w in SMOOTH_GRID:
+        grid[str(w)] = {}
+        for t in THRESHOLD_GRID:
+            args_tw = argparse.Namespace(**{**vars(args), "threshold": t, "smooth": w})
+            grid[str(w)][f"{t:g}"] = evaluate(probs, store, args_tw)[0]["mAP_a"]["0.5"]
+    best_t, best_w = max(((t, w) for w in SMOOTH_GRID for t in THRESHOLD_GRID),
+                         key=lambda tw: (grid[str(tw[1])][f"{tw[0]:g}"], -tw[0], -tw[1]))
+    return {"threshold": best_t, "smooth": best_w, "held_out": [str(store.names[s]) for s in held],
             "grid_mAP_a@0.5": grid}
 
 
@@ -438,8 +445,10 @@ def detect(args, store, ckpt, cfg: dict, info: engine.DistInfo) -> dict:
                 args.threshold_selection = select_threshold(train_f, train_l, train_set,
                                                             store, args, info.device, writer)
                 args.threshold = args.threshold_selection["threshold"]
-                engine.log(info, f"threshold {args.threshold:g} chosen on held-out training "
-                                 f"streams: {args.threshold_selection['grid_mAP_a@0.5']}")
+                args.smooth = args.threshold_selection["smooth"]
+                engine.log(info, f"threshold {args.threshold:g}, smoothing {args.smooth} frames "
+                                 "chosen on held-out training streams (mAP_a@0.5 by smoothing, "
+                                 f"then threshold): {args.threshold_selection['grid_mAP_a@0.5']}")
             head = train_frozen_head(train_f, train_l, store.num_classes, args, info.device,
                                      writer)
         probs = stream_probabilities(window_probabilities(head, test_f), test_set)

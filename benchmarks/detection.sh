@@ -13,7 +13,7 @@
 # Each part ends with its evaluation.report table. Settings are the scripts' defaults
 # (the --defaults auto recipes of recipes.py: frozen probe lr 1.0 on small sets;
 # action_detection.py: min length 5, no smoothing, no NMS), fixed before looking at any test
-# stream; the frozen run chooses its threshold on 20 % of the training streams
+# stream; the frozen run chooses its threshold and smoothing on 20 % of the training streams
 # (--select-threshold 0.2), the fine-tuned one keeps 0.5 and runs $FT_EPOCHS epochs (default
 # 30) on a CPU instead of the protocol's 150.
 # --quick: the same stages with a tiny encoder, one pretraining epoch, 5 probe epochs and one
@@ -37,7 +37,7 @@ source "$REPO/scripts/_common.sh"   # PY, cd to the repository root
 GPUS="${GPUS:-cpu}"
 RUNTIME=(--workers "${WORKERS:-1}")
 read -r -a PRETRAIN <<< "${PRETRAIN_EXTRA:-}"
-DETECT=(--select-threshold 0.2)   # the threshold chosen on 20 % of the training streams
+DETECT=(--select-threshold 0.2)   # threshold and smoothing chosen on 20 % of the training streams
 FINETUNE=(--epochs "${FT_EPOCHS:-30}") SPEED=()
 PARTS="${PARTS:-synthetic utk speed}"
 if [ "$QUICK" = 1 ]; then

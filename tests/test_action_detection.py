@@ -125,10 +125,18 @@ def test_threshold_selected_on_training_streams(streams, tmp_path):
     store = open_store(streams)
     train_names = {str(store.names[i]) for i in store.split_indices("xsub_train")}
     assert set(sel["held_out"]) <= train_names and len(sel["held_out"]) == 1
-    assert set(sel["grid_mAP_a@0.5"]) == {f"{t:g}" for t in action_detection.THRESHOLD_GRID}
+    grid = sel["grid_mAP_a@0.5"]
+    assert set(grid) == {str(w) for w in action_detection.SMOOTH_GRID}
+    assert all(set(row) == {f"{t:g}" for t in action_detection.THRESHOLD_GRID}
+               for row in grid.values())
     assert result["config"]["threshold"] == sel["threshold"]
-    best = max(sel["grid_mAP_a@0.5"].values())
-    assert sel["grid_mAP_a@0.5"][f"{sel['threshold']:g}"] == best
+    assert result["config"]["smooth"] == sel["smooth"]
+    best = max(v for row in grid.values() for v in row.values())
+    assert grid[str(sel["smooth"])][f"{sel['threshold']:g}"] == best
+    # ties go to the lower threshold, then the narrower smoothing
+    ties = [(t, w) for w in action_detection.SMOOTH_GRID for t in action_detection.THRESHOLD_GRID
+            if grid[str(w)][f"{t:g}"] == best]
+    assert (sel["threshold"], sel["smooth"]) == min(ties)
 
 
 def test_recipe_and_non_finite_features(streams, tmp_path, capsys, monkeypatch):

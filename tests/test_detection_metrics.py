@@ -5,7 +5,8 @@ import pytest
 
 from evaluation.detection import (average_precision, detection_metrics, edit_score, f1_score,
                                   instances_from_labels, proposals_from_scores, read_proposals,
-                                  segmentation_metrics, stitch, window_starts, write_proposals)
+                                  segmentation_metrics, smooth_scores, stitch, window_starts,
+                                  write_proposals)
 
 
 def table(rows, video=0):
@@ -176,6 +177,21 @@ def test_proposals_from_scores_runs_threshold_min_length():
     scores[7, 1] = 0.55
     both = proposals_from_scores(scores, 0.2, min_length=2)
     assert len(both[both[:, 0] == 1]) == 1          # [2, 8) one run at threshold 0.2
+
+
+def test_smoothing_joins_a_fragmented_action():
+    """An action whose probability dips below the threshold every third frame gives three
+    fragments; a 3-frame moving average (hand-computed) lifts the dips and joins them."""
+    scores = np.zeros((9, 2), dtype=np.float32)
+    scores[:, 1] = [0, 0.9, 0.9, 0.3, 0.9, 0.9, 0.3, 0.9, 0.9]
+    scores[:, 0] = 1 - scores[:, 1]
+    assert proposals_from_scores(scores, 0.5)[:, 1:3].tolist() == [[1, 3], [4, 6], [7, 9]]
+    smoothed = smooth_scores(scores, 3)[:, 1]
+    want = [0.45, 0.6, 0.7, 0.7, 0.7, 0.7, 0.7, 0.7, 0.9]   # edges: mean of 2 frames
+    assert np.allclose(smoothed, want, atol=1e-6)
+    props = proposals_from_scores(scores, 0.5, smooth=3)
+    assert props[:, :3].tolist() == [[1, 1, 9]]
+    assert props[0, 3] == pytest.approx(np.mean(want[1:]))
 
 
 def test_proposal_files_round_trip(tmp_path):
