@@ -5,7 +5,8 @@
     {"kind": "knn",      "k": 1}                  action_retrieval.py
     {"kind": "fusion",   "of": <the fused results' protocol, or null>}   evaluation.fusion
     {"kind": "detection", "encoder": "frozen" | "finetuned" | "floor"}   action_detection.py,
-                                                  evaluation.detection_floor (a table of its own)
+                                                  evaluation.detection_floor (a table of its own,
+                                                  with the fusions of detection runs)
 
 A new evaluation adds its kind here (with its name and place in the table) and writes
 `make_protocol(kind, ...)` into its results.
@@ -63,8 +64,15 @@ def check_protocol(protocol, where: str = "protocol") -> dict:
     return protocol
 
 
+def is_detection(protocol: dict) -> bool:
+    """A detection protocol or a fusion of one (a fusion of unknown origin: False)."""
+    inner = protocol.get("of") if protocol["kind"] == "fusion" else protocol
+    return isinstance(inner, dict) and inner.get("kind") == "detection"
+
+
 def protocol_name(protocol: dict) -> str:
-    """'linear probe', 'fine-tune, 10 % labels', 'KNN-5', 'fine-tune, fused', 'score fusion'."""
+    """'linear probe', 'fine-tune, 10 % labels', 'KNN-5', 'fine-tune, fused', 'score fusion',
+    'detection, frozen encoder, fused'."""
     kind = protocol["kind"]
     if kind == "knn":
         return f"KNN-{protocol['k']}"
@@ -78,11 +86,14 @@ def protocol_name(protocol: dict) -> str:
 
 def protocol_order(protocol: dict) -> tuple:
     """Table order: linear probe (all labels, then fewer), KNN (k = 1, then by k), fine-tune (all
-    labels, then fewer); a fusion right below the protocol it fuses, one of unknown origin last."""
+    labels, then fewer), detection (frozen, fine-tuned, floor); a fusion right below the protocol
+    it fuses, one of unknown origin last."""
     kind = protocol["kind"]
     if kind == "fusion":
         inner = protocol["of"]
-        return (6, 0, 1) if inner is None else (*protocol_order(inner)[:2], 1)
+        return (9, 0, 1) if inner is None else (*protocol_order(inner)[:2], 1)
+    if kind == "detection":
+        return (7, list(DETECTION_ENCODERS).index(protocol["encoder"]), 0)
     if kind == "knn":
         return (2 if protocol["k"] == 1 else 3, protocol["k"], 0)
     fraction = protocol["label_fraction"]

@@ -13,9 +13,10 @@ carved from the training split, the test top-1 of the epoch selected on it. --ba
 NAME=TOP1 adds reference rows (numbers computed or published elsewhere) at the end. A JSON
 with results but no ``protocol`` (written before the field existed) is skipped with a note on
 stderr; no result at all is an error. Detection results (protocol kind ``detection``:
-action_detection.py frozen or --finetune, evaluation.detection_floor) get a second table:
-mAP_a at IoU 0.1 / 0.3 / 0.5 / 0.7, mAP_v, F1 and 2D-AP (the official PKU-MMD metrics), frame
-accuracy, edit and F1@50.
+action_detection.py frozen or --finetune, evaluation.detection_floor; and their fusions by
+``evaluation.fusion --output``, a row below the protocol they fuse, e.g. "detection, frozen
+encoder, fused: streams j+b") get a second table: mAP_a at IoU 0.1 / 0.3 / 0.5 / 0.7, mAP_v,
+F1 and 2D-AP (the official PKU-MMD metrics), frame accuracy, edit and F1@50.
 """
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ import math
 import sys
 from pathlib import Path
 
-from evaluation.protocol import (DETECTION_ENCODERS, ProtocolError, check_protocol, protocol_name,
+from evaluation.protocol import (ProtocolError, check_protocol, is_detection, protocol_name,
                                  protocol_order)
 
 
@@ -67,7 +68,7 @@ def read_rows(run_dir: Path, skipped: list[str] | None = None) -> list[dict]:
             protocol = check_protocol(result["protocol"], f"{path}: field 'protocol'")
         except ProtocolError as exc:
             raise ReportError(str(exc)) from None
-        if protocol["kind"] == "detection":
+        if _is_detection_result(protocol, result):
             continue  # read_detection_rows: a table of its own
         row = (_fusion_row(result, protocol, path) if protocol["kind"] == "fusion"
                else _result_row(result, protocol, path))
@@ -84,8 +85,15 @@ def _result_row(result: dict, protocol: dict, path: Path) -> dict:
             "selected": _number(best, "top1", path) if isinstance(best, dict) else None}
 
 
-def _fusion_row(summary: dict, protocol: dict, path: Path) -> dict:
-    """The row of an ``evaluation.fusion --output`` summary."""
+def _is_detection_result(protocol: dict, result: dict) -> bool:
+    """Detection results, their fusions and fusions of unknown origin holding detection metrics."""
+    return is_detection(protocol) or (protocol["kind"] == "fusion" and protocol["of"] is None
+                                      and "mAP_a" in result)
+
+
+def _fusion_name(summary: dict, protocol: dict, path: Path) -> str:
+    """'<fused protocol>, fused: streams j+b' (or ': 2 streams') of an evaluation.fusion
+    summary."""
     names = summary.get("stream_names")
     if isinstance(names, list) and names and all(isinstance(n, str) for n in names):
         streams = f"streams {'+'.join(names)}"
@@ -93,7 +101,12 @@ def _fusion_row(summary: dict, protocol: dict, path: Path) -> dict:
         streams = f"{len(summary['streams'])} streams"
     else:
         raise ReportError(f"{path}: not an evaluation.fusion summary (no 'streams' field)")
-    return {"protocol": f"{protocol_name(protocol)}: {streams}", "file": path.name,
+    return f"{protocol_name(protocol)}: {streams}"
+
+
+def _fusion_row(summary: dict, protocol: dict, path: Path) -> dict:
+    """The row of an ``evaluation.fusion --output`` summary."""
+    return {"protocol": _fusion_name(summary, protocol, path), "file": path.name,
             "top1": _number(summary, "fused_top1", path),
             "top5": _number(summary, "fused_top5", path) if "fused_top5" in summary else None,
             "selected": None}
@@ -133,8 +146,9 @@ DETECTION_COLUMNS = ("mAP_a@0.1", "mAP_a@0.3", "mAP_a@0.5", "mAP_a@0.7", "mAP_v@
 
 def read_detection_rows(run_dir: Path) -> list[dict]:
     """Rows {run, protocol, file, <DETECTION_COLUMNS>} of the JSONs in run_dir whose protocol is
-    a detection one (mAP values read from the ``mAP_a`` / ``mAP_v`` objects keyed by the IoU
-    threshold), frozen, fine-tuned, floor."""
+    a detection one or a fusion of detection runs (mAP values read from the ``mAP_a`` /
+    ``mAP_v`` objects keyed by the IoU threshold), frozen, fine-tuned, floor, each fusion below
+    the protocol it fuses."""
     found = []
     for path in sorted(Path(run_dir).glob("*.json")):
         protocol = _detection_protocol(path)
@@ -143,7 +157,9 @@ def read_detection_rows(run_dir: Path) -> list[dict]:
         try:
             result = json.loads(path.read_text())
             seg = result["segmentation"]
-            row = {"run": Path(run_dir).name, "protocol": protocol_name(protocol),
+            name = (_fusion_name(result, protocol, path) if protocol["kind"] == "fusion"
+                    else protocol_name(protocol))
+            row = {"run": Path(run_dir).name, "protocol": name,
                    "file": path.name,
                    **{f"mAP_a@{t}": _number(result["mAP_a"], t, path)
                       for t in ("0.1", "0.3", "0.5", "0.7")},
@@ -156,23 +172,27 @@ def read_detection_rows(run_dir: Path) -> list[dict]:
             raise ReportError(f"{path}: not valid JSON ({exc})") from None
         except (KeyError, TypeError, AttributeError) as exc:
             raise ReportError(f"{path}: not an action_detection.py result (missing {exc})") from None
-        found.append((list(DETECTION_ENCODERS).index(protocol["encoder"]), row))
+        found.append((protocol_order(protocol), row))
     return [row for _, row in sorted(found, key=lambda item: item[0])]
 
 
 def _detection_protocol(path: Path) -> dict | None:
-    """The detection protocol of a result JSON, or None for any other file."""
+    """The protocol of a detection result JSON (or of a fusion of detection runs), or None for
+    any other file."""
     try:
         result = json.loads(path.read_text())
     except (json.JSONDecodeError, OSError):
         return None
     protocol = result.get("protocol") if isinstance(result, dict) else None
-    if not isinstance(protocol, dict) or protocol.get("kind") != "detection":
+    if not isinstance(protocol, dict) or protocol.get("kind") not in ("detection", "fusion"):
         return None
     try:
-        return check_protocol(protocol, f"{path}: field 'protocol'")
+        protocol = check_protocol(protocol, f"{path}: field 'protocol'")
     except ProtocolError as exc:
+        if protocol.get("kind") == "fusion":
+            return None   # read_rows reports it
         raise ReportError(str(exc)) from None
+    return protocol if _is_detection_result(protocol, result) else None
 
 
 def format_detection_table(rows: list[dict]) -> str:
