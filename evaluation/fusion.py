@@ -16,6 +16,28 @@ joint:bone:joint-motion:bone-motion = 2:2:1:1. ``--output`` writes the summary (
 stream's top-1, their ``stream`` fields when read from results JSONs, the fused top-1 and top-5,
 and ``protocol``: a fusion of the inputs' common protocol, or of none when they differ or are
 bare .npz files); inside a run directory ``evaluation.report`` shows it as a row.
+
+Detection runs (``action_detection.py``, ``evaluation.detection_floor``): their results JSON
+(protocol kind "detection") or bare ``<tag>_scores.npz`` (``names`` (S,), ``lengths`` (S,),
+``scores`` (sum T, K + 1) per-frame probabilities with column 0 = background, ``labels``
+(sum T,) per-frame labels) are fused per frame:
+
+    python -m evaluation.fusion RUN_J/detection.json RUN_B/detection.json [--weights 1,1] \
+        [--threshold T --min-length N --smooth W --nms IOU|none] \
+        [--output RUN_J/fusion_detection.json]
+
+The fused probabilities are the weighted mean of the streams' (weights normalised to sum 1);
+proposals and every metric come from ``evaluation.detection.evaluate_streams``, the ground
+truth from the per-frame labels. The proposal settings are the inputs' recorded flags
+(``config``) when they agree; a flag given here overrides them; inputs that disagree (or a bare
+.npz, which records none) need the flag. Inputs must hold the same streams in the same order
+with the same lengths, per-frame labels and class count, and finite scores; detection and
+classification inputs do not mix. ``--output X/<tag>.json`` writes what ``action_detection.py``
+writes (``evaluation.detection.write_results``): ``<tag>.json`` (the metrics, the inputs and
+their metrics under the same settings, weights, settings, ``protocol`` = a fusion of the inputs'
+common detection protocol or of none), ``<tag>_scores.npz`` (the fused per-frame
+probabilities) and ``<tag>_proposals/<video>.txt`` (the official format); ``evaluation.report``
+shows it in the detection table.
 """
 from __future__ import annotations
 
@@ -71,6 +93,30 @@ def atomic_write(path: Path, write) -> None:
         tmp.unlink(missing_ok=True)
 
 
+def read_json(path: Path) -> dict:
+    """A results JSON as a dict, or a ValueError naming ``path``."""
+    try:
+        meta = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"{path}: not a readable JSON file ({err})") from None
+    if not isinstance(meta, dict):
+        raise ValueError(f"{path}: not a results JSON (an object expected)")
+    return meta
+
+
+def load_npz(npz_path: Path, need: set[str]) -> dict:
+    """The arrays of a score ``.npz`` (at least ``need``), or a ValueError naming it."""
+    try:
+        with np.load(npz_path, allow_pickle=False) as z:
+            arrays = {key: z[key] for key in z.files}
+    except (OSError, EOFError, ValueError) as err:
+        raise ValueError(f"{npz_path}: cannot read score file ({err})") from None
+    missing = need - set(arrays)
+    if missing:
+        raise ValueError(f"{npz_path}: missing arrays {sorted(missing)}")
+    return arrays
+
+
 def load_scores(path: str | Path) -> ScoreFile:
     """Read a score ``.npz`` or a results ``.json`` whose ``scores_file`` names one."""
     path = Path(path)
@@ -78,23 +124,13 @@ def load_scores(path: str | Path) -> ScoreFile:
         raise ValueError(f"{path}: no such score file")
     npz_path, stream, protocol = path, None, None
     if path.suffix == ".json":
-        try:
-            meta = json.loads(path.read_text())
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{path}: not valid JSON ({err})") from None
+        meta = read_json(path)
         if "scores_file" not in meta:
             raise ValueError(f"{path}: results JSON has no 'scores_file' field "
                              "(per-sample scores are needed for fusion)")
         npz_path = path.parent / meta["scores_file"]
         stream, protocol = meta.get("stream"), meta.get("protocol")
-    try:
-        with np.load(npz_path, allow_pickle=False) as z:
-            arrays = {key: z[key] for key in z.files}
-    except (OSError, EOFError, ValueError) as err:
-        raise ValueError(f"{npz_path}: cannot read score file ({err})") from None
-    missing = {"names", "labels", "scores"} - set(arrays)
-    if missing:
-        raise ValueError(f"{npz_path}: missing arrays {sorted(missing)}")
+    arrays = load_npz(npz_path, {"names", "labels", "scores"})
     out = ScoreFile(str(path), arrays["names"].astype(str), arrays["labels"].astype(np.int64),
                     arrays["scores"].astype(np.float32), stream, protocol)
     if out.scores.ndim != 2 or not len(out.names) == len(out.labels) == out.scores.shape[0]:
@@ -169,20 +205,272 @@ def parse_weights(text: str | None) -> list[float] | None:
         raise ValueError(f"--weights must be comma-separated numbers, got {text!r}") from None
 
 
+# ----------------------------------------------------------------------------- detection runs
+SETTINGS = ("threshold", "min_length", "smooth", "nms")   # action_detection.py's proposal flags
+
+
+class FrameScores(NamedTuple):
+    """The per-frame scores of one detection run's test streams (``<tag>_scores.npz``)."""
+    path: str
+    names: np.ndarray    # (S,) str, the test streams
+    lengths: np.ndarray  # (S,) int64, frames of each stream
+    scores: np.ndarray   # (sum T, K + 1) float32 probabilities, column 0 = background
+    labels: np.ndarray   # (sum T,) int64 per-frame labels, 0 = background
+    stream: str | None = None     # the run's input stream (j, b, ...); None for a bare .npz
+    protocol: dict | None = None  # the results JSON's `protocol`; None for a bare .npz
+    settings: dict | None = None  # the run's recorded SETTINGS ({} for a bare .npz)
+
+    def split(self, frames: np.ndarray) -> dict[str, np.ndarray]:
+        """Rows ``(sum T, ...)`` in this file's frame order -> stream name -> ``(T, ...)``."""
+        ends = np.cumsum(self.lengths)
+        return {str(n): frames[e - t:e] for n, t, e in zip(self.names, self.lengths, ends)}
+
+
+def is_detection(path: str | Path) -> bool:
+    """Whether ``path`` is a detection input: a JSON with protocol kind "detection" or a .npz
+    holding ``lengths``. Unreadable files count as classification (load_scores names them)."""
+    path = Path(path)
+    try:
+        if path.suffix == ".json":
+            protocol = read_json(path).get("protocol")
+            return isinstance(protocol, dict) and protocol.get("kind") == "detection"
+        with np.load(path, allow_pickle=False) as z:
+            return "lengths" in z.files
+    except (ValueError, OSError, EOFError):
+        return False
+
+
+def load_frame_scores(path: str | Path) -> FrameScores:
+    """Read a detection ``<tag>_scores.npz`` or the results JSON next to it (its ``scores``
+    field names the file; its ``config`` holds the proposal settings)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"{path}: no such score file")
+    npz_path, stream, protocol, settings = path, None, None, {}
+    if path.suffix == ".json":
+        meta = read_json(path)
+        if not isinstance(meta.get("scores"), str):
+            raise ValueError(f"{path}: detection results JSON has no 'scores' field (the "
+                             "per-frame scores file is needed for fusion)")
+        npz_path = path.parent / Path(meta["scores"]).name   # written next to the JSON
+        config = meta.get("config") if isinstance(meta.get("config"), dict) else {}
+        encoder = meta.get("encoder") if isinstance(meta.get("encoder"), dict) else {}
+        stream = encoder.get("stream", config.get("stream"))
+        protocol, settings = meta.get("protocol"), {k: config[k] for k in SETTINGS if k in config}
+    z = load_npz(npz_path, {"names", "lengths", "scores", "labels"})
+    out = FrameScores(str(path), z["names"].astype(str), z["lengths"].astype(np.int64),
+                      z["scores"].astype(np.float32), z["labels"].astype(np.int64), stream,
+                      protocol, settings)
+    if (out.names.ndim != 1 or out.lengths.shape != out.names.shape or out.scores.ndim != 2
+            or out.scores.shape[1] < 2 or (out.lengths < 1).any()
+            or not out.lengths.sum() == len(out.scores) == len(out.labels)):
+        raise ValueError(f"{npz_path}: inconsistent shapes names {out.names.shape}, lengths "
+                         f"{out.lengths.shape} (sum {int(out.lengths.sum())}), scores "
+                         f"{out.scores.shape}, labels {out.labels.shape}; expected (S,), (S,), "
+                         "(sum T, K + 1), (sum T,)")
+    if len(set(out.names)) != len(out.names):
+        raise ValueError(f"{npz_path}: stream names repeat")
+    finite = np.array([np.isfinite(p).all() for p in out.split(out.scores).values()])
+    require_finite(np.where(finite, 0.0, np.nan), f"{npz_path}: per-frame scores",
+                   out.names)   # one value per stream: the error names the streams
+    return out
+
+
+def check_frames_aligned(files: list[FrameScores]) -> None:
+    """Raise ValueError unless all files hold the same streams in the same order, with the same
+    lengths, per-frame labels and class count."""
+    ref = files[0]
+    for other in files[1:]:
+        pair = f"{ref.path} and {other.path}"
+        if len(other.names) != len(ref.names) or (other.names != ref.names).any():
+            i = next((i for i, (a, b) in enumerate(zip(ref.names, other.names)) if a != b),
+                     min(len(ref.names), len(other.names)))
+            shown = [str(n[i]) if i < len(n) else "(none)" for n in (ref.names, other.names)]
+            raise ValueError(f"{pair} hold different test streams ({len(ref.names)} vs "
+                             f"{len(other.names)}; first mismatch at position {i}: "
+                             f"{shown[0]!r} vs {shown[1]!r})")
+        differ = np.flatnonzero(other.lengths != ref.lengths)
+        if differ.size:
+            i = differ[0]
+            raise ValueError(f"{pair} have different lengths for stream {str(ref.names[i])!r} "
+                             f"({ref.lengths[i]} vs {other.lengths[i]} frames)")
+        if not np.array_equal(other.labels, ref.labels):
+            first = next(n for n, a in ref.split(ref.labels).items()
+                         if not np.array_equal(a, other.split(other.labels)[n]))
+            raise ValueError(f"{pair} disagree on the per-frame labels (first of stream "
+                             f"{first!r})")
+        if other.scores.shape[1] != ref.scores.shape[1]:
+            raise ValueError(f"{pair} have different class counts (K + 1 = "
+                             f"{ref.scores.shape[1]} vs {other.scores.shape[1]})")
+
+
+def fuse_frames(files: list[FrameScores], weights: list[float] | None = None
+                ) -> tuple[np.ndarray, list[float]]:
+    """Weighted mean of the streams' per-frame probabilities -> (``(sum T, K + 1)`` float32,
+    the weights normalised to sum 1). Equal weights by default."""
+    check_frames_aligned(files)
+    weights = [1.0] * len(files) if weights is None else list(weights)
+    if len(weights) != len(files):
+        raise ValueError(f"{len(weights)} weights given for {len(files)} score files")
+    if not all(np.isfinite(w) and w >= 0 for w in weights) or sum(weights) <= 0:
+        raise ValueError(f"--weights must be finite, >= 0 and not all 0, got {weights}")
+    norm = [w / sum(weights) for w in weights]
+    total = np.zeros_like(files[0].scores, dtype=np.float64)
+    for w, f in zip(norm, files):
+        total += w * f.scores
+    return total.astype(np.float32), norm
+
+
+def proposal_settings(files: list[FrameScores], given: dict) -> dict:
+    """The SETTINGS to make proposals with: ``given`` (the flags set on the command line) over
+    the values the inputs recorded, which must agree (a bare .npz records none)."""
+    out, differ = {}, []
+    for key in SETTINGS:
+        flag = f"--{key.replace('_', '-')}"
+        recorded = [(f.settings[key], f.path) for f in files if key in f.settings]
+        if key in given:
+            out[key] = given[key]
+        elif not recorded:
+            raise ValueError(f"no input records {flag} ({', '.join(f.path for f in files)}: "
+                             f"bare .npz files); give {flag}")
+        elif any(v != recorded[0][0] for v, _ in recorded):
+            differ.append(f"{flag} " + ", ".join(f"{v} in {p}" for v, p in recorded))
+        else:
+            out[key] = recorded[0][0]
+    if differ:
+        raise ValueError("the inputs were evaluated with different proposal settings ("
+                         + "; ".join(differ) + "): give the flag to choose")
+    return out
+
+
+def fuse_detection(files: list[FrameScores], weights: list[float] | None,
+                   given: dict) -> tuple[dict, dict, dict, dict]:
+    """Fuse detection runs and evaluate the result. Returns (summary: the fused metrics of
+    ``evaluate_streams`` + inputs, weights, settings, protocol, every input's metrics under the
+    same settings; fused probabilities by stream ``(T, K + 1)``; labels by stream ``(T,)``;
+    fused proposals by stream ``(P, 4)``)."""
+    from evaluation.detection import evaluate_streams
+
+    fused, norm = fuse_frames(files, weights)
+    settings = proposal_settings(files, given)
+    ref = files[0]
+    labels, num_actions = ref.split(ref.labels), ref.scores.shape[1] - 1
+
+    def evaluate(frames: np.ndarray) -> tuple[dict, dict]:
+        return evaluate_streams(ref.split(frames), labels, num_actions,
+                                threshold=settings["threshold"], min_length=settings["min_length"],
+                                smooth=settings["smooth"], nms_iou=settings["nms"])
+
+    metrics, proposals = evaluate(fused)
+    protocols = [f.protocol for f in files]
+    common = protocols[0] if all(p == protocols[0] for p in protocols) else None
+    summary = {**metrics, "protocol": make_protocol("fusion", of=common),
+               "inputs": [f.path for f in files], "stream_names": [f.stream for f in files],
+               "weights": weights or [1.0] * len(files), "normalised_weights": norm,
+               "mode": "weighted mean of per-frame probabilities", "settings": settings,
+               "settings_given": sorted(given), "num_actions": num_actions,
+               "streams": {f.path: evaluate(f.scores)[0] for f in files}}
+    return summary, ref.split(fused), labels, proposals
+
+
+def parse_nms(text: str) -> float | None:
+    """--nms IOU, or 'none' for no NMS."""
+    if text.lower() in ("none", "off"):
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an IoU or 'none', got {text!r}") from None
+
+
+def check_settings(given: dict) -> None:
+    """action_detection.py's ranges for the proposal flags given on the command line."""
+    if "threshold" in given and not 0.0 <= given["threshold"] < 1.0:
+        raise ValueError(f"--threshold must be in [0, 1), got {given['threshold']}")
+    for key in ("min_length", "smooth"):
+        if key in given and given[key] < 1:
+            raise ValueError(f"--{key.replace('_', '-')} must be >= 1, got {given[key]}")
+    if given.get("nms") is not None and not 0.0 <= given["nms"] <= 1.0:
+        raise ValueError(f"--nms must be an IoU in [0, 1], got {given['nms']}")
+
+
+def detection_main(args: argparse.Namespace) -> dict:
+    """The CLI on detection inputs: fuse, print each input's and the fused headline, and with
+    --output write the fused run (``evaluation.detection.write_results``)."""
+    from evaluation.detection import summary_line, write_results
+
+    if args.logits:
+        raise ValueError("--logits is for classification logits; detection runs fuse "
+                         "per-frame probabilities")
+    given = {k: getattr(args, k) for k in SETTINGS if hasattr(args, k)}
+    check_settings(given)
+    output = Path(args.output) if args.output else None
+    if output is not None and output.suffix != ".json":
+        raise ValueError(f"--output must name the fused results JSON (<dir>/<tag>.json), "
+                         f"got {output}")
+    files = [load_frame_scores(p) for p in args.files]
+    if output is not None:
+        taken = {Path(f.path).resolve() for f in files}
+        taken |= {p.parent / f"{p.stem}_scores.npz" for p in taken if p.suffix == ".json"}
+        if {output.resolve(), output.resolve().parent / f"{output.stem}_scores.npz"} & taken:
+            raise ValueError(f"--output {output} would overwrite an input; choose another name, "
+                             "e.g. fusion_detection.json")
+    summary, probs, labels, proposals = fuse_detection(files, parse_weights(args.weights),
+                                                       given)
+    for path, metrics in summary["streams"].items():
+        print(f"{summary_line(metrics)}  {path}")
+    settings = ", ".join(f"{k} {v}" for k, v in summary["settings"].items())
+    print(f"{summary_line(summary)}  fused (weights "
+          f"{[round(w, 4) for w in summary['normalised_weights']]}; {settings})")
+    if output is not None:
+        try:
+            path = write_results(output.parent, output.stem, probs, labels, summary, proposals, {})
+        except OSError as err:   # engine.OutputError names the file
+            raise ValueError(str(err)) from err
+        summary = read_json(path)   # + the paths of the scores and the proposals folder
+    return summary
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(
         prog="python -m evaluation.fusion",
         description="Fuse per-sample scores of several streams (results .json or score .npz). "
                     "Default: equal weights on softmax scores; pyskl's 4-stream convention is "
-                    "j:b:jm:bm = 2:2:1:1.")
+                    "j:b:jm:bm = 2:2:1:1. Detection runs (detection.json or "
+                    "detection_scores.npz) are fused per frame, then evaluated.")
     parser.add_argument("files", nargs="+", help="results JSON or score .npz files")
     parser.add_argument("--weights", default=None, help="comma-separated, e.g. 2,2,1,1")
     parser.add_argument("--logits", action="store_true",
                         help="add raw logits instead of softmax probabilities")
     parser.add_argument("--output", default=None,
                         help="write the summary as JSON here, e.g. <run dir>/fusion_finetune.json "
-                             "(evaluation.report shows it as a row of that run, by its protocol)")
+                             "(evaluation.report shows it as a row of that run, by its protocol); "
+                             "detection: <run dir>/fusion_detection.json, with the fused "
+                             "_scores.npz and _proposals/ next to it")
+    g = parser.add_argument_group("detection inputs (default: the inputs' recorded flags)")
+    g.add_argument("--threshold", type=float, default=argparse.SUPPRESS,
+                   help="a frame belongs to a class's proposal above this probability")
+    g.add_argument("--min-length", type=int, default=argparse.SUPPRESS,
+                   help="shortest proposal, in frames")
+    g.add_argument("--smooth", type=int, default=argparse.SUPPRESS,
+                   help="moving average of the fused probabilities over this many frames")
+    g.add_argument("--nms", type=parse_nms, default=argparse.SUPPRESS, metavar="IOU|none",
+                   help="per-class NMS at this IoU (none: off)")
     args = parser.parse_args(argv)
+    kinds = {p: is_detection(p) for p in args.files}
+    if len(set(kinds.values())) > 1:
+        parser.error("cannot fuse detection results ("
+                     + ", ".join(p for p, d in kinds.items() if d) + ") with classification "
+                     "scores (" + ", ".join(p for p, d in kinds.items() if not d) + ")")
+    if all(kinds.values()):
+        try:
+            return detection_main(args)
+        except ValueError as err:
+            parser.error(str(err))
+    given = [f"--{k.replace('_', '-')}" for k in SETTINGS if hasattr(args, k)]
+    if given:
+        parser.error(f"{', '.join(given)}: for detection inputs only; "
+                     f"{', '.join(args.files)} hold classification scores")
     try:
         files = [load_scores(p) for p in args.files]
         weights = parse_weights(args.weights)
