@@ -6,8 +6,12 @@
 #   bash scripts/fusion.sh finetune ntu60_xs_j_stgcn ntu60_xs_b_stgcn ntu60_xs_jm_stgcn \
 #       ntu60_xs_bm_stgcn --weights 2,2,1,1                  # pyskl's 4-stream j:b:jm:bm
 #   bash scripts/fusion.sh ntu60_xs linear_0.1               # every checkpoint/ntu60_xs_*_*/linear_0.1.json
+#   bash scripts/fusion.sh detection demodet_xs_j_dste demodet_xs_b_dste \
+#       --output checkpoint/demodet_xs_j_dste/fusion_detection.json   # per-frame, then evaluated
 # TAG is the results name of action_recognition.py (linear, finetune, finetune_0.01, ...;
-# default linear). A DATASET_PROTOCOL prefix takes all its runs, ordered by stream j b m jm bm.
+# default linear) or action_detection.py (detection, detection_finetune: --threshold
+# --min-length --smooth --nms override the runs' proposal settings). A DATASET_PROTOCOL prefix
+# takes all its runs, ordered by stream j b m jm bm.
 # --output checkpoint/<RUN>/fusion_<TAG>.json saves the summary; evaluation.report shows it.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/_common.sh"
@@ -17,7 +21,7 @@ RUNS=()
 PREFIX=""
 while [ $# -gt 0 ] && [[ "$1" != -* ]]; do
     case "$1" in
-        linear|finetune|linear_*|finetune_*) TAG="$1" ;;
+        linear|finetune|linear_*|finetune_*|detection|detection_finetune) TAG="$1" ;;
         *_*_*_*) RUNS+=("$1") ;;
         *_*) PREFIX="$1" ;;
         *) die "'$1' is neither a run name, a DATASET_PROTOCOL prefix nor a results tag" ;;
