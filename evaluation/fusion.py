@@ -218,7 +218,7 @@ class FrameScores(NamedTuple):
     labels: np.ndarray   # (sum T,) int64 per-frame labels, 0 = background
     stream: str | None = None     # the run's input stream (j, b, ...); None for a bare .npz
     protocol: dict | None = None  # the results JSON's `protocol`; None for a bare .npz
-    settings: dict | None = None  # the run's recorded SETTINGS ({} for a bare .npz)
+    settings: dict | None = None  # the run's recorded SETTINGS (None or {}: none recorded)
 
     def split(self, frames: np.ndarray) -> dict[str, np.ndarray]:
         """Rows ``(sum T, ...)`` in this file's frame order -> stream name -> ``(T, ...)``."""
@@ -226,9 +226,9 @@ class FrameScores(NamedTuple):
         return {str(n): frames[e - t:e] for n, t, e in zip(self.names, self.lengths, ends)}
 
 
-def is_detection(path: str | Path) -> bool:
+def is_detection(path: str | Path) -> bool | None:
     """Whether ``path`` is a detection input: a JSON with protocol kind "detection" or a .npz
-    holding ``lengths``. Unreadable files count as classification (load_scores names them)."""
+    holding ``lengths``; None for a file that cannot be read (its loader names it)."""
     path = Path(path)
     try:
         if path.suffix == ".json":
@@ -237,7 +237,7 @@ def is_detection(path: str | Path) -> bool:
         with np.load(path, allow_pickle=False) as z:
             return "lengths" in z.files
     except (ValueError, OSError, EOFError):
-        return False
+        return None
 
 
 def load_frame_scores(path: str | Path) -> FrameScores:
@@ -262,7 +262,7 @@ def load_frame_scores(path: str | Path) -> FrameScores:
                       z["scores"].astype(np.float32), z["labels"].astype(np.int64), stream,
                       protocol, settings)
     if (out.names.ndim != 1 or out.lengths.shape != out.names.shape or out.scores.ndim != 2
-            or out.scores.shape[1] < 2 or (out.lengths < 1).any()
+            or out.scores.shape[1] < 2 or out.labels.ndim != 1 or (out.lengths < 1).any()
             or not out.lengths.sum() == len(out.scores) == len(out.labels)):
         raise ValueError(f"{npz_path}: inconsistent shapes names {out.names.shape}, lengths "
                          f"{out.lengths.shape} (sum {int(out.lengths.sum())}), scores "
@@ -295,8 +295,9 @@ def check_frames_aligned(files: list[FrameScores]) -> None:
             raise ValueError(f"{pair} have different lengths for stream {str(ref.names[i])!r} "
                              f"({ref.lengths[i]} vs {other.lengths[i]} frames)")
         if not np.array_equal(other.labels, ref.labels):
+            theirs = other.split(other.labels)
             first = next(n for n, a in ref.split(ref.labels).items()
-                         if not np.array_equal(a, other.split(other.labels)[n]))
+                         if not np.array_equal(a, theirs[n]))
             raise ValueError(f"{pair} disagree on the per-frame labels (first of stream "
                              f"{first!r})")
         if other.scores.shape[1] != ref.scores.shape[1]:
@@ -327,7 +328,7 @@ def proposal_settings(files: list[FrameScores], given: dict) -> dict:
     out, differ = {}, []
     for key in SETTINGS:
         flag = f"--{key.replace('_', '-')}"
-        recorded = [(f.settings[key], f.path) for f in files if key in f.settings]
+        recorded = [(f.settings[key], f.path) for f in files if key in (f.settings or {})]
         if key in given:
             out[key] = given[key]
         elif not recorded:
@@ -349,7 +350,7 @@ def fuse_detection(files: list[FrameScores], weights: list[float] | None,
     ``evaluate_streams`` + inputs, weights, settings, protocol, every input's metrics under the
     same settings; fused probabilities by stream ``(T, K + 1)``; labels by stream ``(T,)``;
     fused proposals by stream ``(P, 4)``)."""
-    from evaluation.detection import evaluate_streams
+    from evaluation.detection import evaluate_streams   # imports torch (via feeders): only here
 
     fused, norm = fuse_frames(files, weights)
     settings = proposal_settings(files, given)
@@ -457,12 +458,12 @@ def main(argv: list[str] | None = None) -> dict:
     g.add_argument("--nms", type=parse_nms, default=argparse.SUPPRESS, metavar="IOU|none",
                    help="per-class NMS at this IoU (none: off)")
     args = parser.parse_args(argv)
-    kinds = {p: is_detection(p) for p in args.files}
-    if len(set(kinds.values())) > 1:
+    kinds = {p: is_detection(p) for p in args.files}   # None: unreadable, its loader says why
+    if {True, False} <= set(kinds.values()):
         parser.error("cannot fuse detection results ("
                      + ", ".join(p for p, d in kinds.items() if d) + ") with classification "
-                     "scores (" + ", ".join(p for p, d in kinds.items() if not d) + ")")
-    if all(kinds.values()):
+                     "scores (" + ", ".join(p for p, d in kinds.items() if d is False) + ")")
+    if True in kinds.values():
         try:
             return detection_main(args)
         except ValueError as err:

@@ -182,7 +182,13 @@ def test_refusals_name_the_files(runs, tmp_path, capsys):
     assert str(nan_run.parent / "detection_scores.npz") in err and "non-finite" in err
     assert err.endswith("refusing to report a number computed from them") and ": v1;" in err
     (tmp_path / "junk.npz").write_bytes(b"not a zip")
-    assert "junk.npz" in refused(capsys, joint, tmp_path / "junk.npz")
+    err = refused(capsys, joint, tmp_path / "junk.npz")
+    assert f"{tmp_path / 'junk.npz'}: cannot read score file" in err
+    save_scores(tmp_path / "x.npz", ["a"], [0], np.zeros((1, 2)))
+    with np.load(tmp_path / "x.npz") as z:    # a detection file whose shapes do not add up
+        np.savez(tmp_path / "bad.npz", **z, lengths=np.array([3]))
+    err = refused(capsys, joint, tmp_path / "bad.npz")
+    assert f"{tmp_path / 'bad.npz'}: inconsistent shapes" in err
 
 
 def test_protocol_order_and_report_row(runs):
