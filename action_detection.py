@@ -75,7 +75,7 @@ MODE_DEFAULTS = {
     "finetune": {"epochs": 150, "batch_size": 64, "lr": 0.005, "weight_decay": 0.0,
                  "milestones": [100]},
 }
-THRESHOLD_GRID = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+THRESHOLD_GRID = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 SMOOTH_GRID = (1, 5, 9, 15)   # moving-average widths (frames) tried with --select-threshold
 PROTOCOL = ("per-frame linear classifier over K + 1 classes on dense window features "
             "(temporal tokens + spatial tokens pooled to L positions); windows averaged over "
@@ -110,7 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--threshold", type=float, default=0.5,
                    help="a frame belongs to a class's proposal when its probability exceeds this")
     g.add_argument("--select-threshold", type=float, default=0.0, metavar="FRACTION",
-                   help="frozen encoder: choose --threshold (0.1..0.9) and --smooth (1, 5, 9, "
+                   help="frozen encoder: choose --threshold (0.05, 0.1..0.9) and --smooth (1, 5, 9, "
                         "15 frames) by mAP_a@0.5 on this fraction of the training streams held "
                         "out (the head trained on the rest), then train on all of them; the "
                         "chosen values replace the flags' (0: off, use --threshold and --smooth)")
