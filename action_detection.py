@@ -25,10 +25,11 @@ frames, 60 epochs, x0.1 at 40, wd 0: HiCLR's detection config). --finetune train
 classifier end to end on the windows (SGD momentum 0.9, lr 0.005, 150 epochs, x0.1 at 100;
 engine.train, state in <output>/detection_finetune/, resumable).
 
---select-threshold F chooses --threshold (0.1 .. 0.9) on the training split only: the head is
-trained on all training streams but a held-out fraction F of them, the threshold with the best
-mAP_a@0.5 on the held-out streams is kept (the grid is recorded in the JSON under
-``threshold_selection``), and the head is trained again on every training stream.
+--select-threshold F chooses --threshold (THRESHOLD_GRID) and --smooth (SMOOTH_GRID) on the
+training split only, by cross-validation over its streams: in folds of about F of the streams,
+each fold is predicted by a head trained on the other streams; the pair with the best mAP_a@0.5
+over all the out-of-fold predictions is kept (the folds and the grid are recorded in the JSON
+under ``threshold_selection``), and the head is trained again on every training stream.
 
 Inference: windows every --test-stride frames over each whole test stream, batched; per-frame
 class probabilities (softmax) averaged where windows overlap (frozen: from the cached test
@@ -76,7 +77,7 @@ MODE_DEFAULTS = {
                  "milestones": [100]},
 }
 THRESHOLD_GRID = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
-SMOOTH_GRID = (1, 5, 9, 15)   # moving-average widths (frames) tried with --select-threshold
+SMOOTH_GRID = (1, 5, 9, 15, 25)   # moving-average widths (frames) tried with --select-threshold
 PROTOCOL = ("per-frame linear classifier over K + 1 classes on dense window features "
             "(temporal tokens + spatial tokens pooled to L positions); windows averaged over "
             "their overlap; proposals = runs above threshold per class, scored by mean "
@@ -111,9 +112,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a frame belongs to a class's proposal when its probability exceeds this")
     g.add_argument("--select-threshold", type=float, default=0.0, metavar="FRACTION",
                    help="frozen encoder: choose --threshold (0.05, 0.1..0.9) and --smooth (1, 5, 9, "
-                        "15 frames) by mAP_a@0.5 on this fraction of the training streams held "
-                        "out (the head trained on the rest), then train on all of them; the "
-                        "chosen values replace the flags' (0: off, use --threshold and --smooth)")
+                        "15, 25 frames) by mAP_a@0.5 in a cross-validation over the training streams, "
+                        "in folds of this fraction of them (each fold predicted by a head trained "
+                        "on the others), then train on all of them; the chosen values replace "
+                        "the flags' (0: off, use --threshold and --smooth)")
     g.add_argument("--min-length", type=int, default=5, help="shortest proposal, in frames")
     g.add_argument("--smooth", type=int, default=1,
                    help="moving average of the probabilities over this many frames (1: off)")
@@ -308,24 +310,37 @@ def stream_probabilities(window_probs: np.ndarray, dataset: WindowDataset,
     return out
 
 
+def selection_folds(streams: np.ndarray, fraction: float) -> list[np.ndarray]:
+    """The training streams ``(S,)`` in folds of about ``fraction`` of them each (at least one
+    stream, at least two folds): fold f holds streams f, f + k, f + 2k, ... of k folds."""
+    if len(streams) < 2:
+        raise ValueError(f"--select-threshold needs at least 2 training streams, got "
+                         f"{len(streams)}")
+    count = max(1, int(round(fraction * len(streams))))
+    folds = max(2, int(round(len(streams) / count)))
+    return [streams[f::folds] for f in range(min(folds, len(streams)))]
+
+
 def select_threshold(feats: torch.Tensor, labels: torch.Tensor, dataset: WindowDataset, store,
                      args, device, writer) -> dict:
-    """Choose --threshold and --smooth on the training split only: hold out every k-th
-    training stream (--select-threshold F of them, at least one), train the frozen head on the
-    others' windows, and take the pair of THRESHOLD_GRID x SMOOTH_GRID with the best mAP_a at
-    IoU 0.5 on the held-out streams (ties: the lower threshold, then the narrower smoothing).
-    Noisy per-frame probabilities break an action into many short runs, which smoothing joins.
-    Returns {"threshold", "smooth", "held_out", "grid_mAP_a@0.5": {smooth: {threshold: %}}}."""
-    streams = np.unique(dataset.windows[:, 0])
-    count = max(1, int(round(args.select_threshold * len(streams))))
-    if count >= len(streams):
-        raise ValueError(f"--select-threshold {args.select_threshold} holds out all "
-                         f"{len(streams)} training streams")
-    held = streams[np.linspace(0, len(streams) - 1, count).round().astype(int)]
-    mask = torch.from_numpy(np.isin(dataset.windows[:, 0], held))
-    head = train_frozen_head(feats[~mask], labels[~mask], store.num_classes, args, device, writer)
-    probs = stream_probabilities(window_probabilities(head, feats[mask]), dataset,
-                                 dataset.windows[mask.numpy()])
+    """Choose --threshold and --smooth on the training split only, by cross-validation over
+    its streams: for each fold of about --select-threshold F of the streams
+    (``selection_folds``), train the frozen head on the other streams' windows and predict the
+    fold's; then take the pair of THRESHOLD_GRID x SMOOTH_GRID with the best mAP_a at IoU 0.5
+    over all training streams' out-of-fold predictions (ties: the lower threshold, then the
+    narrower smoothing). Every training stream is held out once, so the choice does not hang
+    on the one or two streams a single split would hold out. Noisy per-frame probabilities
+    break an action into short runs, which smoothing joins.
+    Returns {"threshold", "smooth", "folds": [[stream names]], "grid_mAP_a@0.5": {smooth:
+    {threshold: %}}}."""
+    folds = selection_folds(np.unique(dataset.windows[:, 0]), args.select_threshold)
+    probs = {}
+    for fold in folds:
+        mask = torch.from_numpy(np.isin(dataset.windows[:, 0], fold))
+        head = train_frozen_head(feats[~mask], labels[~mask], store.num_classes, args, device,
+                                 writer)
+        probs.update(stream_probabilities(window_probabilities(head, feats[mask]), dataset,
+                                          dataset.windows[mask.numpy()]))
     grid = {}
     for w in SMOOTH_GRID:
         grid[str(w)] = {}
@@ -334,7 +349,8 @@ def select_threshold(feats: torch.Tensor, labels: torch.Tensor, dataset: WindowD
             grid[str(w)][f"{t:g}"] = evaluate(probs, store, args_tw)[0]["mAP_a"]["0.5"]
     best_t, best_w = max(((t, w) for w in SMOOTH_GRID for t in THRESHOLD_GRID),
                          key=lambda tw: (grid[str(tw[1])][f"{tw[0]:g}"], -tw[0], -tw[1]))
-    return {"threshold": best_t, "smooth": best_w, "held_out": [str(store.names[s]) for s in held],
+    return {"threshold": best_t, "smooth": best_w,
+            "folds": [[str(store.names[s]) for s in fold] for fold in folds],
             "grid_mAP_a@0.5": grid}
 
 
@@ -447,7 +463,8 @@ def detect(args, store, ckpt, cfg: dict, info: engine.DistInfo) -> dict:
                 args.threshold = args.threshold_selection["threshold"]
                 args.smooth = args.threshold_selection["smooth"]
                 engine.log(info, f"threshold {args.threshold:g}, smoothing {args.smooth} frames "
-                                 "chosen on held-out training streams (mAP_a@0.5 by smoothing, "
+                                 "chosen by cross-validation on the training streams (mAP_a@0.5 "
+                                 "by smoothing, "
                                  f"then threshold): {args.threshold_selection['grid_mAP_a@0.5']}")
             head = train_frozen_head(train_f, train_l, store.num_classes, args, info.device,
                                      writer)

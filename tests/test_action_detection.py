@@ -116,6 +116,15 @@ def test_predict_streams_equals_stitched_windows(streams):
         assert np.allclose(direct[s], stitched[s], atol=1e-5)
 
 
+def test_selection_folds_hold_out_every_stream_once():
+    folds = action_detection.selection_folds(np.arange(10), 0.2)   # UTKinect: 10 streams
+    assert [f.tolist() for f in folds] == [[0, 5], [1, 6], [2, 7], [3, 8], [4, 9]]
+    assert [f.tolist() for f in action_detection.selection_folds(np.arange(3), 0.5)] == [[0, 2], [1]]
+    assert len(action_detection.selection_folds(np.arange(4), 0.9)) == 2   # at least two folds
+    with pytest.raises(ValueError, match="at least 2 training streams"):
+        action_detection.selection_folds(np.arange(1), 0.2)
+
+
 def test_threshold_selected_on_training_streams(streams, tmp_path):
     out = tmp_path / "sel"
     action_detection.main(["--data", str(streams), "--output", str(out), *COMMON,
@@ -124,7 +133,8 @@ def test_threshold_selected_on_training_streams(streams, tmp_path):
     sel = result["config"]["threshold_selection"]
     store = open_store(streams)
     train_names = {str(store.names[i]) for i in store.split_indices("xsub_train")}
-    assert set(sel["held_out"]) <= train_names and len(sel["held_out"]) == 1
+    held = [name for fold in sel["folds"] for name in fold]   # every training stream once
+    assert sorted(held) == sorted(train_names) and len(sel["folds"]) >= 2
     grid = sel["grid_mAP_a@0.5"]
     assert set(grid) == {str(w) for w in action_detection.SMOOTH_GRID}
     assert all(set(row) == {f"{t:g}" for t in action_detection.THRESHOLD_GRID}
