@@ -4,7 +4,8 @@
 #   (default ../shared/data/utkinect/joints)
 # (a) synthetic untrimmed streams (demodet_xs_j_dste): pretraining on windows of the training
 #     streams (scripts/pretrain.sh), frozen detection (scripts/detect.sh), the learning-free
-#     floor (evaluation.detection_floor: per-frame raw-pose 1-NN, the same proposals);
+#     floor (evaluation.detection_floor: per-frame raw-pose 1-NN, with the proposal settings
+#     the frozen run chose, --settings-from);
 # (b) UTKinect-Action3D cross-subject (utk_xs_j_dste: odd subjects train, even test):
 #     conversion (feeders.prepare --format utkinect), pretraining on windows of the training
 #     streams, frozen and fine-tuned detection, the floor;
@@ -63,7 +64,8 @@ detection_part() {   # RUN: pretrain, frozen (+ fine-tuned when $2 = finetune), 
         bash scripts/detect.sh "$GPUS" "$run" last --finetune "${FINETUNE[@]}" "${RUNTIME[@]}"
     fi
     stage "learning-free floor"
-    "$PY" -m evaluation.detection_floor --data "$data" --output "$SKEL_CHECKPOINTS/$run"
+    "$PY" -m evaluation.detection_floor --data "$data" --output "$SKEL_CHECKPOINTS/$run" \
+        --settings-from "$SKEL_CHECKPOINTS/$run/detection.json"   # the frozen run's proposals
     stage "table $run ($(date -u +%Y-%m-%d), $(uname -m), $(nproc) CPU cores)"
     "$PY" -m evaluation.report "$SKEL_CHECKPOINTS/$run"
 }

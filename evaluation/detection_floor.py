@@ -8,23 +8,30 @@ those of action_detection.py (same --threshold, --min-length, --smooth, --nms).
 
     python -m evaluation.detection_floor --data DIR --split xsub_train --output RUN_DIR
         [--eval-split xsub_val] [--k 1] [--threshold 0.5] [--min-length 5] [--smooth 1]
+        [--settings-from RUN_DIR/detection.json]
+
+``--settings-from`` takes the proposal settings (threshold, min length, smoothing, NMS) of a
+detection result, e.g. those its --select-threshold chose on the training streams, so that the
+floor and the encoder are compared with the same proposal generation (smoothing alone lifts the
+floor a lot: one-hot per-frame votes are noisy).
 
 Writes <output>/detection_floor.json (+ _proposals/, _scores.npz), like detection.json.
 """
 from __future__ import annotations
 
 import argparse
-import sys
+import json
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from engine import eval_split_for
+from engine import eval_split_for, run_cli
 from evaluation.protocol import make_protocol
 from evaluation.detection import evaluate_streams, summary_line, write_results
+from evaluation.fusion import SETTINGS   # action_detection.py's proposal flags
 from evaluation.knn import l2_normalize, search
-from feeders.store import StoreError, open_store
+from feeders.store import open_store
 from feeders.untrimmed import stream_labels
 
 PROTOCOL = ("learning-free floor: cosine k-NN of each frame's raw pose (centred on body 1's "
@@ -59,6 +66,20 @@ def floor_probabilities(store, train_split: str, test_split: str, k: int = 1
     return out
 
 
+def settings_from(path: Path) -> dict:
+    """The proposal settings recorded in a detection result's ``config``; ValueError naming
+    the file and the missing field otherwise."""
+    try:
+        config = json.loads(Path(path).read_text()).get("config")
+    except (OSError, ValueError, AttributeError) as err:
+        raise ValueError(f"--settings-from {path}: not a readable detection result ({err})") from None
+    missing = [k for k in SETTINGS if not isinstance(config, dict) or k not in config]
+    if missing:
+        raise ValueError(f"--settings-from {path}: its config has no {', '.join(missing)} "
+                         "(expected a detection.json of action_detection.py)")
+    return {k: config[k] for k in SETTINGS}
+
+
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(prog="python -m evaluation.detection_floor",
                                      description=__doc__.split("\n\n")[0])
@@ -75,17 +96,20 @@ def main(argv=None) -> dict:
                         help="moving average of the scores over this many frames (1: off)")
     parser.add_argument("--nms", type=float, default=None, metavar="IOU",
                         help="per-class NMS at this IoU (None: off)")
+    parser.add_argument("--settings-from", type=Path, default=None, metavar="RESULT_JSON",
+                        help="take --threshold, --min-length, --smooth and --nms from this "
+                             "detection result's config (replacing the flags' values)")
     args = parser.parse_args(argv)
+    if args.settings_from is not None:
+        for key, value in settings_from(args.settings_from).items():
+            setattr(args, key, value)
     if args.k < 1 or args.min_length < 1 or args.smooth < 1:
         parser.error("--k, --min-length and --smooth must be >= 1")
     if not 0.0 <= args.threshold < 1.0:
         parser.error(f"--threshold must be in [0, 1), got {args.threshold}")
     args.eval_split = args.eval_split or eval_split_for(args.split)
-    try:
-        store = open_store(args.data)
-        probs = floor_probabilities(store, args.split, args.eval_split, args.k)
-    except (StoreError, ValueError) as err:
-        sys.exit(f"error: {err}")
+    store = open_store(args.data)
+    probs = floor_probabilities(store, args.split, args.eval_split, args.k)
     names = {s: str(store.names[s]) for s in probs}
     labels = {names[s]: stream_labels(store, s) for s in probs}
     metrics, proposals = evaluate_streams({names[s]: p for s, p in probs.items()}, labels,
@@ -103,4 +127,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main, "python -m evaluation.detection_floor")

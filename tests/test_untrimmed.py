@@ -115,3 +115,24 @@ def test_detection_floor_on_identical_streams(untrimmed, tmp_path):
     assert metrics["segmentation"]["accuracy"] == 100
     assert metrics["mAP_v"]["0.5"] == pytest.approx(100)
     assert (tmp_path / "detection_floor.json").is_file()
+
+
+def test_detection_floor_settings_from_a_detection_result(untrimmed, tmp_path):
+    """--settings-from takes the proposal settings of a detection.json: the same floor as the
+    flags given by hand; a file without them is refused, naming it and the fields."""
+    import json
+
+    from evaluation.detection_floor import main
+    result = tmp_path / "detection.json"
+    result.write_text(json.dumps({"config": {"threshold": 0.3, "min_length": 2, "smooth": 5,
+                                             "nms": None}}))
+    common = ["--data", str(untrimmed.root), "--split", "xsub_train"]
+    by_hand = main(common + ["--output", str(tmp_path / "a"), "--threshold", "0.3",
+                             "--min-length", "2", "--smooth", "5"])
+    taken = main(common + ["--output", str(tmp_path / "b"), "--settings-from", str(result)])
+    assert taken == by_hand
+    config = json.loads((tmp_path / "b" / "detection_floor.json").read_text())["config"]
+    assert (config["threshold"], config["min_length"], config["smooth"]) == (0.3, 2, 5)
+    result.write_text(json.dumps({"config": {"threshold": 0.3}}))
+    with pytest.raises(ValueError, match=r"detection.json: its config has no min_length, smooth, nms"):
+        main(common + ["--output", str(tmp_path / "c"), "--settings-from", str(result)])
