@@ -1,8 +1,10 @@
 """The console commands that `pip install .` puts on the PATH (pyproject.toml, [project.scripts]).
 
-Each command runs one entry point's `main()` on `sys.argv` through `engine.run_cli`, exactly
-as `python ENTRY.py` / `python -m MODULE` does: a bad flag or input is one line
-`COMMAND: error: ...` with exit status 2, a non-finite loss exits 1.
+Each command runs its entry point exactly as `python ENTRY.py` / `python -m MODULE` does: the
+training and evaluation ones (skel-pretrain, -recog, -retrieval, -detect) through
+`engine.run_program` (their process-wide settings, e.g. --threads, applied), the others'
+`main()` through `engine.run_cli`. A bad flag or input is one line `COMMAND: error: ...` with
+exit status 2, a non-finite loss exits 1.
 
     skel-pretrain      = python pretrain.py             skel-prepare   = python -m feeders.prepare
     skel-recog         = python action_recognition.py   skel-synthetic = python -m feeders.synthetic

@@ -20,7 +20,6 @@ Writes <output>/detection_floor.json (+ _proposals/, _scores.npz), like detectio
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +28,7 @@ import torch
 from engine import eval_split_for, run_cli
 from evaluation.protocol import make_protocol
 from evaluation.detection import evaluate_streams, summary_line, write_results
-from evaluation.fusion import SETTINGS   # action_detection.py's proposal flags
+from evaluation.fusion import SETTINGS, read_json   # SETTINGS: action_detection.py's proposal flags
 from evaluation.knn import l2_normalize, search
 from feeders.store import open_store
 from feeders.untrimmed import stream_labels
@@ -69,10 +68,7 @@ def floor_probabilities(store, train_split: str, test_split: str, k: int = 1
 def settings_from(path: Path) -> dict:
     """The proposal settings recorded in a detection result's ``config``; ValueError naming
     the file and the missing field otherwise."""
-    try:
-        config = json.loads(Path(path).read_text()).get("config")
-    except (OSError, ValueError, AttributeError) as err:
-        raise ValueError(f"--settings-from {path}: not a readable detection result ({err})") from None
+    config = read_json(Path(path)).get("config")   # ValueError naming the file
     missing = [k for k in SETTINGS if not isinstance(config, dict) or k not in config]
     if missing:
         raise ValueError(f"--settings-from {path}: its config has no {', '.join(missing)} "

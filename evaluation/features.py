@@ -35,7 +35,7 @@ import engine
 from feeders.augment import CLIP_FRACTION
 from evaluation.checks import require_finite
 from feeders.dataset import EvalDataset
-from feeders.store import open_store
+from feeders.store import file_sha256, open_store
 from feeders.streams import FUSED, resolve_spatial_channels, to_stream
 from models.stgcn import STUDY_FLAGS, study_overrides, study_setting
 from models.checkpoint import (build_configured_encoder, checkpoint_config, encoder_state,
@@ -78,15 +78,6 @@ def resolve_pretrained(value: str | None, output: Path) -> Path | None:
 
 
 ENCODER_FILE_FORMAT = "skelssl-encoder"  # safetensors metadata "format" of models.export files
-
-
-def file_sha256(path: Path) -> str:
-    """Hex SHA-256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def split_sha256(path: str | Path) -> tuple[Path, str | None]:

@@ -91,7 +91,8 @@ def _npy_header(shape: Sequence[int], dtype: np.dtype) -> bytes:
     return magic + struct.pack("<H", text_len) + text.encode("latin1")
 
 
-def _sha256(path: Path, chunk: int = 1 << 20) -> str:
+def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
+    """Hex SHA-256 of a file's bytes, read in chunks (manifests, checkpoints, exports)."""
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         while block := f.read(chunk):
@@ -532,7 +533,7 @@ class StoreWriter:
             "splits": {name: int(idx.size) for name, idx in split_idx.items()},
             "frame_arrays": {k: {"dtype": e.dtype.str, "shape": list(e.frame_shape)}
                              for k, e in self._extras.items()},
-            "checksums": {name: _sha256(self.tmp_dir / name) for name in files},
+            "checksums": {name: file_sha256(self.tmp_dir / name) for name in files},
             "created_by": CREATED_BY,
         }
         with open(self.tmp_dir / MANIFEST_FILE, "w") as f, _writing(self.tmp_dir / MANIFEST_FILE):
@@ -584,7 +585,7 @@ def add_splits(src, out, splits: Mapping[str, Sequence[int]]) -> Path:
         manifest = {**manifest,
                     "splits": {k[len("split/"):]: int(v.size) for k, v in arrays.items()
                                if k.startswith("split/")},
-                    "checksums": {**manifest["checksums"], INDEX_FILE: _sha256(tmp / INDEX_FILE)}}
+                    "checksums": {**manifest["checksums"], INDEX_FILE: file_sha256(tmp / INDEX_FILE)}}
         with open(tmp / MANIFEST_FILE, "w") as f, _writing(tmp / MANIFEST_FILE):
             json.dump(manifest, f, indent=1)
         _replace_dir(tmp, out)
@@ -856,6 +857,6 @@ def open_store(path, verify: bool = False) -> Store:
         for name, expected in manifest["checksums"].items():
             if not (root / name).is_file():
                 raise _fail(root / name, "missing (listed in the manifest checksums)")
-            if _sha256(root / name) != expected:
+            if file_sha256(root / name) != expected:
                 raise _fail(root / name, "sha256 checksum mismatch (file changed or corrupt)")
     return Store(root, manifest, frames, index, splits, frame_arrays)

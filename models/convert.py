@@ -30,7 +30,6 @@ use single-head attention (the tensors cannot tell the number of heads); so does
 from __future__ import annotations
 
 import argparse
-import hashlib
 import os
 import re
 import sys
@@ -40,6 +39,7 @@ import torch
 
 from feeders.dataset import NORMALIZATIONS
 from feeders.layouts import get_layout
+from feeders.store import file_sha256
 from feeders.streams import FUSED, FUSED_PARTS
 from models import dste, sttr
 from models.base import sinusoidal_encoding
@@ -268,14 +268,6 @@ CONVERTERS = {"usdrl": convert_usdrl, "umurl": convert_umurl}
 
 
 # ----------------------------------------------------------------------------- command line
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def convert(fmt: str, src: Path, out: Path, layout: str = "ntu25", stream: str | None = None,
             normalize: str = "first_frame") -> dict:
     """Read release file `src` (format `fmt`), write this suite's checkpoint to `out`
@@ -291,7 +283,7 @@ def convert(fmt: str, src: Path, out: Path, layout: str = "ntu25", stream: str |
     config["normalize"] = normalize
     epoch = ckpt.get("epoch")
     result = {"model": state, "encoder_key": "encoder", "config": config,
-              "source": {"format": fmt, "file": str(src), "sha256": sha256_of(src),
+              "source": {"format": fmt, "file": str(src), "sha256": file_sha256(src),
                          "epoch": int(epoch) if isinstance(epoch, (int, torch.Tensor)) else None}}
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")

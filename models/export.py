@@ -21,7 +21,8 @@ from pathlib import Path
 
 import engine
 from evaluation.features import (ENCODER_FIELDS, ENCODER_FILE_FORMAT, CheckpointError,
-                                 checkpoint_config, encoder_state, file_sha256, read_checkpoint)
+                                 checkpoint_config, encoder_state, read_checkpoint)
+from feeders.store import file_sha256
 
 
 def encoder_metadata(ckpt: dict, source: Path) -> dict[str, str]:
