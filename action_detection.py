@@ -13,7 +13,11 @@ Dense features: for a window of L = --clip-len frames, the encoder's per-frame f
 (DSTE/STTR: the L temporal tokens; ST-GCN / MS-G3D: their strided frames upsampled linearly
 back to L) concatenated with its per-joint tokens average-pooled to L positions (what the USDRL
 release's detection path does), ``(L, Dt + Ds)``. A Linear(Dt + Ds -> K + 1) classifies
-every frame.
+every frame. --head tcn (frozen encoder only) replaces it by a temporal convolution network over
+whole streams (one MS-TCN stage, evaluation/temporal_head.py: the window features averaged over
+the windows' overlaps, Adam lr 5e-4, 50 epochs, one stream a step; results in detection_tcn.*):
+it sees each frame with its neighbours, so it can place boundaries that one frame's feature
+cannot.
 
 Training: windows of L frames cut every --window-stride frames from the training streams
 (the last one flush with the stream's end; streams shorter than L padded, padding ignored).
@@ -38,7 +42,7 @@ frames; for each action class, every maximal run of frames with probability abov
 and at least --min-length frames is a proposal (label, start, end, mean probability), optionally
 --nms IOU within a class. Segmentation output: the arg-max class of every frame.
 
-Outputs (tag = detection or detection_finetune): <tag>.json (the official PKU-MMD metrics
+Outputs (tag = detection, detection_tcn or detection_finetune): <tag>.json (the official PKU-MMD metrics
 mAP_a / mAP_v at IoU 0.1 / 0.3 / 0.5 / 0.7, F1 and AP at 0.5, 2D-AP, in %; segmentation frame
 accuracy, edit, F1@{10,25,50}; every flag and the protocol), <tag>_proposals/<video>.txt (one
 file per test stream, lines ``label,start,end,confidence``: the official evaluator's input;
@@ -67,6 +71,8 @@ from evaluation.checks import require_finite
 from evaluation.detection import evaluate_streams, stitch, summary_line, write_results
 from evaluation.features import build_eval_encoder, cache_key, setup_eval_run, stream_transform
 from evaluation.linear import make_head, train_linear
+from evaluation.temporal_head import TCN_DEFAULTS, train_temporal_head
+from evaluation import temporal_head
 from feeders.dataset import make_loader
 from feeders.untrimmed import WindowDataset, stream_labels
 
@@ -75,6 +81,7 @@ MODE_DEFAULTS = {
                "milestones": [40]},
     "finetune": {"epochs": 150, "batch_size": 64, "lr": 0.005, "weight_decay": 0.0,
                  "milestones": [100]},
+    "tcn": {**TCN_DEFAULTS, "batch_size": 1, "milestones": []},   # Adam, one stream a step
 }
 THRESHOLD_GRID = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 SMOOTH_GRID = (1, 5, 9, 15, 25)   # moving-average widths (frames) tried with --select-threshold
@@ -82,6 +89,10 @@ PROTOCOL = ("per-frame linear classifier over K + 1 classes on dense window feat
             "(temporal tokens + spatial tokens pooled to L positions); windows averaged over "
             "their overlap; proposals = runs above threshold per class, scored by mean "
             "probability; metrics of the official PKU-MMD evaluator")
+TCN_PROTOCOL = ("temporal convolution head (one MS-TCN stage) over K + 1 classes on the dense "
+                "window features averaged over the windows' overlaps into whole-stream features; "
+                "proposals = runs above threshold per class, scored by mean probability; "
+                "metrics of the official PKU-MMD evaluator")
 
 
 # ----------------------------------------------------------------------------- command line
@@ -104,6 +115,16 @@ def build_parser() -> argparse.ArgumentParser:
                         "(random init); None: none")
     g.add_argument("--finetune", action="store_true",
                    help="train the encoder too (without it: frozen encoder, cached features)")
+    g.add_argument("--head", choices=("linear", "tcn"), default="linear",
+                   help="frozen encoder: the per-frame linear classifier (the SSL protocol) or "
+                        "a temporal convolution network over the stitched stream features "
+                        "(one MS-TCN stage: evaluation/temporal_head.py)")
+    g.add_argument("--tcn-layers", type=int, default=10,
+                   help="--head tcn: dilated residual layers (receptive field 2^(n+1) - 1 frames)")
+    g.add_argument("--tcn-hidden", type=int, default=64, help="--head tcn: channels")
+    g.add_argument("--tcn-dropout", type=float, default=0.5, help="--head tcn: dropout")
+    g.add_argument("--tcn-smooth-weight", type=float, default=0.15,
+                   help="--head tcn: weight of MS-TCN's truncated-MSE smoothing loss")
     g.add_argument("--window-stride", type=int, default=None,
                    help="frames between training windows; None: half the clip length")
     g.add_argument("--test-stride", type=int, default=None,
@@ -138,14 +159,20 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = build_parser()
     args = parser.parse_args(argv)
     scratch = args.pretrained is None or args.pretrained.lower() in ("none", "scratch")
+    if args.finetune and args.head != "linear":
+        parser.error("--head tcn works with the frozen encoder only (no --finetune)")
+    purpose = ("detect_finetune" if args.finetune
+               else "detect" if args.head == "linear" else "detect_tcn")
     try:   # the recipe (recipes.py): the frozen probe's lr of small sets; encoder flags (scratch)
-        recipes.apply_defaults(parser, args, argv,
-                               "detect_finetune" if args.finetune else "detect", scratch=scratch)
+        recipes.apply_defaults(parser, args, argv, purpose, scratch=scratch)
     except ValueError as err:
         parser.error(str(err))
-    for key, value in MODE_DEFAULTS["finetune" if args.finetune else "frozen"].items():
+    mode = "finetune" if args.finetune else "frozen" if args.head == "linear" else "tcn"
+    for key, value in MODE_DEFAULTS[mode].items():
         if getattr(args, key) is None:
             setattr(args, key, value)
+    if args.tcn_layers < 1 or args.tcn_hidden < 1 or not 0.0 <= args.tcn_dropout < 1.0:
+        parser.error("--tcn-layers and --tcn-hidden must be >= 1, --tcn-dropout in [0, 1)")
     for flag in ("window_stride", "test_stride", "eval_batch_size"):
         value = getattr(args, flag)
         if value is not None and value < 1:
@@ -163,8 +190,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-def result_tag(finetune: bool) -> str:
-    return "detection_finetune" if finetune else "detection"
+def result_tag(finetune: bool, head: str = "linear") -> str:
+    """detection (frozen, linear head), detection_tcn (frozen, --head tcn), detection_finetune."""
+    return "detection_finetune" if finetune else "detection" if head == "linear" else "detection_tcn"
 
 
 # ----------------------------------------------------------------------------- dense features
@@ -321,26 +349,70 @@ def selection_folds(streams: np.ndarray, fraction: float) -> list[np.ndarray]:
     return [streams[f::folds] for f in range(min(folds, len(streams)))]
 
 
+def stream_features(feats: torch.Tensor, dataset: WindowDataset,
+                    rows: np.ndarray) -> dict[int, torch.Tensor]:
+    """Per-frame features ``(T, D)`` of each stream of the windows ``rows`` (indices into
+    ``dataset.windows`` and ``feats (W, L, D)``), averaged where windows overlap."""
+    windows = dataset.windows[rows]
+    out = {}
+    for s in np.unique(windows[:, 0]):
+        mine = rows[windows[:, 0] == s]
+        out[int(s)] = torch.from_numpy(stitch(feats[mine].float().numpy(),
+                                              dataset.windows[mine, 1],
+                                              int(dataset.store.lengths[s])))
+    return out
+
+
+def frozen_probabilities(args, store, train: tuple, target: tuple, device,
+                         writer) -> dict[int, np.ndarray]:
+    """Train the frozen-encoder head (--head) on the ``train`` windows and return the per-frame
+    probabilities ``(T, K + 1)`` of the ``target`` windows' streams (by store index).
+    ``train`` / ``target`` = (WindowDataset, features (W, L, D), labels (W, L), rows) where
+    rows ``(n,)`` picks the windows used (all: ``np.arange(W)``).
+    linear: the per-frame classifier on the windows' frames, its softmax averaged over window
+    overlaps; tcn: the window features averaged over overlaps into stream features, the
+    temporal head trained on whole training streams."""
+    train_set, train_f, train_l, train_rows = train
+    target_set, target_f, _, target_rows = target
+    if args.head == "linear":
+        head = train_frozen_head(train_f[train_rows], train_l[train_rows], store.num_classes,
+                                 args, device, writer)
+        return stream_probabilities(window_probabilities(head, target_f[target_rows]),
+                                    target_set, target_set.windows[target_rows])
+
+    def log(epoch, record):
+        writer.add_scalar("detection/loss", record["loss"], epoch)
+
+    features = stream_features(train_f, train_set, train_rows)
+    labels = [torch.from_numpy(stream_labels(store, s)) for s in features]
+    head = train_temporal_head(list(features.values()), labels, store.num_classes,
+                               epochs=args.epochs, lr=args.lr, weight_decay=args.weight_decay,
+                               hidden=args.tcn_hidden, layers=args.tcn_layers,
+                               dropout=args.tcn_dropout, smooth_weight=args.tcn_smooth_weight,
+                               seed=args.seed, device=device, log=log)
+    return temporal_head.stream_probabilities(
+        head, stream_features(target_f, target_set, target_rows))
+
+
 def select_threshold(feats: torch.Tensor, labels: torch.Tensor, dataset: WindowDataset, store,
                      args, device, writer) -> dict:
     """Choose --threshold and --smooth on the training split only, by cross-validation over
     its streams: for each fold of about --select-threshold F of the streams
-    (``selection_folds``), train the frozen head on the other streams' windows and predict the
-    fold's; then take the pair of THRESHOLD_GRID x SMOOTH_GRID with the best mAP_a at IoU 0.5
-    over all training streams' out-of-fold predictions (ties: the lower threshold, then the
-    narrower smoothing). Every training stream is held out once, so the choice does not hang
-    on the one or two streams a single split would hold out. Noisy per-frame probabilities
-    break an action into short runs, which smoothing joins.
+    (``selection_folds``), train the frozen head (--head) on the other streams' windows and
+    predict the fold's; then take the pair of THRESHOLD_GRID x SMOOTH_GRID with the best mAP_a
+    at IoU 0.5 over all training streams' out-of-fold predictions (ties: the lower threshold,
+    then the narrower smoothing). Every training stream is held out once, so the choice does
+    not hang on the one or two streams a single split would hold out. Noisy per-frame
+    probabilities break an action into short runs, which smoothing joins.
     Returns {"threshold", "smooth", "folds": [[stream names]], "grid_mAP_a@0.5": {smooth:
-    {threshold: %}}}."""
+    {threshold: %}}, "best_mAP_a@0.5": the chosen pair's out-of-fold %}."""
     folds = selection_folds(np.unique(dataset.windows[:, 0]), args.select_threshold)
     probs = {}
     for fold in folds:
-        mask = torch.from_numpy(np.isin(dataset.windows[:, 0], fold))
-        head = train_frozen_head(feats[~mask], labels[~mask], store.num_classes, args, device,
-                                 writer)
-        probs.update(stream_probabilities(window_probabilities(head, feats[mask]), dataset,
-                                          dataset.windows[mask.numpy()]))
+        mask = np.isin(dataset.windows[:, 0], fold)
+        probs.update(frozen_probabilities(
+            args, store, (dataset, feats, labels, np.flatnonzero(~mask)),
+            (dataset, feats, labels, np.flatnonzero(mask)), device, writer))
     grid = {}
     for w in SMOOTH_GRID:
         grid[str(w)] = {}
@@ -351,7 +423,7 @@ def select_threshold(feats: torch.Tensor, labels: torch.Tensor, dataset: WindowD
                          key=lambda tw: (grid[str(tw[1])][f"{tw[0]:g}"], -tw[0], -tw[1]))
     return {"threshold": best_t, "smooth": best_w,
             "folds": [[str(store.names[s]) for s in fold] for fold in folds],
-            "grid_mAP_a@0.5": grid}
+            "grid_mAP_a@0.5": grid, "best_mAP_a@0.5": grid[str(best_w)][f"{best_t:g}"]}
 
 
 @torch.no_grad()
@@ -392,13 +464,14 @@ def evaluate(probs: dict[int, np.ndarray], store, args) -> tuple[dict, dict]:
 
 def write_outputs(args, store, probs: dict, metrics: dict, proposals: dict, cfg, info) -> Path:
     names = {s: str(store.names[s]) for s in probs}
-    extra = {"protocol": make_protocol("detection",
-                                       encoder="finetuned" if args.finetune else "frozen"),
-             "method": PROTOCOL, "mode": "finetune" if args.finetune else "frozen",
+    encoder = "finetuned" if args.finetune else "frozen" if args.head == "linear" else "frozen_tcn"
+    extra = {"protocol": make_protocol("detection", encoder=encoder),
+             "method": PROTOCOL if args.head == "linear" else TCN_PROTOCOL,
+             "mode": "finetune" if args.finetune else "frozen",
              "eval_split": args.eval_split, "class_names": store.class_names, "encoder": cfg,
              "pretrained": str(args.pretrained) if args.pretrained else None,
              **engine.run_metadata(args, info)}
-    return write_results(args.output, result_tag(args.finetune),
+    return write_results(args.output, result_tag(args.finetune, args.head),
                          {names[s]: p for s, p in probs.items()},
                          {names[s]: stream_labels(store, s) for s in probs},
                          metrics, proposals, extra)
@@ -422,7 +495,7 @@ def run(args: argparse.Namespace) -> dict | None:
     args.window_stride = args.window_stride or max(1, cfg["clip_len"] // 2)
     args.test_stride = args.test_stride or max(1, cfg["clip_len"] // 4)
     info = engine.init_distributed()
-    with engine.claim_run_dir(args.output, result_tag(args.finetune), info):
+    with engine.claim_run_dir(args.output, result_tag(args.finetune, args.head), info):
         return detect(args, store, ckpt, cfg, info)
 
 
@@ -456,7 +529,7 @@ def detect(args, store, ckpt, cfg: dict, info: engine.DistInfo) -> dict:
         # a NaN feature would still be classified (evaluation/checks.py)
         require_finite(train_f, f"features of training windows ({args.split})")
         require_finite(test_f, f"features of test windows ({args.eval_split})")
-        with SummaryWriter(str(args.output / result_tag(False) / "tb")) as writer:
+        with SummaryWriter(str(args.output / result_tag(False, args.head) / "tb")) as writer:
             if args.select_threshold:
                 args.threshold_selection = select_threshold(train_f, train_l, train_set,
                                                             store, args, info.device, writer)
@@ -466,15 +539,15 @@ def detect(args, store, ckpt, cfg: dict, info: engine.DistInfo) -> dict:
                                  "chosen by cross-validation on the training streams (mAP_a@0.5 "
                                  "by smoothing, "
                                  f"then threshold): {args.threshold_selection['grid_mAP_a@0.5']}")
-            head = train_frozen_head(train_f, train_l, store.num_classes, args, info.device,
-                                     writer)
-        probs = stream_probabilities(window_probabilities(head, test_f), test_set)
+            probs = frozen_probabilities(
+                args, store, (train_set, train_f, train_l, np.arange(len(train_f))),
+                (test_set, test_f, None, np.arange(len(test_f))), info.device, writer)
     names = [str(store.names[s]) for s in probs]
     require_finite(np.array([p.sum() for p in probs.values()], dtype=np.float64),
                    f"scores of split {args.eval_split}", names)   # one sum per stream
     metrics, proposals = evaluate(probs, store, args)
     path = write_outputs(args, store, probs, metrics, proposals, cfg, info)
-    engine.log(info, f"{result_tag(args.finetune)}: {summary_line(metrics)}  -> {path}")
+    engine.log(info, f"{result_tag(args.finetune, args.head)}: {summary_line(metrics)}  -> {path}")
     return metrics
 
 

@@ -66,7 +66,8 @@ SMALL_FINETUNE = {"epochs": 50, "lr": 1e-3, "warmup_epochs": 2.0, "batch_size": 
                   "shear": 1.0, "lp_epochs": 160, "lp_lr": 1.0}
 SMALL_SEMI = {**SMALL_FINETUNE, "epochs": 40, "batch_size": 16}
 ENCODER_KEYS = ("preset", "clip_len", "normalize")   # a checkpoint has its own
-PURPOSES = ("pretrain", "linear", "finetune", "semi", "knn", "detect", "detect_finetune")
+PURPOSES = ("pretrain", "linear", "finetune", "semi", "knn", "detect", "detect_tcn",
+            "detect_finetune")
 
 
 @dataclass(frozen=True)
@@ -257,8 +258,9 @@ def pretrain_values(kind: str, facts: DataFacts) -> dict:
 
 
 def eval_values(kind: str, known: Known | None, facts: DataFacts, purpose: str) -> dict:
-    """Evaluation flag values (linear, finetune, semi, detect: the frozen detection probe; knn
-    and detect_finetune have none of their own)."""
+    """Evaluation flag values (linear, finetune, semi, detect: the frozen detection probe; knn,
+    detect_tcn (the frozen temporal head: its own defaults) and detect_finetune have none of
+    their own)."""
     small = kind in ("small", "demo", "auto-small")
     protocol = protocol_of_split(facts.split)
     if purpose == "detect":   # batches of windows, not of streams: the probe's lr only

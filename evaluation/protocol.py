@@ -4,7 +4,8 @@
     {"kind": "finetune", "label_fraction": 0.1}   --mode finetune (semi-supervised when < 1)
     {"kind": "knn",      "k": 1}                  action_retrieval.py
     {"kind": "fusion",   "of": <the fused results' protocol, or null>}   evaluation.fusion
-    {"kind": "detection", "encoder": "frozen" | "finetuned" | "floor"}   action_detection.py,
+    {"kind": "detection", "encoder": "frozen" | "frozen_tcn" | "finetuned" | "floor"}
+                                                  action_detection.py (frozen_tcn: --head tcn),
                                                   evaluation.detection_floor (a table of its own,
                                                   with the fusions of detection runs)
 
@@ -17,6 +18,7 @@ KINDS = ("linear", "knn", "finetune", "fusion", "detection")
 _FIELDS = {"linear": ("label_fraction",), "finetune": ("label_fraction",), "knn": ("k",),
            "fusion": ("of",), "detection": ("encoder",)}
 DETECTION_ENCODERS = {"frozen": "detection, frozen encoder",
+                      "frozen_tcn": "detection, frozen encoder, temporal head",
                       "finetuned": "detection, fine-tuned encoder",
                       "floor": "detection floor (per-frame raw 1-NN, learning-free)"}
 _NAMES = {"linear": "linear probe", "finetune": "fine-tune"}
@@ -86,7 +88,7 @@ def protocol_name(protocol: dict) -> str:
 
 def protocol_order(protocol: dict) -> tuple:
     """Table order: linear probe (all labels, then fewer), KNN (k = 1, then by k), fine-tune (all
-    labels, then fewer), detection (frozen, fine-tuned, floor); a fusion right below the protocol
+    labels, then fewer), detection (frozen, frozen with the temporal head, fine-tuned, floor); a fusion right below the protocol
     it fuses, one of unknown origin last."""
     kind = protocol["kind"]
     if kind == "fusion":

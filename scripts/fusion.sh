@@ -9,7 +9,7 @@
 #   bash scripts/fusion.sh detection demodet_xs_j_dste demodet_xs_b_dste \
 #       --output checkpoint/demodet_xs_j_dste/fusion_detection.json   # per-frame, then evaluated
 # TAG is the results name of action_recognition.py (linear, finetune, finetune_0.01, ...;
-# default linear) or action_detection.py (detection, detection_finetune: --threshold
+# default linear) or action_detection.py (detection, detection_tcn, detection_finetune: --threshold
 # --min-length --smooth --nms override the runs' proposal settings). A DATASET_PROTOCOL prefix
 # takes all its runs, ordered by stream j b m jm bm.
 # --output checkpoint/<RUN>/fusion_<TAG>.json saves the summary; evaluation.report shows it.
@@ -21,7 +21,7 @@ RUNS=()
 PREFIX=""
 while [ $# -gt 0 ] && [[ "$1" != -* ]]; do
     case "$1" in
-        linear|finetune|linear_*|finetune_*|detection|detection_finetune) TAG="$1" ;;
+        linear|finetune|linear_*|finetune_*|detection|detection_tcn|detection_finetune) TAG="$1" ;;
         *_*_*_*) RUNS+=("$1") ;;
         *_*) PREFIX="$1" ;;
         *) die "'$1' is neither a run name, a DATASET_PROTOCOL prefix nor a results tag" ;;
