@@ -35,7 +35,8 @@ each fold is predicted by a head trained on the other streams; the pair with the
 over all the out-of-fold predictions is kept (the folds and the grid are recorded in the JSON
 under ``threshold_selection``), and the head is trained again on every training stream.
 
-Inference: windows every --test-stride frames over each whole test stream, batched; per-frame
+Inference: windows every --test-stride frames over each whole test stream (--num-clips N: N
+such grids shifted by --test-stride / N, i.e. windows every test-stride // N frames), batched; per-frame
 class probabilities (softmax) averaged where windows overlap (frozen: from the cached test
 window features; fine-tuned: batch by batch into running per-frame sums, predict_streams); --smooth W averages them over W
 frames; for each action class, every maximal run of frames with probability above --threshold
@@ -129,6 +130,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="frames between training windows; None: half the clip length")
     g.add_argument("--test-stride", type=int, default=None,
                    help="frames between test windows; None: a quarter of the clip length")
+    g.add_argument("--num-clips", type=int, default=1, metavar="N",
+                   help="multi-clip testing for dense scores: N grids of test windows, shifted "
+                        "by --test-stride / N from each other, every frame's probabilities "
+                        "averaged over all the windows covering it (the windows then start "
+                        "every max(1, test-stride // N) frames)")
     g.add_argument("--threshold", type=float, default=0.5,
                    help="a frame belongs to a class's proposal when its probability exceeds this")
     g.add_argument("--select-threshold", type=float, default=0.0, metavar="FRACTION",
@@ -173,7 +179,7 @@ def parse_args(argv=None) -> argparse.Namespace:
             setattr(args, key, value)
     if args.tcn_layers < 1 or args.tcn_hidden < 1 or not 0.0 <= args.tcn_dropout < 1.0:
         parser.error("--tcn-layers and --tcn-hidden must be >= 1, --tcn-dropout in [0, 1)")
-    for flag in ("window_stride", "test_stride", "eval_batch_size"):
+    for flag in ("window_stride", "test_stride", "eval_batch_size", "num_clips"):
         value = getattr(args, flag)
         if value is not None and value < 1:
             parser.error(f"--{flag.replace('_', '-')} must be >= 1, got {value}")
@@ -494,6 +500,7 @@ def run(args: argparse.Namespace) -> dict | None:
     stream_labels(store, 0)
     args.window_stride = args.window_stride or max(1, cfg["clip_len"] // 2)
     args.test_stride = args.test_stride or max(1, cfg["clip_len"] // 4)
+    args.test_window_stride = max(1, args.test_stride // args.num_clips)   # --num-clips grids
     info = engine.init_distributed()
     with engine.claim_run_dir(args.output, result_tag(args.finetune, args.head), info):
         return detect(args, store, ckpt, cfg, info)
@@ -507,7 +514,7 @@ def detect(args, store, ckpt, cfg: dict, info: engine.DistInfo) -> dict:
     dtype = engine.autocast_dtype(args.precision, info.device)
     window_kw = dict(normalize=cfg["normalize"], spatial_channels=cfg["spatial_channels"])
     train_set = WindowDataset(store, args.split, cfg["clip_len"], args.window_stride, **window_kw)
-    test_set = WindowDataset(store, args.eval_split, cfg["clip_len"], args.test_stride,
+    test_set = WindowDataset(store, args.eval_split, cfg["clip_len"], args.test_window_stride,
                              **window_kw)
     engine.log(info, f"detection: {len(train_set)} training windows ({args.split}), "
                      f"{len(test_set)} test windows ({args.eval_split}), L={cfg['clip_len']}")
@@ -525,7 +532,7 @@ def detect(args, store, ckpt, cfg: dict, info: engine.DistInfo) -> dict:
         train_f, train_l = cached_dense(encoder, train_set, store, args.split,
                                         stride=args.window_stride, **kw)
         test_f, _ = cached_dense(encoder, test_set, store, args.eval_split,
-                                 stride=args.test_stride, **kw)
+                                 stride=args.test_window_stride, **kw)
         # a NaN feature would still be classified (evaluation/checks.py)
         require_finite(train_f, f"features of training windows ({args.split})")
         require_finite(test_f, f"features of test windows ({args.eval_split})")

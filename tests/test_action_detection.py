@@ -169,3 +169,22 @@ def test_recipe_and_non_finite_features(streams, tmp_path, capsys, monkeypatch):
                        match=r"features of training windows \(xsub_train\).*non-finite"):
         action_detection.main(["--data", str(streams), "--output", str(tmp_path / "nan"),
                                "--no-cache", *COMMON])
+
+
+def test_num_clips_shifts_the_test_windows(streams, tmp_path):
+    """--num-clips 2 with test stride 8: two grids of windows 4 frames apart, i.e. the same
+    scores as --test-stride 4, recorded in the JSON."""
+    base = ["--data", str(streams), *COMMON, "--test-stride", "8"]
+    clips = action_detection.main(base + ["--output", str(tmp_path / "c"), "--num-clips", "2"])
+    finer = action_detection.main(["--data", str(streams), *COMMON, "--test-stride", "4",
+                                   "--output", str(tmp_path / "f")])
+    assert clips["mAP_a"] == finer["mAP_a"]
+    result = json.loads((tmp_path / "c" / "detection.json").read_text())
+    assert result["config"]["num_clips"] == 2 and result["config"]["test_window_stride"] == 4
+    with np.load(tmp_path / "c" / "detection_scores.npz") as a, \
+            np.load(tmp_path / "f" / "detection_scores.npz") as b:
+        assert np.allclose(a["scores"], b["scores"], atol=1e-6)
+    one = action_detection.main(base + ["--output", str(tmp_path / "o")])
+    with np.load(tmp_path / "o" / "detection_scores.npz") as o, \
+            np.load(tmp_path / "c" / "detection_scores.npz") as a:
+        assert not np.allclose(o["scores"], a["scores"])   # the extra grid changed the scores
