@@ -27,7 +27,10 @@ clip length, normalisation, plus the stride), then the per-frame linear classifi
 on the cached frames (evaluation.linear.train_linear: SGD, lr 0.01, batch 64 windows' worth of
 frames, 60 epochs, x0.1 at 40, wd 0: HiCLR's detection config). --finetune trains encoder and
 classifier end to end on the windows (SGD momentum 0.9, lr 0.005, 150 epochs, x0.1 at 100;
-engine.train, state in <output>/detection_finetune/, resumable).
+engine.train, state in <output>/detection_finetune/, resumable); with a GCN encoder, --neck tpn
+puts a temporal pyramid neck between encoder and classifier (models/tpn.py: the fused pyramid
+gives the dense features, its auxiliary head classifies every frame of the deepest level,
+upsampled to L, loss weight 0.5).
 
 --select-threshold F chooses --threshold (THRESHOLD_GRID) and --smooth (SMOOTH_GRID) on the
 training split only, by cross-validation over its streams: in folds of about F of the streams,
@@ -76,6 +79,7 @@ from evaluation.temporal_head import TCN_DEFAULTS, train_temporal_head
 from evaluation import temporal_head
 from feeders.dataset import make_loader
 from feeders.untrimmed import WindowDataset, stream_labels
+from models.tpn import AUX_WEIGHT, TPNEncoder
 
 MODE_DEFAULTS = {
     "frozen": {"epochs": 60, "batch_size": 64, "lr": 0.01, "weight_decay": 0.0,
@@ -116,6 +120,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "(random init); None: none")
     g.add_argument("--finetune", action="store_true",
                    help="train the encoder too (without it: frozen encoder, cached features)")
+    g.add_argument("--neck", choices=("none", "tpn"), default="none",
+                   help="--finetune with a GCN encoder (stgcn, msg3d): a temporal pyramid neck "
+                        "over its stages (models/tpn.py) with a per-frame auxiliary head on the "
+                        "deepest level (loss weight 0.5)")
     g.add_argument("--head", choices=("linear", "tcn"), default="linear",
                    help="frozen encoder: the per-frame linear classifier (the SSL protocol) or "
                         "a temporal convolution network over the stitched stream features "
@@ -167,6 +175,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     scratch = args.pretrained is None or args.pretrained.lower() in ("none", "scratch")
     if args.finetune and args.head != "linear":
         parser.error("--head tcn works with the frozen encoder only (no --finetune)")
+    if args.neck != "none" and not args.finetune:
+        parser.error("--neck tpn is trained: it needs --finetune (a frozen encoder's neck "
+                     "would stay random)")
     purpose = ("detect_finetune" if args.finetune
                else "detect" if args.head == "linear" else "detect_tcn")
     try:   # the recipe (recipes.py): the frozen probe's lr of small sets; encoder flags (scratch)
@@ -214,15 +225,27 @@ def dense_features(out, length: int) -> torch.Tensor:
 
 
 class DenseClassifier(nn.Module):
-    """Encoder + per-frame Linear(Dt + Ds -> K + 1): (N, C, L, V, M) -> logits (N, L, K + 1)."""
+    """Encoder + per-frame Linear(Dt + Ds -> K + 1): (N, C, L, V, M) -> logits (N, L, K + 1).
+    ``neck="tpn"``: the encoder is wrapped in a TPN neck (models/tpn.py), whose fused pyramid
+    gives the dense features."""
 
-    def __init__(self, encoder: nn.Module, num_classes: int, seed: int):
+    def __init__(self, encoder: nn.Module, num_classes: int, seed: int, neck: str = "none"):
         super().__init__()
+        if neck == "tpn":
+            encoder = TPNEncoder(encoder, num_classes, seed=seed)
         self.encoder = encoder
         self.head = make_head(encoder.feature_dim, num_classes, seed)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(dense_features(self.encoder(x), x.shape[2]))
+    def forward(self, x: torch.Tensor, with_aux: bool = False):
+        """logits (N, L, K + 1); ``with_aux`` (TPN neck): (logits, the auxiliary head's
+        per-frame logits of the deepest level upsampled linearly to L, (N, L, K + 1))."""
+        length = x.shape[2]
+        if not with_aux:
+            return self.head(dense_features(self.encoder(x), length))
+        out, aux = self.encoder.forward_aux(x, dense=True)
+        aux = F.interpolate(aux.transpose(1, 2).float(), size=length, mode="linear",
+                            align_corners=False).transpose(1, 2)
+        return self.head(dense_features(out, length)), aux
 
 
 @torch.no_grad()
@@ -292,14 +315,18 @@ def finetune_step(model, args, cfg, layout, info, dtype, batch, epoch, step):
     clips, labels = batch[0].to(info.device, non_blocking=True), batch[1].to(info.device)
     x = stream_transform(cfg["stream"], layout.parents, cfg["spatial_channels"])(clips)
     with engine.precision_context(dtype, info.device):
-        logits = model(x)
+        out = model(x, with_aux=args.neck == "tpn")
+    logits, aux = out if args.neck == "tpn" else (out, None)
     loss = F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=-1)
-    return loss, {"loss": loss.detach()}
+    if aux is None:
+        return loss, {"loss": loss.detach()}
+    aux_ce = F.cross_entropy(aux.float().flatten(0, 1), labels.flatten(), ignore_index=-1)
+    return loss + AUX_WEIGHT * aux_ce, {"loss": loss.detach(), "aux_ce": aux_ce.detach()}
 
 
 def run_finetune(args, store, cfg, ckpt, info, dtype, train_set) -> DenseClassifier:
     encoder = build_eval_encoder(cfg, store, args.seed, ckpt, args.pretrained)
-    model = DenseClassifier(encoder, store.num_classes, args.seed).to(info.device)
+    model = DenseClassifier(encoder, store.num_classes, args.seed, args.neck).to(info.device)
     loader = make_loader(train_set, args.batch_size, shuffle=True, seed=args.seed,
                          workers=args.workers, drop_last=len(train_set) > args.batch_size,
                          pin_memory=info.device.type == "cuda")

@@ -66,7 +66,9 @@ def _resample_time(f: torch.Tensor, length: int, mode: str) -> torch.Tensor:
 
 class TPNNeck(nn.Module):
     """levels `[(N*M, C_i, T_i, V)]`, shallow to deep -> (fused (N*M, D, T_deep', V),
-    aux logits (N, classes)); `bodies` folds N*M back for the auxiliary head."""
+    aux logits per frame of the deepest level (N, T_deep, classes)); `bodies` folds N*M back
+    for the auxiliary head. The clip's auxiliary logits are their mean over time (the head is
+    linear: the same as classifying the mean feature)."""
 
     def __init__(self, level_channels, width: int, num_classes: int, bodies: int,
                  rates=None, flow: str = "cascade"):
@@ -86,8 +88,9 @@ class TPNNeck(nn.Module):
     def forward(self, levels: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         feats = [m(f) for m, f in zip(self.semantic, levels)]                 # (N*M, D, T_i, V)
         deep = feats[-1]
-        nm, d = deep.shape[:2]
-        aux = self.aux_head(deep.mean(dim=(2, 3)).view(nm // self.bodies, self.bodies, d).mean(1))
+        nm, d, t = deep.shape[:3]
+        per_frame = deep.mean(dim=3).view(nm // self.bodies, self.bodies, d, t).mean(1)
+        aux = self.aux_head(per_frame.transpose(1, 2))                     # (N, T_deep, classes)
         feats = [F.max_pool2d(m(f), (r, 1), ceil_mode=True) if r > 1 else m(f)
                  for m, f, r in zip(self.temporal, feats, self.rates)]
         if self.flow in ("top-down", "cascade"):
@@ -142,11 +145,14 @@ class TPNEncoder(nn.Module):
         return ({f"encoder.{n}" for n in self.encoder.no_weight_decay()}
                 | {f"neck.{n}" for n in one_dim_parameter_names(self.neck)})
 
-    def forward_aux(self, x: torch.Tensor) -> tuple[EncoderOutput, torch.Tensor]:
-        """x (N, C, T, V, M) -> (EncoderOutput, auxiliary logits (N, classes))."""
+    def forward_aux(self, x: torch.Tensor, dense: bool = False) -> tuple[EncoderOutput,
+                                                                          torch.Tensor]:
+        """x (N, C, T, V, M) -> (EncoderOutput, auxiliary logits (N, classes)); ``dense``: the
+        auxiliary logits of every frame of the deepest level, (N, T_deep, classes)
+        (detection)."""
         stages = self.encoder.stage_features(x)
         fused, aux = self.neck([stages[i] for i in self.levels])
-        return pool_gcn_features(fused, self.bodies), aux
+        return pool_gcn_features(fused, self.bodies), aux if dense else aux.mean(dim=1)
 
     def forward(self, x: torch.Tensor) -> EncoderOutput:
         return self.forward_aux(x)[0]

@@ -188,3 +188,27 @@ def test_num_clips_shifts_the_test_windows(streams, tmp_path):
     with np.load(tmp_path / "o" / "detection_scores.npz") as o, \
             np.load(tmp_path / "c" / "detection_scores.npz") as a:
         assert not np.allclose(o["scores"], a["scores"])   # the extra grid changed the scores
+
+
+def test_tpn_neck_in_detection(streams, tmp_path):
+    """--neck tpn (fine-tuning a GCN): dense logits and per-frame auxiliary logits of the
+    window length, the auxiliary loss logged; refused for a frozen encoder and for DSTE."""
+    enc = build_encoder("stgcn", "tiny", layout="ntu25", clip_len=16, channels=3, bodies=2)
+    model = action_detection.DenseClassifier(enc, 5, seed=0, neck="tpn")
+    logits, aux = model(torch.randn(2, 3, 16, 25, 2), with_aux=True)
+    assert logits.shape == aux.shape == (2, 16, 5)
+    assert model(torch.randn(2, 3, 16, 25, 2)).shape == (2, 16, 5)
+    out = tmp_path / "tpn"
+    action_detection.main(["--data", str(streams), "--output", str(out), "--finetune",
+                           "--backbone", "stgcn", "--neck", "tpn", *COMMON[:-2], "--epochs", "1",
+                           "--batch-size", "16"])
+    result = json.loads((out / "detection_finetune.json").read_text())
+    assert result["config"]["neck"] == "tpn"
+    log = (out / "detection_finetune" / "log.txt").read_text()
+    assert "aux_ce" in log
+    with pytest.raises(SystemExit):
+        action_detection.main(["--data", str(streams), "--output", str(tmp_path / "f"),
+                               "--neck", "tpn", *COMMON])
+    with pytest.raises(ValueError, match="GCN encoder"):
+        action_detection.main(["--data", str(streams), "--output", str(tmp_path / "d"),
+                               "--finetune", "--neck", "tpn", *COMMON[:-2], "--epochs", "1"])
