@@ -3,20 +3,24 @@
 # Usage: bash benchmarks/detection.sh [--quick] [PATH_TO_UTKINECT_JOINTS]
 #   (default ../shared/data/utkinect/joints)
 # (a) synthetic untrimmed streams (demodet_xs_j_dste): pretraining on windows of the training
-#     streams (scripts/pretrain.sh), frozen detection (scripts/detect.sh), the learning-free
-#     floor (evaluation.detection_floor: per-frame raw-pose 1-NN, with the proposal settings
-#     the frozen run chose, --settings-from);
+#     streams (scripts/pretrain.sh), frozen detection (scripts/detect.sh) with the per-frame
+#     linear head (the SSL protocol) and with the temporal convolution head (--head tcn), the
+#     temporal head on a random (untrained) encoder (<run>/random_encoder: what the head does
+#     without pretraining), the learning-free floor (evaluation.detection_floor: per-frame
+#     raw-pose 1-NN, with the proposal settings the temporal-head run chose, --settings-from);
 # (b) UTKinect-Action3D cross-subject (utk_xs_j_dste: odd subjects train, even test):
 #     conversion (feeders.prepare --format utkinect), pretraining on windows of the training
-#     streams, frozen and fine-tuned detection, the floor;
+#     streams, the same frozen rows, fine-tuned detection, the floor;
 # (c) dense extraction speed and peak memory over whole streams (benchmarks/detection_bench.py:
 #     DSTE small and paper, CPU, and CUDA when present).
 # Each part ends with its evaluation.report table. Settings are the scripts' defaults
 # (the --defaults auto recipes of recipes.py: frozen probe lr 1.0 on small sets;
 # action_detection.py: min length 5, no smoothing, no NMS), fixed before looking at any test
-# stream; the frozen run chooses its threshold and smoothing on 20 % of the training streams
-# (--select-threshold 0.2), the fine-tuned one keeps 0.5 and runs $FT_EPOCHS epochs (default
-# 30) on a CPU instead of the protocol's 150.
+# stream; each frozen run chooses its threshold and smoothing by a cross-validation over the
+# training streams in folds of 20 % (--select-threshold 0.2; its out-of-fold mAP_a@0.5 is in
+# the JSON's threshold_selection.best_mAP_a@0.5, the training-split score that tells the two
+# heads apart), the fine-tuned one keeps 0.5 and runs $FT_EPOCHS epochs (default 30) on a CPU
+# instead of the protocol's 150.
 # --quick: the same stages with a tiny encoder, one pretraining epoch, 5 probe epochs and one
 # fine-tuning epoch, into runs/detection_quick (checks that everything runs; numbers mean
 # nothing). Environment: SKEL_DATA (default runs/detection[_quick]/data), SKEL_CHECKPOINTS
@@ -39,12 +43,13 @@ GPUS="${GPUS:-cpu}"
 RUNTIME=(--workers "${WORKERS:-1}")
 read -r -a PRETRAIN <<< "${PRETRAIN_EXTRA:-}"
 DETECT=(--select-threshold 0.2)   # threshold and smoothing chosen on 20 % of the training streams
-FINETUNE=(--epochs "${FT_EPOCHS:-30}") SPEED=()
+FINETUNE=(--epochs "${FT_EPOCHS:-30}") SPEED=() TCN=()
 PARTS="${PARTS:-synthetic utk speed}"
 if [ "$QUICK" = 1 ]; then
     export SKEL_DEMODET_STREAMS=8
     PRETRAIN=(--preset tiny --epochs 1 --batch-size 16 --save-every 0 ${PRETRAIN[@]+"${PRETRAIN[@]}"})
     DETECT=(--epochs 5 --select-threshold 0.2)
+    TCN=(--tcn-layers 3 --tcn-hidden 8)
     FINETUNE=(--epochs 1)
     SPEED=(--presets small --lengths 256 1024 --batch-size 16)
 fi
@@ -57,17 +62,34 @@ detection_part() {   # RUN: pretrain, frozen (+ fine-tuned when $2 = finetune), 
     stage "pretrain $run (windows of the training streams)"
     bash scripts/pretrain.sh "$GPUS" "$run" ${PRETRAIN[@]+"${PRETRAIN[@]}"} "${RUNTIME[@]}"
     "$PY" -m feeders.inspect "$data"
-    stage "detection, frozen encoder"
+    stage "detection, frozen encoder, per-frame linear head"
     bash scripts/detect.sh "$GPUS" "$run" last ${DETECT[@]+"${DETECT[@]}"} "${RUNTIME[@]}"
+    stage "detection, frozen encoder, temporal convolution head"
+    bash scripts/detect.sh "$GPUS" "$run" last --head tcn ${DETECT[@]+"${DETECT[@]}"} \
+        ${TCN[@]+"${TCN[@]}"} "${RUNTIME[@]}"
+    stage "detection, random encoder, temporal convolution head (control)"
+    bash scripts/detect.sh "$GPUS" "$run" scratch --head tcn ${DETECT[@]+"${DETECT[@]}"} \
+        ${TCN[@]+"${TCN[@]}"} "${RUNTIME[@]}" --output "$SKEL_CHECKPOINTS/$run/random_encoder"
     if [ "${2:-}" = finetune ]; then
         stage "detection, fine-tuned encoder"
         bash scripts/detect.sh "$GPUS" "$run" last --finetune "${FINETUNE[@]}" "${RUNTIME[@]}"
     fi
     stage "learning-free floor"
     "$PY" -m evaluation.detection_floor --data "$data" --output "$SKEL_CHECKPOINTS/$run" \
-        --settings-from "$SKEL_CHECKPOINTS/$run/detection.json"   # the frozen run's proposals
+        --settings-from "$SKEL_CHECKPOINTS/$run/detection_tcn.json"   # its proposal settings
     stage "table $run ($(date -u +%Y-%m-%d), $(uname -m), $(nproc) CPU cores)"
-    "$PY" -m evaluation.report "$SKEL_CHECKPOINTS/$run"
+    "$PY" -m evaluation.report "$SKEL_CHECKPOINTS/$run" "$SKEL_CHECKPOINTS/$run/random_encoder"
+    "$PY" - "$SKEL_CHECKPOINTS/$run" <<'PYEOF'
+import json, sys
+from pathlib import Path
+run = Path(sys.argv[1])
+print("cross-validated mAP_a@0.5 on the training streams (the selection's score):")
+for path in (run / "detection.json", run / "detection_tcn.json",
+             run / "random_encoder" / "detection_tcn.json"):
+    sel = json.loads(path.read_text())["config"].get("threshold_selection") or {}
+    print(f"  {path.relative_to(run)}: {sel.get('best_mAP_a@0.5', float('nan')):.1f} "
+          f"(threshold {sel.get('threshold')}, smoothing {sel.get('smooth')})")
+PYEOF
 }
 
 if _in_list synthetic "$PARTS"; then
