@@ -73,6 +73,7 @@ import recipes
 from evaluation.protocol import make_protocol
 from evaluation.checks import require_finite
 from evaluation.detection import evaluate_streams, stitch, summary_line, write_results
+from evaluation.fusion import settings_from
 from evaluation.features import build_eval_encoder, cache_key, setup_eval_run, stream_transform
 from evaluation.linear import make_head, train_linear
 from evaluation.temporal_head import TCN_DEFAULTS, train_temporal_head
@@ -151,6 +152,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "in folds of this fraction of them (each fold predicted by a head trained "
                         "on the others), then train on all of them; the chosen values replace "
                         "the flags' (0: off, use --threshold and --smooth)")
+    g.add_argument("--settings-from", type=Path, default=None, metavar="RESULT_JSON",
+                   help="take --threshold, --min-length, --smooth and --nms from this detection "
+                        "result's config (e.g. those a frozen run's --select-threshold chose "
+                        "on the training streams, for a --finetune run, whose own selection "
+                        "would need a fine-tune per fold); replaces the flags' values")
     g.add_argument("--min-length", type=int, default=5, help="shortest proposal, in frames")
     g.add_argument("--smooth", type=int, default=1,
                    help="moving average of the probabilities over this many frames (1: off)")
@@ -194,6 +200,15 @@ def parse_args(argv=None) -> argparse.Namespace:
         value = getattr(args, flag)
         if value is not None and value < 1:
             parser.error(f"--{flag.replace('_', '-')} must be >= 1, got {value}")
+    if args.settings_from is not None:
+        if args.select_threshold:
+            parser.error("--settings-from and --select-threshold both choose the proposal "
+                         "settings: give one")
+        try:
+            for key, value in settings_from(args.settings_from).items():
+                setattr(args, key, value)
+        except ValueError as err:
+            parser.error(str(err))
     if not 0.0 <= args.threshold < 1.0:
         parser.error(f"--threshold must be in [0, 1), got {args.threshold}")
     if args.min_length < 1 or args.smooth < 1:

@@ -19,8 +19,10 @@
 # stream; each frozen run chooses its threshold and smoothing by a cross-validation over the
 # training streams in folds of 20 % (--select-threshold 0.2; its out-of-fold mAP_a@0.5 is in
 # the JSON's threshold_selection.best_mAP_a@0.5, the training-split score that tells the two
-# heads apart), the fine-tuned one keeps 0.5 and runs $FT_EPOCHS epochs (default 30) on a CPU
-# instead of the protocol's 150.
+# heads apart); the fine-tuned one (the linear head) takes the frozen linear run's threshold and
+# smoothing (--settings-from: chosen on the training streams; its own selection would need a
+# fine-tune per fold) and runs $FT_EPOCHS epochs (default 30) on a CPU instead of the
+# protocol's 150.
 # --quick: the same stages with a tiny encoder, one pretraining epoch, 5 probe epochs and one
 # fine-tuning epoch, into runs/detection_quick (checks that everything runs; numbers mean
 # nothing). Environment: SKEL_DATA (default runs/detection[_quick]/data), SKEL_CHECKPOINTS
@@ -72,7 +74,8 @@ detection_part() {   # RUN: pretrain, frozen (+ fine-tuned when $2 = finetune), 
         ${TCN[@]+"${TCN[@]}"} "${RUNTIME[@]}" --output "$SKEL_CHECKPOINTS/$run/random_encoder"
     if [ "${2:-}" = finetune ]; then
         stage "detection, fine-tuned encoder"
-        bash scripts/detect.sh "$GPUS" "$run" last --finetune "${FINETUNE[@]}" "${RUNTIME[@]}"
+        bash scripts/detect.sh "$GPUS" "$run" last --finetune "${FINETUNE[@]}" "${RUNTIME[@]}" \
+            --settings-from "$SKEL_CHECKPOINTS/$run/detection.json"
     fi
     stage "learning-free floor"
     "$PY" -m evaluation.detection_floor --data "$data" --output "$SKEL_CHECKPOINTS/$run" \

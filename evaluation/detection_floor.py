@@ -28,7 +28,7 @@ import torch
 from engine import eval_split_for, run_cli
 from evaluation.protocol import make_protocol
 from evaluation.detection import evaluate_streams, summary_line, write_results
-from evaluation.fusion import SETTINGS, read_json   # SETTINGS: action_detection.py's proposal flags
+from evaluation.fusion import settings_from
 from evaluation.knn import l2_normalize, search
 from feeders.store import open_store
 from feeders.untrimmed import stream_labels
@@ -63,17 +63,6 @@ def floor_probabilities(store, train_split: str, test_split: str, k: int = 1
         votes.scatter_add_(1, gallery_labels[idx], torch.ones(idx.shape))
         out[int(s)] = (votes / k).numpy()
     return out
-
-
-def settings_from(path: Path) -> dict:
-    """The proposal settings recorded in a detection result's ``config``; ValueError naming
-    the file and the missing field otherwise."""
-    config = read_json(Path(path)).get("config")   # ValueError naming the file
-    missing = [k for k in SETTINGS if not isinstance(config, dict) or k not in config]
-    if missing:
-        raise ValueError(f"--settings-from {path}: its config has no {', '.join(missing)} "
-                         "(expected a detection.json of action_detection.py)")
-    return {k: config[k] for k in SETTINGS}
 
 
 def main(argv=None) -> dict:

@@ -209,6 +209,17 @@ def parse_weights(text: str | None) -> list[float] | None:
 SETTINGS = ("threshold", "min_length", "smooth", "nms")   # action_detection.py's proposal flags
 
 
+def settings_from(path: Path) -> dict:
+    """The proposal settings recorded in a detection result's ``config``; ValueError naming
+    the file and the missing field otherwise."""
+    config = read_json(Path(path)).get("config")   # ValueError naming the file
+    missing = [k for k in SETTINGS if not isinstance(config, dict) or k not in config]
+    if missing:
+        raise ValueError(f"--settings-from {path}: its config has no {', '.join(missing)} "
+                         "(expected a detection result of action_detection.py)")
+    return {k: config[k] for k in SETTINGS}
+
+
 class FrameScores(NamedTuple):
     """The per-frame scores of one detection run's test streams (``<tag>_scores.npz``)."""
     path: str

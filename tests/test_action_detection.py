@@ -212,3 +212,25 @@ def test_tpn_neck_in_detection(streams, tmp_path):
     with pytest.raises(ValueError, match="GCN encoder"):
         action_detection.main(["--data", str(streams), "--output", str(tmp_path / "d"),
                                "--finetune", "--neck", "tpn", *COMMON[:-2], "--epochs", "1"])
+
+
+def test_settings_from_another_result(streams, tmp_path, capsys):
+    """--settings-from: the proposal settings of another result (e.g. a frozen run's selection
+    for a fine-tune); refused with --select-threshold and for a file without them."""
+    source = tmp_path / "source.json"
+    source.write_text(json.dumps({"config": {"threshold": 0.3, "min_length": 2, "smooth": 5,
+                                             "nms": None}}))
+    out = tmp_path / "run"
+    action_detection.main(["--data", str(streams), "--output", str(out), *COMMON,
+                           "--settings-from", str(source), "--threshold", "0.9"])
+    config = json.loads((out / "detection.json").read_text())["config"]
+    assert (config["threshold"], config["min_length"], config["smooth"]) == (0.3, 2, 5)
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"config": {"threshold": 0.3}}))
+    for extra, word in ((["--settings-from", str(source), "--select-threshold", "0.2"],
+                         "give one"),
+                        (["--settings-from", str(bad)], "bad.json: its config has no min_length")):
+        with pytest.raises(SystemExit) as exc:
+            action_detection.main(["--data", str(streams), "--output", str(tmp_path / "x"),
+                                   *COMMON, *extra])
+        assert exc.value.code == 2 and word in capsys.readouterr().err
