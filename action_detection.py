@@ -77,7 +77,7 @@ from evaluation.fusion import settings_from
 from evaluation.features import build_eval_encoder, cache_key, setup_eval_run, stream_transform
 from evaluation.linear import make_head, train_linear
 from evaluation.temporal_head import TCN_DEFAULTS, train_temporal_head
-from evaluation import temporal_head
+from evaluation.temporal_head import stream_probabilities as tcn_probabilities
 from feeders.dataset import make_loader
 from feeders.untrimmed import WindowDataset, stream_labels
 from models.tpn import AUX_WEIGHT, TPNEncoder
@@ -438,8 +438,7 @@ def frozen_probabilities(args, store, train: tuple, target: tuple, device,
                                hidden=args.tcn_hidden, layers=args.tcn_layers,
                                dropout=args.tcn_dropout, smooth_weight=args.tcn_smooth_weight,
                                seed=args.seed, device=device, log=log)
-    return temporal_head.stream_probabilities(
-        head, stream_features(target_f, target_set, target_rows))
+    return tcn_probabilities(head, stream_features(target_f, target_set, target_rows))
 
 
 def select_threshold(feats: torch.Tensor, labels: torch.Tensor, dataset: WindowDataset, store,
