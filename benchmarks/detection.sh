@@ -70,8 +70,14 @@ detection_part() {   # RUN: pretrain, frozen (+ fine-tuned when $2 = finetune), 
     bash scripts/detect.sh "$GPUS" "$run" last --head tcn ${DETECT[@]+"${DETECT[@]}"} \
         ${TCN[@]+"${TCN[@]}"} "${RUNTIME[@]}"
     stage "detection, random encoder, temporal convolution head (control)"
-    bash scripts/detect.sh "$GPUS" "$run" scratch --head tcn ${DETECT[@]+"${DETECT[@]}"} \
-        ${TCN[@]+"${TCN[@]}"} "${RUNTIME[@]}" --output "$SKEL_CHECKPOINTS/$run/random_encoder"
+    local encoder   # the pretrained encoder's architecture, with random weights
+    encoder=$("$PY" -c 'import json, sys; c = json.load(open(sys.argv[1]))["config"]
+print(f"--preset {c[\"preset\"]} --clip-len {c[\"clip_len\"]} --normalize {c[\"normalize\"]}")' \
+        "$SKEL_CHECKPOINTS/$run/config.json")
+    read -r -a encoder <<< "$encoder"
+    bash scripts/detect.sh "$GPUS" "$run" scratch --head tcn "${encoder[@]}" \
+        ${DETECT[@]+"${DETECT[@]}"} ${TCN[@]+"${TCN[@]}"} "${RUNTIME[@]}" \
+        --output "$SKEL_CHECKPOINTS/$run/random_encoder"
     if [ "${2:-}" = finetune ]; then
         stage "detection, fine-tuned encoder"
         bash scripts/detect.sh "$GPUS" "$run" last --finetune "${FINETUNE[@]}" "${RUNTIME[@]}" \

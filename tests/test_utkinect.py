@@ -97,19 +97,20 @@ def test_bad_label_line_names_the_file(tmp_path):
 
 
 def test_utk_recipe_from_the_data(utk_store, tmp_path):
-    """recipes.KNOWN["utk"]: the small-set recipe at 20 epochs; UTKinect is one frontal Kinect,
+    """recipes.KNOWN["utk"]: the small-set recipe at 100 epochs; UTKinect is one frontal Kinect,
     so no view normalisation and no rotation (the view rule reads the data); its pretraining
     windows (<dataset>_windows) get the same recipe; the frozen detection probe lr 1.0."""
     import recipes
     from feeders.untrimmed import write_windows
     pre = recipes.resolve("auto", store_root := utk_store.root, "xsub_train", "pretrain")
     assert pre.name == "utk" and "single view" in pre.reason
-    assert pre.values["epochs"] == 20 and pre.values["milestones"] == [16]
+    assert pre.values["epochs"] == 100 and pre.values["milestones"] == [80]
     assert pre.values["rotate"] == 0.0 and pre.values["normalize"] == "first_frame"
     windows = write_windows(store_root, tmp_path / "utk_windows", 64, 16)
     again = recipes.resolve("auto", windows, "xsub_train", "pretrain")
     assert again.name == "utk"
     assert {k: again.values[k] for k in ("epochs", "rotate", "clip_len")} == {
-        "epochs": 20, "rotate": 0.0, "clip_len": 32}
+        "epochs": 100, "rotate": 0.0, "clip_len": 32}
     assert recipes.resolve("auto", store_root, "xsub_train", "detect").values == {"lr": 1.0}
     assert recipes.resolve("auto", store_root, "xsub_train", "detect_finetune").values == {}
+    assert recipes.resolve("auto", store_root, "xsub_train", "detect_tcn").values == {}
