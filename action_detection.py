@@ -400,15 +400,10 @@ def selection_folds(streams: np.ndarray, fraction: float) -> list[np.ndarray]:
 def stream_features(feats: torch.Tensor, dataset: WindowDataset,
                     rows: np.ndarray) -> dict[int, torch.Tensor]:
     """Per-frame features ``(T, D)`` of each stream of the windows ``rows`` (indices into
-    ``dataset.windows`` and ``feats (W, L, D)``), averaged where windows overlap."""
-    windows = dataset.windows[rows]
-    out = {}
-    for s in np.unique(windows[:, 0]):
-        mine = rows[windows[:, 0] == s]
-        out[int(s)] = torch.from_numpy(stitch(feats[mine].float().numpy(),
-                                              dataset.windows[mine, 1],
-                                              int(dataset.store.lengths[s])))
-    return out
+    ``dataset.windows`` and ``feats (W, L, D)``), averaged where windows overlap (the
+    stitching of ``stream_probabilities``)."""
+    stitched = stream_probabilities(feats[rows].float().numpy(), dataset, dataset.windows[rows])
+    return {s: torch.from_numpy(f) for s, f in stitched.items()}
 
 
 def frozen_probabilities(args, store, train: tuple, target: tuple, device,

@@ -64,7 +64,6 @@ class TemporalConvHead(nn.Module):
             self.out = nn.Conv1d(hidden, num_classes, 1)
         self.register_buffer("mean", torch.zeros(in_dim))
         self.register_buffer("std", torch.ones(in_dim))
-        self.out_features = num_classes
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = ((x.float() - self.mean) / self.std).transpose(1, 2)   # (N, D, T)

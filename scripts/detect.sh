@@ -12,7 +12,7 @@
 # small sets such as utk / demodet); --finetune trains it too. `scratch` takes the preset, clip
 # length and normalisation of the dataset's pretraining recipe. One process: a GPU list uses its
 # first GPU, cpuN runs one CPU process. Writes checkpoint/<RUN_NAME>/detection.json (or
-# detection_finetune.json), <tag>_proposals/<video>.txt (label,start,end,confidence) and
+# detection_tcn.json with --head tcn, detection_finetune.json with --finetune), <tag>_proposals/<video>.txt (label,start,end,confidence) and
 # <tag>_scores.npz; evaluation.report shows the detection table.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/_common.sh"
