@@ -31,6 +31,7 @@ from engine.runs import (RESUME_EXEMPT, RESUME_FIXED, ROOT, RUN_MARKER, OutputEr
                          resume_path, resume_run, run_metadata, save_checkpoint, temp_path,
                          utc_now, write_json)
 from engine.precision import (PRECISIONS, autocast_dtype, choose_precision, cpu_model,
+                              cpu_speed_features,
                               cuda_auto_precision, describe_precision, enable_tf32, make_scaler,
                               precision_cache_key, precision_cache_path, precision_context,
                               recorded_precision, states_restored, trial_speeds)
@@ -47,6 +48,7 @@ __all__ = [
     "apply_lr_scaling", "apply_process_settings", "apply_settings", "atomic_write_bytes_via",
     "autocast_dtype", "barrier", "check_nonnegative", "check_resume_config",
     "choose_precision", "claim_run_dir", "config_changes", "convert_batchnorm", "cpu_model",
+    "cpu_speed_features",
     "cuda_auto_precision", "derive_seed", "describe_precision", "enable_tf32", "epoch_line",
     "eval_split_for", "finish_common_args", "flags_of", "format_changes", "format_duration",
     "gather_with_grad", "git_commit", "init_distributed", "is_run_dir", "is_suite_checkpoint",

@@ -59,15 +59,44 @@ def enable_tf32(device: torch.device, precision: str) -> bool:
     return True
 
 
+def cpuinfo_text() -> str:
+    """/proc/cpuinfo, or "" where there is none (macOS, Windows)."""
+    try:
+        return Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return ""
+
+
+def cpuinfo_field(name: str) -> str | None:
+    """The first value of a /proc/cpuinfo field ("model name", "flags"), or None."""
+    for line in cpuinfo_text().splitlines():
+        if line.split(":", 1)[0].strip() == name:
+            return line.split(":", 1)[1].strip()
+    return None
+
+
 def cpu_model() -> str:
     """The CPU's model name (/proc/cpuinfo), or platform.processor()."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "unknown cpu"
+    return (cpuinfo_field("model name") or platform.processor() or platform.machine()
+            or "unknown cpu")
+
+
+# CPU flags that decide which precision is fast: a generic model name ("Intel(R) Xeon(R)
+# Processor" on many cloud machines) covers CPUs with and without AMX.
+SPEED_FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_fp16", "amx_bf16", "amx_tile")
+
+
+def cpu_speed_features() -> str:
+    """The SPEED_FLAGS this CPU has (/proc/cpuinfo), plus oneDNN's ISA cap when
+    ONEDNN_MAX_CPU_ISA is set (it turns off AMX or AVX-512 for bf16 kernels), e.g.
+    "avx2 avx512f avx512_bf16" or "avx2 avx512f avx512_bf16 amx_bf16 amx_tile
+    onednn<=AVX512_CORE_BF16"; "" where neither is known."""
+    flags = set((cpuinfo_field("flags") or "").split())
+    parts = [f for f in SPEED_FLAGS if f in flags]
+    cap = os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA")
+    if cap:
+        parts.append(f"onednn<={cap}")
+    return " ".join(parts)
 
 
 def precision_cache_path() -> Path:
@@ -77,10 +106,11 @@ def precision_cache_path() -> Path:
 
 
 def precision_cache_key(workload: str) -> str:
-    """Cache key of a CPU precision trial: CPU model, torch version, threads and the workload
-    (model preset / backbone, clip length, per-process batch)."""
-    return (f"{cpu_model()} | torch {torch.__version__} | {torch.get_num_threads()} threads | "
-            f"{workload}")
+    """Cache key of a CPU precision trial: CPU model and its speed features
+    (cpu_speed_features), torch version, threads and the workload (model preset / backbone,
+    clip length, per-process batch)."""
+    return (f"{cpu_model()} [{cpu_speed_features()}] | torch {torch.__version__} | "
+            f"{torch.get_num_threads()} threads | {workload}")
 
 
 @contextlib.contextmanager

@@ -67,6 +67,30 @@ def test_resume_keeps_the_precision_of_the_run(data, tmp_path, monkeypatch):
     assert engine.recorded_precision(engine.load_checkpoint(out / "last.pt")) == first
 
 
+def test_cache_key_tells_cpus_with_and_without_amx_apart(monkeypatch):
+    """A generic model name ("Intel(R) Xeon(R) Processor") covers CPUs with and without AMX,
+    where bf16 is 10x faster or 2x slower than fp32: the key holds the CPU's speed flags and
+    oneDNN's ISA cap, so neither machine reads the other's trial from a shared cache."""
+    cpuinfo = {"amx": "model name\t: Intel(R) Xeon(R) Processor\nflags\t\t: fpu sse2 avx2 "
+                      "avx512f avx512bw avx512_bf16 amx_bf16 amx_tile amx_int8\n",
+               "no amx": "model name\t: Intel(R) Xeon(R) Processor\nflags\t\t: fpu sse2 avx2 "
+                         "avx512f avx512bw avx512_bf16\n"}
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+    monkeypatch.delenv("DNNL_MAX_CPU_ISA", raising=False)
+    keys = {}
+    for kind in cpuinfo:
+        monkeypatch.setattr(engine.precision, "cpuinfo_text", lambda kind=kind: cpuinfo[kind])
+        keys[kind] = engine.precision_cache_key("dste/small")
+        assert engine.cpu_model() == "Intel(R) Xeon(R) Processor"
+    assert engine.cpu_speed_features() == "avx2 avx512f avx512_bf16"  # the last one read
+    assert keys["amx"].startswith("Intel(R) Xeon(R) Processor [avx2 avx512f avx512_bf16 "
+                                  "amx_bf16 amx_tile] | torch ")
+    assert keys["amx"] != keys["no amx"]
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX512_CORE_BF16")  # AMX turned off for oneDNN
+    assert engine.precision_cache_key("dste/small") != keys["no amx"]
+    assert engine.cpu_speed_features().endswith("onednn<=AVX512_CORE_BF16")
+
+
 def test_trial_speeds_restore_states():
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.BatchNorm1d(8))
