@@ -72,7 +72,7 @@ detection_part() {   # RUN: pretrain, frozen (+ fine-tuned when $2 = finetune), 
     stage "detection, random encoder, temporal convolution head (control)"
     local encoder   # the pretrained encoder's architecture, with random weights
     encoder=$("$PY" -c 'import json, sys; c = json.load(open(sys.argv[1]))["config"]
-print(f"--preset {c[\"preset\"]} --clip-len {c[\"clip_len\"]} --normalize {c[\"normalize\"]}")' \
+print("--preset", c["preset"], "--clip-len", c["clip_len"], "--normalize", c["normalize"])' \
         "$SKEL_CHECKPOINTS/$run/config.json")
     read -r -a encoder <<< "$encoder"
     bash scripts/detect.sh "$GPUS" "$run" scratch --head tcn "${encoder[@]}" \

@@ -203,3 +203,40 @@ def test_a_dataset_with_a_name_of_its_own_through_every_script(tmp_path):
         result = json.loads((out / name).read_text())
         assert result["data"] == f"{tmp_path}/data/mydata" and "top1" in result, name
     assert len(json.loads((tmp_path / "fused.json").read_text())["streams"]) == 2
+
+
+def shell_python_snippets():
+    """(script, snippet) for every Python program written inline in the shell scripts:
+    `"$PY" -c '...'` (single-quoted, no shell expansion inside) and `"$PY" - ... <<'EOF'`
+    here-documents."""
+    import re
+    found = []
+    for script in sorted([*ROOT.glob("scripts/*.sh"), *ROOT.glob("benchmarks/*.sh")]):
+        text = script.read_text()
+        for m in re.finditer(r'"\$PY" -c \'(.*?)\'', text, re.S):
+            found.append((script.name, m.group(1)))
+        for m in re.finditer(r'"\$PY" - [^\n]*<<\'(\w+)\'\n(.*?)\n\1\n', text, re.S):
+            found.append((script.name, m.group(2)))
+    return found
+
+
+def test_inline_python_of_the_shell_scripts_compiles():
+    """A syntax error in an inline snippet only shows when a long benchmark reaches it (an
+    f-string with a backslash, legal from Python 3.12 only, stopped detection.sh after 16 min)."""
+    snippets = shell_python_snippets()
+    assert {name for name, _ in snippets} >= {"detection.sh", "_common.sh"}
+    for name, source in snippets:
+        compile(source, f"{name} (inline python)", "exec")
+
+
+def test_detection_benchmark_reads_the_encoder_flags_of_a_run(tmp_path):
+    """The control run of benchmarks/detection.sh takes the pretrained run's architecture."""
+    import json
+    import sys
+    (tmp_path / "config.json").write_text(json.dumps(
+        {"config": {"preset": "small", "clip_len": 32, "normalize": "first_frame"}}))
+    source = next(s for name, s in shell_python_snippets()
+                  if name == "detection.sh" and '["config"]' in s)
+    out = subprocess.run([sys.executable, "-c", source, str(tmp_path / "config.json")],
+                         capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["--preset", "small", "--clip-len", "32", "--normalize", "first_frame"]
