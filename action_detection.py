@@ -436,8 +436,7 @@ def frozen_probabilities(args, store, train: tuple, target: tuple, device,
     return tcn_probabilities(head, stream_features(target_f, target_set, target_rows))
 
 
-def select_threshold(feats: torch.Tensor, labels: torch.Tensor, dataset: WindowDataset, store,
-                     args, device, writer) -> dict:
+def select_threshold(train: tuple, held: tuple, store, args, device, writer) -> dict:
     """Choose --threshold and --smooth on the training split only, by cross-validation over
     its streams: for each fold of about --select-threshold F of the streams
     (``selection_folds``), train the frozen head (--head) on the other streams' windows and
@@ -446,15 +445,24 @@ def select_threshold(feats: torch.Tensor, labels: torch.Tensor, dataset: WindowD
     then the narrower smoothing). Every training stream is held out once, so the choice does
     not hang on the one or two streams a single split would hold out. Noisy per-frame
     probabilities break an action into short runs, which smoothing joins.
-    Returns {"threshold", "smooth", "folds": [[stream names]], "grid_mAP_a@0.5": {smooth:
-    {threshold: %}}, "best_mAP_a@0.5": the chosen pair's out-of-fold %}."""
+    ``train`` = (WindowDataset, features (W, L, D), labels (W, L)): the training windows
+    (--window-stride) the head learns from; ``held`` = (WindowDataset, features): the same
+    streams' windows on the test grid (--test-stride / --num-clips), from which a held-out
+    fold is predicted exactly as a test stream is (how many windows are averaged per frame
+    decides how smooth the probabilities are, and so which threshold and smoothing fit).
+    Returns {"threshold", "smooth", "folds": [[stream names]], "held_out_window_stride",
+    "grid_mAP_a@0.5": {smooth: {threshold: %}}, "best_mAP_a@0.5": the chosen pair's
+    out-of-fold %}."""
+    dataset, feats, labels = train
+    held_set, held_f = held
     folds = selection_folds(np.unique(dataset.windows[:, 0]), args.select_threshold)
     probs = {}
     for fold in folds:
         mask = np.isin(dataset.windows[:, 0], fold)
+        held_rows = np.flatnonzero(np.isin(held_set.windows[:, 0], fold))
         probs.update(frozen_probabilities(
             args, store, (dataset, feats, labels, np.flatnonzero(~mask)),
-            (dataset, feats, labels, np.flatnonzero(mask)), device, writer))
+            (held_set, held_f, None, held_rows), device, writer))
     grid = {}
     for w in SMOOTH_GRID:
         grid[str(w)] = {}
@@ -465,7 +473,7 @@ def select_threshold(feats: torch.Tensor, labels: torch.Tensor, dataset: WindowD
                          key=lambda tw: (grid[str(tw[1])][f"{tw[0]:g}"], -tw[0], -tw[1]))
     return {"threshold": best_t, "smooth": best_w,
             "folds": [[str(store.names[s]) for s in fold] for fold in folds],
-            "grid_mAP_a@0.5": grid, "best_mAP_a@0.5": grid[str(best_w)][f"{best_t:g}"]}
+            "held_out_window_stride": int(held_set.stride), "grid_mAP_a@0.5": grid, "best_mAP_a@0.5": grid[str(best_w)][f"{best_t:g}"]}
 
 
 @torch.no_grad()
@@ -573,8 +581,16 @@ def detect(args, store, ckpt, cfg: dict, info: engine.DistInfo) -> dict:
         require_finite(train_f, f"features of training windows ({args.split})")
         require_finite(test_f, f"features of test windows ({args.eval_split})")
         with SummaryWriter(str(args.output / result_tag(False, args.head) / "tb")) as writer:
-            if args.select_threshold:
-                args.threshold_selection = select_threshold(train_f, train_l, train_set,
+            if args.select_threshold:   # held-out streams predicted on the test grid
+                held = (train_set, train_f)
+                if args.test_window_stride != args.window_stride:
+                    held_set = WindowDataset(store, args.split, cfg["clip_len"],
+                                             args.test_window_stride, **window_kw)
+                    held = (held_set, cached_dense(encoder, held_set, store, args.split,
+                                                   stride=args.test_window_stride, **kw)[0])
+                    require_finite(held[1], f"features of training windows ({args.split}, "
+                                            f"stride {args.test_window_stride})")
+                args.threshold_selection = select_threshold((train_set, train_f, train_l), held,
                                                             store, args, info.device, writer)
                 args.threshold = args.threshold_selection["threshold"]
                 args.smooth = args.threshold_selection["smooth"]

@@ -115,6 +115,7 @@ class WindowDataset(_SequenceDataset):
                  normalize: str = "first_frame", spatial_channels: int | None = None):
         super().__init__(store, split, clip_len, normalize, None, spatial_channels)
         self.window_normalize, self.normalize = normalize, "none"   # raw streams, per window
+        self.stride = stride
         rows = [(int(s), int(start)) for s in self.sequence_indices
                 for start in window_starts(int(self.store.lengths[s]), clip_len, stride)]
         self.windows = np.asarray(rows, dtype=np.int64).reshape(-1, 2)

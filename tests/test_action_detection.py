@@ -1,4 +1,5 @@
 """action_detection.py end to end on tiny synthetic streams (tiny encoders, seconds)."""
+import argparse
 import json
 
 import numpy as np
@@ -135,6 +136,9 @@ def test_threshold_selected_on_training_streams(streams, tmp_path):
     train_names = {str(store.names[i]) for i in store.split_indices("xsub_train")}
     held = [name for fold in sel["folds"] for name in fold]   # every training stream once
     assert sorted(held) == sorted(train_names) and len(sel["folds"]) >= 2
+    # held-out streams are predicted on the test grid (--test-stride), not the training one
+    assert sel["held_out_window_stride"] == result["config"]["test_window_stride"]
+    assert result["config"]["test_window_stride"] != result["config"]["window_stride"]
     grid = sel["grid_mAP_a@0.5"]
     assert set(grid) == {str(w) for w in action_detection.SMOOTH_GRID}
     assert all(set(row) == {f"{t:g}" for t in action_detection.THRESHOLD_GRID}
@@ -147,6 +151,40 @@ def test_threshold_selected_on_training_streams(streams, tmp_path):
     ties = [(t, w) for w in action_detection.SMOOTH_GRID for t in action_detection.THRESHOLD_GRID
             if grid[str(w)][f"{t:g}"] == best]
     assert (sel["threshold"], sel["smooth"]) == min(ties)
+
+
+def test_selection_predicts_held_out_streams_on_the_test_grid(monkeypatch):
+    """Each fold's head learns from the other streams' training windows and predicts the
+    fold's streams from the windows of the held (test-grid) set, all of them."""
+    class Windows:
+        def __init__(self, windows, stride):
+            self.windows, self.stride = np.asarray(windows), stride
+
+    train = Windows([(s, t) for s in range(4) for t in (0, 8)], 8)
+    held = Windows([(s, t) for s in range(4) for t in (0, 4, 8)], 4)
+    seen = []
+
+    def fake(args, store, train_part, target_part, device, writer):
+        seen.append((train_part[0], train_part[3], target_part[0], target_part[3]))
+        return {int(s): np.zeros((12, 2)) for s in np.unique(target_part[0].windows[target_part[3], 0])}
+
+    monkeypatch.setattr(action_detection, "frozen_probabilities", fake)
+    monkeypatch.setattr(action_detection, "evaluate", lambda probs, store, args: (
+        {"mAP_a": {"0.5": 1.0}}, {}))
+
+    class Store:
+        names = np.array(["a", "b", "c", "d"])
+
+    args = argparse.Namespace(select_threshold=0.5)
+    sel = action_detection.select_threshold((train, None, None), (held, None), Store(), args,
+                                            None, None)
+    assert sel["held_out_window_stride"] == 4 and len(seen) == 2
+    for train_set, train_rows, target_set, target_rows in seen:
+        assert train_set is train and target_set is held
+        fold = set(held.windows[target_rows, 0].tolist())
+        assert fold.isdisjoint(train.windows[train_rows, 0].tolist())   # no held-out stream
+        assert len(target_rows) == 3 * len(fold)   # every test-grid window of the fold
+    assert sorted(s for _, _, t, r in seen for s in set(t.windows[r, 0].tolist())) == [0, 1, 2, 3]
 
 
 def test_recipe_and_non_finite_features(streams, tmp_path, capsys, monkeypatch):
@@ -184,7 +222,7 @@ def test_num_clips_shifts_the_test_windows(streams, tmp_path):
     with np.load(tmp_path / "c" / "detection_scores.npz") as a, \
             np.load(tmp_path / "f" / "detection_scores.npz") as b:
         assert np.allclose(a["scores"], b["scores"], atol=1e-6)
-    one = action_detection.main(base + ["--output", str(tmp_path / "o")])
+    action_detection.main(base + ["--output", str(tmp_path / "o")])
     with np.load(tmp_path / "o" / "detection_scores.npz") as o, \
             np.load(tmp_path / "c" / "detection_scores.npz") as a:
         assert not np.allclose(o["scores"], a["scores"])   # the extra grid changed the scores
