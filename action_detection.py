@@ -32,7 +32,7 @@ puts a temporal pyramid neck between encoder and classifier (models/tpn.py: the 
 gives the dense features, its auxiliary head classifies every frame of the deepest level,
 upsampled to L, loss weight 0.5).
 
---select-threshold F chooses --threshold (THRESHOLD_GRID) and --smooth (SMOOTH_GRID) on the
+--select-threshold F chooses --threshold and --smooth (evaluation/selection.py's grids) on the
 training split only, by cross-validation over its streams: in folds of about F of the streams,
 each fold is predicted by a head trained on the other streams; the pair with the best mAP_a@0.5
 over all the out-of-fold predictions is kept (the folds and the grid are recorded in the JSON
@@ -76,6 +76,7 @@ from evaluation.detection import evaluate_streams, stitch, summary_line, write_r
 from evaluation.fusion import settings_from
 from evaluation.features import build_eval_encoder, cache_key, setup_eval_run, stream_transform
 from evaluation.linear import make_head, train_linear
+from evaluation.selection import choose_settings, selection_folds
 from evaluation.temporal_head import TCN_DEFAULTS, train_temporal_head
 from evaluation.temporal_head import stream_probabilities as tcn_probabilities
 from feeders.dataset import make_loader
@@ -89,8 +90,6 @@ MODE_DEFAULTS = {
                  "milestones": [100]},
     "tcn": {**TCN_DEFAULTS, "batch_size": 1, "milestones": []},   # Adam, one stream a step
 }
-THRESHOLD_GRID = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
-SMOOTH_GRID = (1, 5, 9, 15, 25)   # moving-average widths (frames) tried with --select-threshold
 PROTOCOL = ("per-frame linear classifier over K + 1 classes on dense window features "
             "(temporal tokens + spatial tokens pooled to L positions); windows averaged over "
             "their overlap; proposals = runs above threshold per class, scored by mean "
@@ -386,17 +385,6 @@ def stream_probabilities(window_probs: np.ndarray, dataset: WindowDataset,
     return out
 
 
-def selection_folds(streams: np.ndarray, fraction: float) -> list[np.ndarray]:
-    """The training streams ``(S,)`` in folds of about ``fraction`` of them each (at least one
-    stream, at least two folds): fold f holds streams f, f + k, f + 2k, ... of k folds."""
-    if len(streams) < 2:
-        raise ValueError(f"--select-threshold needs at least 2 training streams, got "
-                         f"{len(streams)}")
-    count = max(1, int(round(fraction * len(streams))))
-    folds = max(2, int(round(len(streams) / count)))
-    return [streams[f::folds] for f in range(min(folds, len(streams)))]
-
-
 def stream_features(feats: torch.Tensor, dataset: WindowDataset,
                     rows: np.ndarray) -> dict[int, torch.Tensor]:
     """Per-frame features ``(T, D)`` of each stream of the windows ``rows`` (indices into
@@ -463,17 +451,12 @@ def select_threshold(train: tuple, held: tuple, store, args, device, writer) -> 
         probs.update(frozen_probabilities(
             args, store, (dataset, feats, labels, np.flatnonzero(~mask)),
             (held_set, held_f, None, held_rows), device, writer))
-    grid = {}
-    for w in SMOOTH_GRID:
-        grid[str(w)] = {}
-        for t in THRESHOLD_GRID:
-            args_tw = argparse.Namespace(**{**vars(args), "threshold": t, "smooth": w})
-            grid[str(w)][f"{t:g}"] = evaluate(probs, store, args_tw)[0]["mAP_a"]["0.5"]
-    best_t, best_w = max(((t, w) for w in SMOOTH_GRID for t in THRESHOLD_GRID),
-                         key=lambda tw: (grid[str(tw[1])][f"{tw[0]:g}"], -tw[0], -tw[1]))
-    return {"threshold": best_t, "smooth": best_w,
-            "folds": [[str(store.names[s]) for s in fold] for fold in folds],
-            "held_out_window_stride": int(held_set.stride), "grid_mAP_a@0.5": grid, "best_mAP_a@0.5": grid[str(best_w)][f"{best_t:g}"]}
+    names = {s: str(store.names[s]) for s in probs}
+    chosen = choose_settings({names[s]: p for s, p in probs.items()},
+                             {names[s]: stream_labels(store, s) for s in probs},
+                             store.num_classes - 1, args.min_length, args.nms)
+    return {"folds": [[str(store.names[s]) for s in fold] for fold in folds],
+            "held_out_window_stride": int(held_set.stride), **chosen}
 
 
 @torch.no_grad()

@@ -7,7 +7,8 @@
 #     linear head (the SSL protocol) and with the temporal convolution head (--head tcn), the
 #     temporal head on a random (untrained) encoder (<run>/random_encoder: what the head does
 #     without pretraining), the learning-free floor (evaluation.detection_floor: per-frame
-#     raw-pose 1-NN, with the proposal settings the temporal-head run chose, --settings-from);
+#     raw-pose 1-NN, its threshold and smoothing chosen by the same cross-validation over the
+#     training streams, --select-threshold);
 # (b) UTKinect-Action3D cross-subject (utk_xs_j_dste: odd subjects train, even test):
 #     conversion (feeders.prepare --format utkinect), pretraining on windows of the training
 #     streams, the same frozen rows, fine-tuned detection, the floor;
@@ -16,7 +17,7 @@
 # Each part ends with its evaluation.report table. Settings are the scripts' defaults
 # (the --defaults auto recipes of recipes.py: frozen probe lr 1.0 on small sets;
 # action_detection.py: min length 5, no smoothing, no NMS), fixed before looking at any test
-# stream; each frozen run chooses its threshold and smoothing by a cross-validation over the
+# stream; each frozen run and the floor choose their threshold and smoothing by a cross-validation over the
 # training streams in folds of 20 % (--select-threshold 0.2; its out-of-fold mAP_a@0.5 is in
 # the JSON's threshold_selection.best_mAP_a@0.5, the training-split score that tells the two
 # heads apart); the fine-tuned one (the linear head) takes the frozen linear run's threshold and
@@ -85,7 +86,7 @@ print("--preset", c["preset"], "--clip-len", c["clip_len"], "--normalize", c["no
     fi
     stage "learning-free floor"
     "$PY" -m evaluation.detection_floor --data "$data" --output "$SKEL_CHECKPOINTS/$run" \
-        --settings-from "$SKEL_CHECKPOINTS/$run/detection_tcn.json"   # its proposal settings
+        --select-threshold 0.2   # its own settings, chosen on the training streams
     stage "table $run ($(date -u +%Y-%m-%d), $(uname -m), $(nproc) CPU cores)"
     "$PY" -m evaluation.report "$SKEL_CHECKPOINTS/$run" "$SKEL_CHECKPOINTS/$run/random_encoder"
     "$PY" - "$SKEL_CHECKPOINTS/$run" <<'PYEOF'
@@ -94,7 +95,7 @@ from pathlib import Path
 run = Path(sys.argv[1])
 print("cross-validated mAP_a@0.5 on the training streams (the selection's score):")
 for path in (run / "detection.json", run / "detection_tcn.json",
-             run / "random_encoder" / "detection_tcn.json"):
+             run / "random_encoder" / "detection_tcn.json", run / "detection_floor.json"):
     sel = json.loads(path.read_text())["config"].get("threshold_selection") or {}
     print(f"  {path.relative_to(run)}: {sel.get('best_mAP_a@0.5', float('nan')):.1f} "
           f"(threshold {sel.get('threshold')}, smoothing {sel.get('smooth')})")

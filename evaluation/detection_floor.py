@@ -8,12 +8,16 @@ those of action_detection.py (same --threshold, --min-length, --smooth, --nms).
 
     python -m evaluation.detection_floor --data DIR --split xsub_train --output RUN_DIR
         [--eval-split xsub_val] [--k 1] [--threshold 0.5] [--min-length 5] [--smooth 1]
-        [--settings-from RUN_DIR/detection.json]
+        [--select-threshold 0.2 | --settings-from RUN_DIR/detection.json]
 
-``--settings-from`` takes the proposal settings (threshold, min length, smoothing, NMS) of a
-detection result, e.g. those its --select-threshold chose on the training streams, so that the
-floor and the encoder are compared with the same proposal generation (smoothing alone lifts the
-floor a lot: one-hot per-frame votes are noisy).
+``--select-threshold F`` chooses the threshold and smoothing on the training split only, as
+action_detection.py does (evaluation/selection.py): in folds of about F of the training streams,
+each fold's frames are matched against the other training streams' frames, and the pair with
+the best out-of-fold mAP_a@0.5 is kept (recorded under ``threshold_selection``). This is the
+fair floor: its proposal settings are chosen for its own scores (one-hot per-frame votes are
+noisy, so it needs smoothing that an encoder's smoother probabilities may not). ``--settings-from``
+instead takes the proposal settings (threshold, min length, smoothing, NMS) of a detection
+result, to compare the floor and an encoder with the same proposal generation.
 
 Writes <output>/detection_floor.json (+ _proposals/, _scores.npz), like detection.json.
 """
@@ -30,6 +34,7 @@ from evaluation.protocol import make_protocol
 from evaluation.detection import evaluate_streams, summary_line, write_results
 from evaluation.fusion import settings_from
 from evaluation.knn import l2_normalize, search
+from evaluation.selection import choose_settings, selection_folds
 from feeders.store import open_store
 from feeders.untrimmed import stream_labels
 
@@ -49,20 +54,35 @@ def frame_poses(store, s: int) -> torch.Tensor:
     return torch.from_numpy(seq.reshape(len(seq), -1))
 
 
-def floor_probabilities(store, train_split: str, test_split: str, k: int = 1
-                        ) -> dict[int, np.ndarray]:
-    """Per-frame class probabilities ``(T, K + 1)`` of each test stream (by store index)."""
-    train = store.split_indices(train_split)
+def floor_probabilities(store, train, test, k: int = 1) -> dict[int, np.ndarray]:
+    """Per-frame class probabilities ``(T, K + 1)`` of each test stream (by store index):
+    ``train`` and ``test`` are the store indices of the gallery and query streams."""
     gallery = l2_normalize(torch.cat([frame_poses(store, int(s)) for s in train]))
     gallery_labels = torch.from_numpy(np.concatenate([stream_labels(store, int(s))
                                                       for s in train]))
     out = {}
-    for s in store.split_indices(test_split):
+    for s in test:
         _, idx = search(l2_normalize(frame_poses(store, int(s))), gallery, k=k)
         votes = torch.zeros(idx.shape[0], store.num_classes)
         votes.scatter_add_(1, gallery_labels[idx], torch.ones(idx.shape))
         out[int(s)] = (votes / k).numpy()
     return out
+
+
+def select_settings(store, train, args) -> dict:
+    """--select-threshold: every training stream's frames matched against the other folds'
+    frames, then the grid search of evaluation.selection.choose_settings. Returns its dict
+    plus "folds" (stream names)."""
+    folds = selection_folds(np.asarray(train), args.select_threshold)
+    probs = {}
+    for fold in folds:
+        gallery = [s for s in train if s not in set(fold.tolist())]
+        probs.update(floor_probabilities(store, gallery, fold, args.k))
+    names = {s: str(store.names[s]) for s in probs}
+    chosen = choose_settings({names[s]: p for s, p in probs.items()},
+                             {names[s]: stream_labels(store, s) for s in probs},
+                             store.num_classes - 1, args.min_length, args.nms)
+    return {"folds": [[str(store.names[s]) for s in fold] for fold in folds], **chosen}
 
 
 def main(argv=None) -> dict:
@@ -81,10 +101,19 @@ def main(argv=None) -> dict:
                         help="moving average of the scores over this many frames (1: off)")
     parser.add_argument("--nms", type=float, default=None, metavar="IOU",
                         help="per-class NMS at this IoU (None: off)")
+    parser.add_argument("--select-threshold", type=float, default=None, metavar="FRACTION",
+                        help="choose --threshold and --smooth by a cross-validation over the "
+                             "training streams in folds of this fraction of them (as "
+                             "action_detection.py; default: off, the flags' values)")
     parser.add_argument("--settings-from", type=Path, default=None, metavar="RESULT_JSON",
                         help="take --threshold, --min-length, --smooth and --nms from this "
                              "detection result's config (replacing the flags' values)")
     args = parser.parse_args(argv)
+    if args.select_threshold is not None and args.settings_from is not None:
+        parser.error("--select-threshold and --settings-from both set the proposal settings: "
+                     "give one")
+    if args.select_threshold is not None and not 0.0 < args.select_threshold < 1.0:
+        parser.error(f"--select-threshold must be in (0, 1), got {args.select_threshold}")
     if args.settings_from is not None:
         for key, value in settings_from(args.settings_from).items():
             setattr(args, key, value)
@@ -94,7 +123,15 @@ def main(argv=None) -> dict:
         parser.error(f"--threshold must be in [0, 1), got {args.threshold}")
     args.eval_split = args.eval_split or eval_split_for(args.split)
     store = open_store(args.data)
-    probs = floor_probabilities(store, args.split, args.eval_split, args.k)
+    train = store.split_indices(args.split)
+    if args.select_threshold is not None:
+        args.threshold_selection = select_settings(store, train, args)
+        args.threshold = args.threshold_selection["threshold"]
+        args.smooth = args.threshold_selection["smooth"]
+        print(f"threshold {args.threshold:g}, smoothing {args.smooth} frames chosen by "
+              f"cross-validation on the training streams (out-of-fold mAP_a@0.5 "
+              f"{args.threshold_selection['best_mAP_a@0.5']:.1f})")
+    probs = floor_probabilities(store, train, store.split_indices(args.eval_split), args.k)
     names = {s: str(store.names[s]) for s in probs}
     labels = {names[s]: stream_labels(store, s) for s in probs}
     metrics, proposals = evaluate_streams({names[s]: p for s, p in probs.items()}, labels,

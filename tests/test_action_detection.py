@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import action_detection
+from evaluation import selection
 from evaluation.detection import detection_metrics, read_proposals
 from feeders import synthetic
 from feeders.store import open_store
@@ -118,12 +119,12 @@ def test_predict_streams_equals_stitched_windows(streams):
 
 
 def test_selection_folds_hold_out_every_stream_once():
-    folds = action_detection.selection_folds(np.arange(10), 0.2)   # UTKinect: 10 streams
+    folds = selection.selection_folds(np.arange(10), 0.2)   # UTKinect: 10 streams
     assert [f.tolist() for f in folds] == [[0, 5], [1, 6], [2, 7], [3, 8], [4, 9]]
-    assert [f.tolist() for f in action_detection.selection_folds(np.arange(3), 0.5)] == [[0, 2], [1]]
-    assert len(action_detection.selection_folds(np.arange(4), 0.9)) == 2   # at least two folds
+    assert [f.tolist() for f in selection.selection_folds(np.arange(3), 0.5)] == [[0, 2], [1]]
+    assert len(selection.selection_folds(np.arange(4), 0.9)) == 2   # at least two folds
     with pytest.raises(ValueError, match="at least 2 training streams"):
-        action_detection.selection_folds(np.arange(1), 0.2)
+        selection.selection_folds(np.arange(1), 0.2)
 
 
 def test_threshold_selected_on_training_streams(streams, tmp_path):
@@ -140,15 +141,15 @@ def test_threshold_selected_on_training_streams(streams, tmp_path):
     assert sel["held_out_window_stride"] == result["config"]["test_window_stride"]
     assert result["config"]["test_window_stride"] != result["config"]["window_stride"]
     grid = sel["grid_mAP_a@0.5"]
-    assert set(grid) == {str(w) for w in action_detection.SMOOTH_GRID}
-    assert all(set(row) == {f"{t:g}" for t in action_detection.THRESHOLD_GRID}
+    assert set(grid) == {str(w) for w in selection.SMOOTH_GRID}
+    assert all(set(row) == {f"{t:g}" for t in selection.THRESHOLD_GRID}
                for row in grid.values())
     assert result["config"]["threshold"] == sel["threshold"]
     assert result["config"]["smooth"] == sel["smooth"]
     best = max(v for row in grid.values() for v in row.values())
     assert grid[str(sel["smooth"])][f"{sel['threshold']:g}"] == best
     # ties go to the lower threshold, then the narrower smoothing
-    ties = [(t, w) for w in action_detection.SMOOTH_GRID for t in action_detection.THRESHOLD_GRID
+    ties = [(t, w) for w in selection.SMOOTH_GRID for t in selection.THRESHOLD_GRID
             if grid[str(w)][f"{t:g}"] == best]
     assert (sel["threshold"], sel["smooth"]) == min(ties)
 
@@ -169,16 +170,20 @@ def test_selection_predicts_held_out_streams_on_the_test_grid(monkeypatch):
         return {int(s): np.zeros((12, 2)) for s in np.unique(target_part[0].windows[target_part[3], 0])}
 
     monkeypatch.setattr(action_detection, "frozen_probabilities", fake)
-    monkeypatch.setattr(action_detection, "evaluate", lambda probs, store, args: (
-        {"mAP_a": {"0.5": 1.0}}, {}))
+    monkeypatch.setattr(action_detection, "stream_labels", lambda store, s: np.zeros(12, int))
+    chosen = {"threshold": 0.3, "smooth": 5, "grid_mAP_a@0.5": {}, "best_mAP_a@0.5": 1.0}
+    monkeypatch.setattr(action_detection, "choose_settings", lambda probs, *a: (
+        chosen if sorted(probs) == ["a", "b", "c", "d"] else None))   # every stream once
 
     class Store:
         names = np.array(["a", "b", "c", "d"])
+        num_classes = 2
 
-    args = argparse.Namespace(select_threshold=0.5)
+    args = argparse.Namespace(select_threshold=0.5, min_length=5, nms=None)
     sel = action_detection.select_threshold((train, None, None), (held, None), Store(), args,
                                             None, None)
     assert sel["held_out_window_stride"] == 4 and len(seen) == 2
+    assert sel["threshold"] == 0.3 and sel["folds"] == [["a", "c"], ["b", "d"]]
     for train_set, train_rows, target_set, target_rows in seen:
         assert train_set is train and target_set is held
         fold = set(held.windows[target_rows, 0].tolist())

@@ -107,7 +107,8 @@ def test_detection_floor_on_identical_streams(untrimmed, tmp_path):
     """A test split equal to the training split: every frame finds itself, so the floor is
     perfect (one-hot probabilities of the true labels)."""
     from evaluation.detection_floor import floor_probabilities, main
-    probs = floor_probabilities(untrimmed, "xsub_train", "xsub_train")
+    train = untrimmed.split_indices("xsub_train")
+    probs = floor_probabilities(untrimmed, train, train)
     for s, p in probs.items():
         assert (p.argmax(1) == untrimmed.frame_array("frame_labels", s)).all()
     metrics = main(["--data", str(untrimmed.root), "--split", "xsub_train", "--eval-split",
@@ -136,3 +137,40 @@ def test_detection_floor_settings_from_a_detection_result(untrimmed, tmp_path):
     result.write_text(json.dumps({"config": {"threshold": 0.3}}))
     with pytest.raises(ValueError, match=r"detection.json: its config has no min_length, smooth, nms"):
         main(common + ["--output", str(tmp_path / "c"), "--settings-from", str(result)])
+
+
+def test_detection_floor_selects_its_settings_out_of_fold(untrimmed, tmp_path):
+    """--select-threshold: each training stream's frames are matched against the other folds'
+    streams only (never itself), and the kept pair is the grid's best (evaluation.selection)."""
+    import json
+
+    import pytest as _pytest
+
+    from evaluation import selection
+    from evaluation.detection_floor import floor_probabilities, main
+    from feeders.untrimmed import stream_labels
+    out = tmp_path / "sel"
+    main(["--data", str(untrimmed.root), "--split", "xsub_train", "--output", str(out),
+          "--select-threshold", "0.5"])
+    config = json.loads((out / "detection_floor.json").read_text())["config"]
+    sel = config["threshold_selection"]
+    train = untrimmed.split_indices("xsub_train")
+    names = [str(untrimmed.names[s]) for s in train]
+    assert sorted(n for fold in sel["folds"] for n in fold) == sorted(names)
+    # by hand: out-of-fold probabilities, then the same grid search
+    by_name = {str(untrimmed.names[s]): int(s) for s in train}
+    probs = {}
+    for fold in sel["folds"]:
+        held = [by_name[n] for n in fold]
+        gallery = [int(s) for s in train if int(s) not in held]
+        probs.update({str(untrimmed.names[s]): p
+                      for s, p in floor_probabilities(untrimmed, gallery, held).items()})
+    want = selection.choose_settings(probs, {n: stream_labels(untrimmed, by_name[n]) for n in probs},
+                                     untrimmed.num_classes - 1, 5, None)
+    assert sel["grid_mAP_a@0.5"] == want["grid_mAP_a@0.5"]
+    assert (config["threshold"], config["smooth"]) == (want["threshold"], want["smooth"])
+    # a stream matched against itself would be perfect; out of fold it is not
+    assert sel["best_mAP_a@0.5"] < 100
+    with _pytest.raises(SystemExit):
+        main(["--data", str(untrimmed.root), "--output", str(tmp_path / "x"),
+              "--select-threshold", "0.5", "--settings-from", str(out / "detection_floor.json")])
