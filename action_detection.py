@@ -451,10 +451,7 @@ def select_threshold(train: tuple, held: tuple, store, args, device, writer) -> 
         probs.update(frozen_probabilities(
             args, store, (dataset, feats, labels, np.flatnonzero(~mask)),
             (held_set, held_f, None, held_rows), device, writer))
-    names = {s: str(store.names[s]) for s in probs}
-    chosen = choose_settings({names[s]: p for s, p in probs.items()},
-                             {names[s]: stream_labels(store, s) for s in probs},
-                             store.num_classes - 1, args.min_length, args.nms)
+    chosen = choose_settings(probs, store, args.min_length, args.nms)
     return {"folds": [[str(store.names[s]) for s in fold] for fold in folds],
             "held_out_window_stride": int(held_set.stride), **chosen}
 

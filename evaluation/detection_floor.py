@@ -78,10 +78,7 @@ def select_settings(store, train, args) -> dict:
     for fold in folds:
         gallery = [s for s in train if s not in set(fold.tolist())]
         probs.update(floor_probabilities(store, gallery, fold, args.k))
-    names = {s: str(store.names[s]) for s in probs}
-    chosen = choose_settings({names[s]: p for s, p in probs.items()},
-                             {names[s]: stream_labels(store, s) for s in probs},
-                             store.num_classes - 1, args.min_length, args.nms)
+    chosen = choose_settings(probs, store, args.min_length, args.nms)
     return {"folds": [[str(store.names[s]) for s in fold] for fold in folds], **chosen}
 
 

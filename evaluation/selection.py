@@ -13,6 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from evaluation.detection import evaluate_streams
+from feeders.untrimmed import stream_labels
 
 THRESHOLD_GRID = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 SMOOTH_GRID = (1, 5, 9, 15, 25)   # moving-average widths (frames) tried with --select-threshold
@@ -29,17 +30,20 @@ def selection_folds(streams: np.ndarray, fraction: float) -> list[np.ndarray]:
     return [streams[f::folds] for f in range(min(folds, len(streams)))]
 
 
-def choose_settings(probs: dict[str, np.ndarray], labels: dict[str, np.ndarray],
-                    num_actions: int, min_length: int, nms_iou: float | None) -> dict:
+def choose_settings(probs: dict[int, np.ndarray], store, min_length: int,
+                    nms_iou: float | None) -> dict:
     """The best (threshold, smoothing) of THRESHOLD_GRID x SMOOTH_GRID for the out-of-fold
-    per-frame probabilities ``probs`` (stream name -> (T, K + 1)) against the per-frame
-    ``labels`` (name -> (T,)). Returns {"threshold", "smooth", "grid_mAP_a@0.5": {smooth:
+    per-frame probabilities ``probs`` (store index -> (T, K + 1)) against the streams'
+    per-frame labels. Returns {"threshold", "smooth", "grid_mAP_a@0.5": {smooth:
     {threshold: %}}, "best_mAP_a@0.5"}."""
+    names = {s: str(store.names[s]) for s in probs}
+    by_name = {names[s]: p for s, p in probs.items()}
+    labels = {names[s]: stream_labels(store, s) for s in probs}
     grid = {}
     for w in SMOOTH_GRID:
         grid[str(w)] = {}
         for t in THRESHOLD_GRID:
-            metrics, _ = evaluate_streams(probs, labels, num_actions, threshold=t,
+            metrics, _ = evaluate_streams(by_name, labels, store.num_classes - 1, threshold=t,
                                           min_length=min_length, smooth=w, nms_iou=nms_iou)
             grid[str(w)][f"{t:g}"] = metrics["mAP_a"]["0.5"]
     best_t, best_w = max(((t, w) for w in SMOOTH_GRID for t in THRESHOLD_GRID),

@@ -170,10 +170,9 @@ def test_selection_predicts_held_out_streams_on_the_test_grid(monkeypatch):
         return {int(s): np.zeros((12, 2)) for s in np.unique(target_part[0].windows[target_part[3], 0])}
 
     monkeypatch.setattr(action_detection, "frozen_probabilities", fake)
-    monkeypatch.setattr(action_detection, "stream_labels", lambda store, s: np.zeros(12, int))
     chosen = {"threshold": 0.3, "smooth": 5, "grid_mAP_a@0.5": {}, "best_mAP_a@0.5": 1.0}
     monkeypatch.setattr(action_detection, "choose_settings", lambda probs, *a: (
-        chosen if sorted(probs) == ["a", "b", "c", "d"] else None))   # every stream once
+        chosen if sorted(probs) == [0, 1, 2, 3] else None))   # every stream once
 
     class Store:
         names = np.array(["a", "b", "c", "d"])

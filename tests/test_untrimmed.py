@@ -148,7 +148,6 @@ def test_detection_floor_selects_its_settings_out_of_fold(untrimmed, tmp_path):
 
     from evaluation import selection
     from evaluation.detection_floor import floor_probabilities, main
-    from feeders.untrimmed import stream_labels
     out = tmp_path / "sel"
     main(["--data", str(untrimmed.root), "--split", "xsub_train", "--output", str(out),
           "--select-threshold", "0.5"])
@@ -163,10 +162,9 @@ def test_detection_floor_selects_its_settings_out_of_fold(untrimmed, tmp_path):
     for fold in sel["folds"]:
         held = [by_name[n] for n in fold]
         gallery = [int(s) for s in train if int(s) not in held]
-        probs.update({str(untrimmed.names[s]): p
-                      for s, p in floor_probabilities(untrimmed, gallery, held).items()})
-    want = selection.choose_settings(probs, {n: stream_labels(untrimmed, by_name[n]) for n in probs},
-                                     untrimmed.num_classes - 1, 5, None)
+        probs.update(floor_probabilities(untrimmed, gallery, held))
+    assert sorted(probs) == sorted(int(s) for s in train)
+    want = selection.choose_settings(probs, untrimmed, 5, None)
     assert sel["grid_mAP_a@0.5"] == want["grid_mAP_a@0.5"]
     assert (config["threshold"], config["smooth"]) == (want["threshold"], want["smooth"])
     # a stream matched against itself would be perfect; out of fold it is not
