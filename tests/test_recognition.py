@@ -398,6 +398,13 @@ def test_default_finetune_not_below_the_linear_probe(data, usdrl_checkpoint, tmp
     no_lp = top1("ft1_no_lp", "--mode", "finetune", "--epochs", "1", "--lp-epochs", "0")
     assert no_lp["top1"] < linear
     two = top1("ft2", "--mode", "finetune", "--epochs", "2")
-    assert two["top1"] >= linear and two["history"][-1]["lp_guard"]["kept"] == "linear probe"
-    assert top1("ft2_no_guard", "--mode", "finetune", "--epochs", "2",
-                "--no-lp-guard")["top1"] < linear
+    guard = two["history"][-1]["lp_guard"]
+    assert two["top1"] >= linear and guard["kept"] == "linear probe"
+    assert guard["finetune_train_top1"] < guard["probe_train_top1"]
+    no_guard = top1("ft2_no_guard", "--mode", "finetune", "--epochs", "2", "--no-lp-guard")
+    # without the guard the fine-tuned model is kept: other scores, and not above the probe
+    # (strictly below on an AMD EPYC; a tie on 24 test clips on an Intel Xeon with AMX)
+    assert no_guard["top1"] <= linear and not any("lp_guard" in h for h in no_guard["history"])
+    with np.load(tmp_path / "ft2" / two["scores_file"]) as a, \
+            np.load(tmp_path / "ft2_no_guard" / no_guard["scores_file"]) as b:
+        assert not np.allclose(a["scores"], b["scores"])
