@@ -189,6 +189,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     scratch = args.pretrained is None or args.pretrained.lower() in ("none", "scratch")
     recipes.apply_defaults(parser, args, argv, recipe_purpose(args), scratch=scratch)
+    recipe_set = args.defaults.get("set", {}) if isinstance(args.defaults, dict) else {}
+    if scratch and recipe_set.get("lp_epochs"):
+        # LP-FT starts the fine-tune from a linear probe of the pretrained features; on random
+        # weights its guard could keep a probe of random features in place of the model trained
+        # from scratch. A given --lp-epochs is kept.
+        recipe_set.pop("lp_epochs")
+        args.lp_epochs = 0
+        print("[defaults] no pretrained weights: the recipe's LP-FT (--lp-epochs) is not applied",
+              flush=True)
     for key, value in MODE_DEFAULTS[args.mode].items():
         if getattr(args, key) is None:
             setattr(args, key, value)

@@ -408,3 +408,18 @@ def test_default_finetune_not_below_the_linear_probe(data, usdrl_checkpoint, tmp
     with np.load(tmp_path / "ft2" / two["scores_file"]) as a, \
             np.load(tmp_path / "ft2_no_guard" / no_guard["scores_file"]) as b:
         assert not np.allclose(a["scores"], b["scores"])
+
+
+def test_no_lp_ft_from_random_weights(data, usdrl_checkpoint, capsys):
+    """The small-set recipe's LP-FT needs pretrained features: without them (--pretrained none,
+    a supervised run from scratch) the recipe's --lp-epochs is dropped, since its guard could
+    keep a linear probe of random features in place of the trained model; a given
+    --lp-epochs is kept, and with a checkpoint the recipe's applies."""
+    base = ["--data", str(data), "--output", "unused", "--mode", "finetune"]
+    scratch = ar.parse_args(base + ["--pretrained", "none"])
+    assert scratch.lp_epochs == 0 and "lp_epochs" not in scratch.defaults["set"]
+    assert "LP-FT (--lp-epochs) is not applied" in capsys.readouterr().out
+    assert ar.parse_args(base + ["--pretrained", "none", "--lp-epochs", "5"]).lp_epochs == 5
+    assert ar.parse_args(base).lp_epochs == 0   # no --pretrained: from scratch too
+    pretrained = ar.parse_args(base + ["--pretrained", str(usdrl_checkpoint)])
+    assert pretrained.lp_epochs == 160 and pretrained.defaults["set"]["lp_epochs"] == 160
