@@ -176,8 +176,11 @@ def test_evaluation_recipes(tmp_path):
     assert (args.lr, args.batch_size, args.epochs) == (1.0, 2, 160)
     assert args.preset is None   # a checkpoint's encoder flags are its own
     args = action_recognition.parse_args(base + ["--mode", "finetune", "--lr", "3e-4"])
-    assert (args.lr, args.lp_epochs, args.rotate, args.shear) == (3e-4, 160, 60.0, 1.0)
-    assert (args.preset, args.clip_len, args.normalize) == ("small", 16, "view")  # from scratch
+    # from scratch: the pretraining recipe's encoder flags, and no LP-FT (no features to probe)
+    assert (args.lr, args.lp_epochs, args.rotate, args.shear) == (3e-4, 0, 60.0, 1.0)
+    assert (args.preset, args.clip_len, args.normalize) == ("small", 16, "view")
+    args = action_recognition.parse_args(base + ["--mode", "finetune", "--pretrained", "x.pt"])
+    assert (args.lr, args.lp_epochs, args.rotate, args.shear) == (1e-3, 160, 60.0, 1.0)
     args = action_recognition.parse_args(base + ["--mode", "finetune", "--label-fraction", "0.5",
                                                  "--pretrained", "x.pt"])
     assert (args.epochs, args.batch_size) == (40, 16)
