@@ -34,7 +34,8 @@ upsampled to L, loss weight 0.5).
 
 --select-threshold F chooses --threshold and --smooth (evaluation/selection.py's grids) on the
 training split only, by cross-validation over its streams: in folds of about F of the streams,
-each fold is predicted by a head trained on the other streams; the pair with the best mAP_a@0.5
+each fold is predicted by a head trained on the other streams, from the fold's windows on the
+test grid (--test-stride / --num-clips, as a test stream); the pair with the best mAP_a@0.5
 over all the out-of-fold predictions is kept (the folds and the grid are recorded in the JSON
 under ``threshold_selection``), and the head is trained again on every training stream.
 
@@ -149,7 +150,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="frozen encoder: choose --threshold (0.05, 0.1..0.9) and --smooth (1, 5, 9, "
                         "15, 25 frames) by mAP_a@0.5 in a cross-validation over the training streams, "
                         "in folds of this fraction of them (each fold predicted by a head trained "
-                        "on the others), then train on all of them; the chosen values replace "
+                        "on the others, from its windows on the test grid), then train on all of "
+                        "them; the chosen values replace "
                         "the flags' (0: off, use --threshold and --smooth)")
     g.add_argument("--settings-from", type=Path, default=None, metavar="RESULT_JSON",
                    help="take --threshold, --min-length, --smooth and --nms from this detection "

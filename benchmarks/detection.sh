@@ -17,12 +17,12 @@
 # Each part ends with its evaluation.report table. Settings are the scripts' defaults
 # (the --defaults auto recipes of recipes.py: frozen probe lr 1.0 on small sets;
 # action_detection.py: min length 5, no smoothing, no NMS), fixed before looking at any test
-# stream; each frozen run and the floor choose their threshold and smoothing by a cross-validation over the
-# training streams in folds of 20 % (--select-threshold 0.2; its out-of-fold mAP_a@0.5 is in
-# the JSON's threshold_selection.best_mAP_a@0.5, the training-split score that tells the two
-# heads apart); the fine-tuned one (the linear head) takes the frozen linear run's threshold and
-# smoothing (--settings-from: chosen on the training streams; its own selection would need a
-# fine-tune per fold) and runs $FT_EPOCHS epochs (default 30) on a CPU instead of the
+# stream; each frozen run and the floor choose their threshold and smoothing by a
+# cross-validation over the training streams in folds of 20 % (--select-threshold 0.2; the
+# out-of-fold mAP_a@0.5 is in the JSON's threshold_selection.best_mAP_a@0.5, the
+# training-split score that tells the two heads apart); the fine-tuned one (the linear head)
+# takes the frozen linear run's threshold and smoothing (--settings-from: chosen on the
+# training streams; its own selection would need a fine-tune per fold) and runs $FT_EPOCHS epochs (default 30) on a CPU instead of the
 # protocol's 150.
 # --quick: the same stages with a tiny encoder, one pretraining epoch, 5 probe epochs and one
 # fine-tuning epoch, into runs/detection_quick (checks that everything runs; numbers mean

@@ -76,7 +76,7 @@ def select_settings(store, train, args) -> dict:
     folds = selection_folds(np.asarray(train), args.select_threshold)
     probs = {}
     for fold in folds:
-        gallery = [s for s in train if s not in set(fold.tolist())]
+        gallery = train[~np.isin(train, fold)]   # in split order
         probs.update(floor_probabilities(store, gallery, fold, args.k))
     chosen = choose_settings(probs, store, args.min_length, args.nms)
     return {"folds": [[str(store.names[s]) for s in fold] for fold in folds], **chosen}
