@@ -159,19 +159,6 @@ def recipe_purpose(args) -> str:
     return "semi" if args.label_fraction < 1.0 else "finetune"
 
 
-def drop_recipe_lp_ft(args, why: str) -> bool:
-    """Undo the recipe's LP-FT (--lp-epochs) when it set it: the flag back to 0, the record
-    in ``args.defaults["set"]`` removed, a line printed. False (nothing done) when the value
-    came from the command line."""
-    recipe_set = args.defaults.get("set", {}) if isinstance(args.defaults, dict) else {}
-    if "lp_epochs" not in recipe_set:
-        return False
-    recipe_set.pop("lp_epochs")
-    args.lp_epochs = 0
-    print(f"[defaults] {why}: the recipe's LP-FT (--lp-epochs) is not applied", flush=True)
-    return True
-
-
 def check_variants(args) -> None:
     """ValueError naming the flag for a fine-tuning variant that does not fit the run."""
     chosen = [flag for flag, on in (("--neck tpn", args.neck == "tpn"),
@@ -183,7 +170,8 @@ def check_variants(args) -> None:
         raise ValueError(f"{' and '.join(chosen)}: choose one fine-tuning variant at a time")
     if chosen and args.lp_epochs:
         # LP-FT trains the plain classifier's head: the recipe's is dropped, a given one refused
-        if not drop_recipe_lp_ft(args, chosen[0]):
+        if not recipes.undo_recipe_value(args, "lp_epochs", 0, f"{chosen[0]}: the recipe's "
+                                         "LP-FT (--lp-epochs) is not applied"):
             raise ValueError(f"--lp-epochs applies to the plain fine-tune, not with {chosen[0]}")
     if args.study_augment and args.mode != "finetune":
         raise ValueError("--study-augment applies to --mode finetune only")
@@ -202,7 +190,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         # LP-FT starts the fine-tune from a linear probe of the pretrained features; on random
         # weights its guard could keep a probe of random features in place of the model trained
         # from scratch. A given --lp-epochs is kept.
-        drop_recipe_lp_ft(args, "no pretrained weights")
+        recipes.undo_recipe_value(args, "lp_epochs", 0, "no pretrained weights: the recipe's "
+                                  "LP-FT (--lp-epochs) is not applied")
     for key, value in MODE_DEFAULTS[args.mode].items():
         if getattr(args, key) is None:
             setattr(args, key, value)

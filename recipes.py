@@ -371,6 +371,20 @@ def apply_defaults(parser: argparse.ArgumentParser, args: argparse.Namespace,
     return recipe
 
 
+def undo_recipe_value(args: argparse.Namespace, key: str, value, why: str) -> bool:
+    """Take back a value that apply_defaults set: ``args.<key> = value``, the entry removed
+    from the run's ``defaults["set"]`` record, ``why`` printed as a [defaults] line. False
+    (nothing done) when the recipe did not set ``key`` (e.g. it came from the command line)."""
+    applied = args.defaults.get("set", {}) if isinstance(args.defaults, dict) else {}
+    if key not in applied:
+        return False
+    applied.pop(key)
+    setattr(args, key, value)
+    if int(os.environ.get("RANK", 0)) == 0:
+        print(f"[defaults] {why}", flush=True)
+    return True
+
+
 def as_flags(values: dict) -> list[str]:
     """Recipe values as command-line flags: {"clip_len": 32, "milestones": [100]} ->
     ["--clip-len", "32", "--milestones", "100"]."""
