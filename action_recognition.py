@@ -100,6 +100,17 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
     g.add_argument("--milestones", type=int, nargs="*", default=[120, 140],
                    help="epochs where the lr is multiplied by 0.1")
+    g.add_argument("--standardize", action=argparse.BooleanOptionalAction, default=False,
+                   help="train the linear probe (and LP-FT's) on features standardised per "
+                        "dimension with the training samples' mean and std, folded back into "
+                        "the head (small-set recipes: on)")
+    g.add_argument("--probe-lr-grid", type=float, nargs="+", default=None, metavar="LR",
+                   help="choose the linear probe's lr (and LP-FT's, in place of --lp-lr) from "
+                        "these by mean top-1 on --probe-lr-folds stratified fifths of the "
+                        "training samples held out in turn; recorded as lr_selection "
+                        "(small-set recipes: 0.03 0.1 0.3 1)")
+    g.add_argument("--probe-lr-folds", type=int, default=5,
+                   help="--probe-lr-grid: held-out splits per lr")
     g = parser.add_argument_group("fine-tuning")
     g.add_argument("--warmup-epochs", type=float, default=5.0, help="linear lr warmup epochs")
     g.add_argument("--lp-epochs", type=int, default=0,
@@ -110,9 +121,13 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--lp-lr", type=float, default=MODE_DEFAULTS["linear"]["lr"],
                    help="learning rate of the --lp-epochs linear probe (small-set recipes: 1.0)")
     g.add_argument("--lp-guard", action=argparse.BooleanOptionalAction, default=True,
-                   help="with --lp-epochs: a fine-tune whose top-1 on the training samples (whole "
-                        "sequences, no augmentation) ends below the linear probe it started "
-                        "from is replaced by that linear probe (the result records it)")
+                   help="with --lp-epochs: compare the fine-tune with the linear probe of the "
+                        "same encoder on training samples neither trained on (the validation "
+                        "split, else a held-out --guard-fraction of a first selection "
+                        "fine-tune) and keep the better (the result records it)")
+    g.add_argument("--guard-fraction", type=float, default=0.2,
+                   help="--lp-guard without --val-fraction: the stratified part of the "
+                        "training samples held out by its selection fine-tune")
     g.add_argument("--layer-decay", type=float, default=1.0,
                    help="layer-wise lr decay factor (1: off; e.g. 0.8)")
     g.add_argument("--label-smoothing", type=float, default=0.1, help="cross-entropy label smoothing")
@@ -192,6 +207,10 @@ def parse_args(argv=None) -> argparse.Namespace:
         # from scratch. A given --lp-epochs is kept.
         recipes.undo_recipe_value(args, "lp_epochs", 0, "no pretrained weights: the recipe's "
                                   "LP-FT (--lp-epochs) is not applied")
+    lr_flag = "lr" if args.mode == "linear" else "lp_lr"   # the probe's lr given: no grid
+    if isinstance(args.defaults, dict) and lr_flag in (args.defaults.get("kept") or ()):
+        recipes.undo_recipe_value(args, "probe_lr_grid", None, f"--{lr_flag.replace('_', '-')} "
+                                  "given: the recipe's --probe-lr-grid is not applied")
     for key, value in MODE_DEFAULTS[args.mode].items():
         if getattr(args, key) is None:
             setattr(args, key, value)
@@ -209,6 +228,12 @@ def parse_args(argv=None) -> argparse.Namespace:
         raise ValueError(f"--flip must be a probability in [0, 1], got {args.flip}")
     if args.min_crop is not None and args.min_crop < 1:
         raise ValueError(f"--min-crop must be >= 1 frame, got {args.min_crop}")
+    if args.probe_lr_folds < 1:
+        raise ValueError(f"--probe-lr-folds must be >= 1, got {args.probe_lr_folds}")
+    if args.probe_lr_grid is not None and min(args.probe_lr_grid) <= 0:
+        raise ValueError(f"--probe-lr-grid values must be > 0, got {args.probe_lr_grid}")
+    if not 0.0 < args.guard_fraction < 1.0:
+        raise ValueError(f"--guard-fraction must be in (0, 1), got {args.guard_fraction}")
     if args.lp_epochs < 0:
         raise ValueError(f"--lp-epochs must be >= 0, got {args.lp_epochs}")
     check_variants(args)

@@ -16,10 +16,14 @@ norm, d = i + 1 for DSTE/STTR layer i (the temporal and spatial layer i share an
 ST-GCN block i and for MS-G3D stage i; the head is at D + 1 (full lr).
 
 LP-FT (--lp-epochs N; the small-set recipes: 160): the head is first trained as a linear probe
-on frozen features of the training samples (``probe_head``) and the fine-tune starts from it;
-its guard (--lp-guard, ``lp_guard``) keeps that linear probe when the fine-tuned model ends
-below it on the training samples (whole sequences, no augmentation), recorded as the last
-``history`` entry.
+on frozen features of the training samples (``probe_head``) and the fine-tune starts from it.
+Its guard (--lp-guard, ``lp_guard``) compares the fine-tune with the linear probe of the same
+encoder on training samples that neither trained on, and keeps the better, so that a fine-tune
+that went wrong (too short, too high a learning rate, too few samples) never ends below the
+probe it started from. Without a validation split a first selection fine-tune holds out a
+stratified --guard-fraction (0.2) of the training samples (<tag>/guard); the full fine-tune
+runs only when it won there. The comparison is the last ``history`` entry. Accuracy on the
+training samples cannot decide this: on a small set both reach 100 %.
 
 Fine-tuning variants (METHOD.md section 9, one at a time): a TPN neck (models/tpn.py), DTN-style
 multi-scale branches and mutual distillation with a second stream (evaluation/dtn.py); their
@@ -32,6 +36,7 @@ from __future__ import annotations
 
 from functools import partial
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -41,7 +46,9 @@ from evaluation.checks import require_finite
 from evaluation.dtn import BranchClassifier, MutualClassifier, branch_loss, mutual_loss
 from evaluation.features import (CheckpointError, build_eval_encoder, extract, split_names,
                                  stream_transform)
-from evaluation.linear import accuracy, average_clips, make_head, predict, train_linear
+from evaluation.linear import (accuracy, average_clips, make_head, predict, select_lr,
+                               train_linear)
+from evaluation.subset import stratified_split
 from feeders.augment import random_flip, random_rotation, random_shear, study_augment
 from feeders.dataset import EvalDataset, PretrainDataset, make_loader
 from models.base import EncoderOutput
@@ -185,61 +192,79 @@ def finetune_state(model, args, steps_per_epoch: int, dtype, device) -> engine.T
 def probe_head(model: Classifier, store, args, train_pos, feat_kw: dict, device) -> float:
     """LP-FT's first stage: train ``model.head`` as a linear probe on frozen features of the
     training positions (whole sequences, no augmentation), the procedure of --mode linear with
-    --lp-epochs, --lp-lr and --batch-size; the head starts from the same seeded initialisation.
+    --lp-epochs, --lp-lr (or the lr --probe-lr-grid chooses on these samples), --batch-size
+    and --standardize; the head starts from the same seeded initialisation.
     So the fine-tune starts from the linear probe's classifier (and scores its top-1 before the
     first step) instead of a random head whose first gradients disturb the pretrained encoder.
     Returns the probe's top-1 % on those training samples."""
     feats, labels = extract(model.encoder, store, args.split, indices=train_pos, **feat_kw)
     feats, labels = feats.to(device), labels.to(device)
     epochs = args.lp_epochs
+    train_kw = dict(epochs=epochs, batch_size=args.batch_size,
+                    milestones=(int(epochs * 0.75), int(epochs * 0.875)),
+                    momentum=args.momentum, weight_decay=0.0, standardize=args.standardize)
+    lr = args.lp_lr
+    if args.probe_lr_grid:
+        chosen, _ = select_lr(feats, labels, store.num_classes, args.probe_lr_grid,
+                              folds=args.probe_lr_folds, seed=args.seed, **train_kw)
+        lr = args.lp_lr if chosen is None else chosen   # None: too few samples to hold out
     out = train_linear(lambda idx: feats[idx], labels, model.encoder.feature_dim,
-                       store.num_classes, epochs=epochs, lr=args.lp_lr,
-                       batch_size=args.batch_size,
-                       milestones=(int(epochs * 0.75), int(epochs * 0.875)),
-                       momentum=args.momentum, weight_decay=0.0, seed=args.seed)
+                       store.num_classes, lr=lr, seed=args.seed, **train_kw)
     model.head.load_state_dict(out["head"].state_dict())
     return accuracy(predict(model.head, feats), labels)
 
 
 @torch.no_grad()
-def train_top1(model: Classifier, store, args, train_pos, feat_kw: dict, device) -> float:
-    """Top-1 % of ``model`` on the training positions, whole sequences, no augmentation."""
-    feats, labels = extract(model.encoder, store, args.split, indices=train_pos, **feat_kw)
+def held_out_top1(model: Classifier, store, args, positions, feat_kw: dict, device) -> float:
+    """Top-1 % of ``model`` on the positions ``positions`` of --split, whole sequences."""
+    feats, labels = extract(model.encoder, store, args.split, indices=positions, **feat_kw)
     return accuracy(predict(model.head, feats.to(device)).cpu(), labels)
 
 
-def lp_guard(model: Classifier, probe: Classifier, store, args, train_pos, feat_kw: dict,
-             device) -> dict:
-    """LP-FT's guard: ``probe`` (the encoder the fine-tune started from, its head trained by
-    ``probe_head``) against the fine-tuned ``model`` on the training samples; when the
-    fine-tune scores lower there, ``model`` takes the probe's weights, so a fine-tune that went
-    wrong (too short, too high a learning rate) ends where it started, never below it.
-    Returns {"finetune_train_top1", "probe_train_top1", "kept": "finetune" | "linear probe"}."""
-    tuned = train_top1(model, store, args, train_pos, feat_kw, device)
-    probed = probe_head(probe, store, args, train_pos, feat_kw, device)
-    kept = "finetune" if tuned >= probed else "linear probe"
-    if kept == "linear probe":
-        model.load_state_dict(probe.state_dict())
-    return {"finetune_train_top1": tuned, "probe_train_top1": probed, "kept": kept}
+def guard_positions(split_labels, train_pos, args) -> tuple:
+    """LP-FT's guard without a validation split: (fit, held) positions of --split, a
+    stratified --guard-fraction of ``train_pos`` held out (seeded by --seed)."""
+    fit, held = stratified_split(np.asarray(split_labels)[train_pos], args.guard_fraction,
+                                 args.seed)
+    return train_pos[fit], train_pos[held]
 
 
-def run_finetune(args, store, cfg, ckpt, info, dtype, train_pos, val_pos, run_dir, writer,
-                 default_of=None):
-    """The fine-tune on the training positions ``train_pos`` of --split (``val_pos``: the
-    validation positions, may be empty), its state in ``run_dir``, tested on --eval-split.
+def lp_guard(model: Classifier, probe: Classifier, store, args, fit_pos, held_pos,
+             feat_kw: dict, device) -> dict:
+    """LP-FT's guard: ``probe`` (the pretrained encoder, its head trained by ``probe_head`` on
+    the positions ``fit_pos``) against the fine-tuned ``model`` (trained on the same positions)
+    on the held-out positions ``held_pos``, which neither saw. Training accuracy would not do:
+    on a small set both reach 100 %. Returns {"finetune_held_out_top1",
+    "probe_held_out_top1", "held_out": number of samples, "kept": "finetune" |
+    "linear probe"}; ties keep the fine-tune."""
+    probe_head(probe, store, args, fit_pos, feat_kw, device)
+    tuned = held_out_top1(model, store, args, held_pos, feat_kw, device)
+    probed = held_out_top1(probe, store, args, held_pos, feat_kw, device)
+    return {"finetune_held_out_top1": tuned, "probe_held_out_top1": probed,
+            "held_out": int(len(held_pos)),
+            "kept": "finetune" if tuned >= probed else "linear probe"}
 
-    ``default_of`` (the command line's parser.get_default) lets a run older than a new flag
-    resume with it at its default (engine.resume_run). Returns (last-epoch test logits (N, C),
-    best dict or None, history) on rank 0, None elsewhere; best = {"epoch", "val_top1",
-    "logits" (N, C)} of the best validation epoch."""
-    overrides = {} if args.drop_path is None else {"drop_path": args.drop_path}
+
+def build_start(args, store, cfg, ckpt, overrides: dict) -> nn.Module:
+    """The model a fine-tune starts from: the pretrained encoder, a fresh seeded head."""
     try:
         encoder = build_eval_encoder(cfg, store, args.seed, ckpt, args.pretrained, **overrides)
     except ValueError as err:
         if overrides and "drop_path" in str(err):
             raise ValueError(f"--drop-path applies to dste/sttr only, not {cfg['backbone']}") from None
         raise
-    model = build_model(encoder, args, cfg, store)
+    return build_model(encoder, args, cfg, store)
+
+
+def train_model(args, store, cfg, ckpt, info, dtype, train_pos, val_pos, run_dir, feat_kw,
+                logits_of, default_of=None):
+    """Fine-tune a fresh start model (``build_start``; with --lp-epochs its head first a linear
+    probe of ``train_pos``) on the positions ``train_pos`` of --split, its state in
+    ``run_dir`` (resumable). With validation positions ``val_pos``, each epoch's validation
+    top-1 is recorded and the best epoch's weights kept in <run_dir>/best.pt.
+    ``logits_of(model, split, indices)`` scores a split. Returns (model, history)."""
+    overrides = {} if args.drop_path is None else {"drop_path": args.drop_path}
+    model = build_start(args, store, cfg, ckpt, overrides)
     if info.distributed:
         model = engine.convert_batchnorm(model, info.device)
     model.to(info.device)
@@ -252,9 +277,6 @@ def run_finetune(args, store, cfg, ckpt, info, dtype, train_pos, val_pos, run_di
                              default_of=default_of)
     if info.is_main:
         engine.write_json(run_dir / "config.json", meta)
-    feat_kw = dict(stream=cfg["stream"], clip_len=cfg["clip_len"], normalize=cfg["normalize"],
-                   spatial_channels=cfg["spatial_channels"], info=info, dtype=dtype,
-                   batch_size=args.eval_batch_size, workers=args.workers)
     if state.epoch == 0 and args.lp_epochs:   # a fresh start (a resumed run has its head)
         top1 = probe_head(model, store, args, train_pos, feat_kw, info.device)
         engine.log(info, f"LP-FT: head trained as a linear probe for {args.lp_epochs} epochs "
@@ -271,7 +293,47 @@ def run_finetune(args, store, cfg, ckpt, info, dtype, train_pos, val_pos, run_di
     best_val = [engine.load_checkpoint(best_path)["val_top1"] if best_path.is_file() else -1.0]
     history = []
 
-    def logits_of(split, indices=None, num_clips=1):
+    def on_epoch_end(epoch: int) -> dict:
+        if not len(val_pos):
+            return {}
+        logits, labels = logits_of(model, args.split, val_pos)
+        top1 = accuracy(logits, labels)
+        history.append({"epoch": epoch + 1, "val_top1": top1})
+        if top1 > best_val[0]:
+            best_val[0] = top1
+            if info.is_main:
+                engine.save_checkpoint(best_path, {"model": model.state_dict(),
+                                                   "epoch": epoch + 1, "val_top1": top1})
+        return {"val_top1": top1}
+
+    engine.train(ddp_model, step_fn, loader, state, epochs=args.epochs, info=info,
+                 seed=args.seed, output=run_dir, extra_state={"meta": meta},
+                 on_epoch_end=on_epoch_end)
+    return model, history
+
+
+def run_finetune(args, store, cfg, ckpt, info, dtype, train_pos, val_pos, run_dir, writer,
+                 default_of=None):
+    """The fine-tune on the training positions ``train_pos`` of --split (``val_pos``: the
+    validation positions, may be empty), its state in ``run_dir``, tested on --eval-split.
+
+    LP-FT's guard (--lp-epochs with --lp-guard) compares the fine-tune with the linear probe
+    of the same encoder on samples neither trained on (``lp_guard``): the validation
+    positions when there are some; otherwise a first selection fine-tune on all but a held-out
+    --guard-fraction of ``train_pos`` (state in <run_dir>/guard), after which the full
+    fine-tune runs only when it won there, and the linear probe of all of ``train_pos`` is the
+    model when it lost. The guard is the last ``history`` entry.
+
+    ``default_of`` (the command line's parser.get_default) lets a run older than a new flag
+    resume with it at its default (engine.resume_run). Returns (last-epoch test logits (N, C),
+    best dict or None, history) on rank 0, None elsewhere; best = {"epoch", "val_top1",
+    "logits" (N, C)} of the best validation epoch."""
+    feat_kw = dict(stream=cfg["stream"], clip_len=cfg["clip_len"], normalize=cfg["normalize"],
+                   spatial_channels=cfg["spatial_channels"], info=info, dtype=dtype,
+                   batch_size=args.eval_batch_size, workers=args.workers)
+    overrides = {} if args.drop_path is None else {"drop_path": args.drop_path}
+
+    def logits_of(model, split, indices=None, num_clips=1):
         """(logits (N, classes), labels) of a split; num_clips > 1: the clips' averaged scores."""
         clip_kw = dict(num_clips=num_clips, clip_fraction=args.clip_fraction)
         if isinstance(model, Classifier):
@@ -287,39 +349,50 @@ def run_finetune(args, store, cfg, ckpt, info, dtype, train_pos, val_pos, run_di
                        split_names(store, split, indices))
         return logits, labels
 
-    def on_epoch_end(epoch: int) -> dict:
-        if not len(val_pos):
-            return {}
-        logits, labels = logits_of(args.split, val_pos)
-        top1 = accuracy(logits, labels)
-        history.append({"epoch": epoch + 1, "val_top1": top1})
-        if top1 > best_val[0]:
-            best_val[0] = top1
-            if info.is_main:
-                engine.save_checkpoint(best_path, {"model": model.state_dict(),
-                                                   "epoch": epoch + 1, "val_top1": top1})
-        return {"val_top1": top1}
+    def start():
+        """A fresh start model (the pretrained encoder, a seeded head) on the device."""
+        return build_start(args, store, cfg, ckpt, overrides).to(info.device)
 
-    engine.train(ddp_model, step_fn, loader, state, epochs=args.epochs, info=info,
-                 seed=args.seed, output=run_dir, extra_state={"meta": meta},
-                 on_epoch_end=on_epoch_end)
-    if args.lp_epochs and args.lp_guard:  # the starting point rebuilt: resume-proof
-        start = Classifier(build_eval_encoder(cfg, store, args.seed, ckpt, args.pretrained,
-                                              **overrides), store.num_classes, args.seed)
-        guard = lp_guard(model, start.to(info.device), store, args, train_pos, feat_kw,
+    train = partial(train_model, args, store, cfg, ckpt, info, dtype, feat_kw=feat_kw,
+                    logits_of=logits_of, default_of=default_of)
+    guarded = bool(args.lp_epochs and args.lp_guard)
+    guard, model, history = None, None, []
+    if guarded and not len(val_pos):   # a selection fine-tune on all but a held-out part
+        split_labels = store.labels[store.split_indices(args.split)]
+        fit_pos, held_pos = guard_positions(split_labels, train_pos, args)
+        if not len(held_pos):
+            raise ValueError(f"--guard-fraction {args.guard_fraction}: no class of --split "
+                             f"{args.split} has two training samples to hold one out")
+        engine.log(info, f"LP-FT guard: a selection fine-tune on {len(fit_pos)} training "
+                   f"samples, compared with the linear probe on the {len(held_pos)} held out")
+        selection, _ = train(fit_pos, np.zeros(0, dtype=np.int64), run_dir / "guard")
+        guard = lp_guard(selection, start(), store, args, fit_pos, held_pos, feat_kw,
                          info.device)
+        if guard["kept"] == "linear probe":   # no full fine-tune: the probe of all samples
+            model = start()
+            probe_head(model, store, args, train_pos, feat_kw, info.device)
+    full_run = model is None
+    if full_run:
+        model, history = train(train_pos, val_pos, run_dir)
+        if guarded and guard is None:   # validation positions: the comparison is made on them
+            probe = start()
+            guard = lp_guard(model, probe, store, args, train_pos, val_pos, feat_kw,
+                             info.device)
+            if guard["kept"] == "linear probe":
+                model = probe
+    if guard is not None:
         history.append({"epoch": args.epochs, "lp_guard": guard})
-        engine.log(info, f"LP-FT guard: training top-1 fine-tune "
-                   f"{guard['finetune_train_top1']:.2f} %, linear probe "
-                   f"{guard['probe_train_top1']:.2f} %: kept the {guard['kept']}")
-    last_logits, _ = logits_of(args.eval_split, num_clips=args.num_clips)
+        engine.log(info, f"LP-FT guard: held-out top-1 ({guard['held_out']} training samples) "
+                   f"fine-tune {guard['finetune_held_out_top1']:.2f} %, linear probe "
+                   f"{guard['probe_held_out_top1']:.2f} %: kept the {guard['kept']}")
+    last_logits, _ = logits_of(model, args.eval_split, num_clips=args.num_clips)
     best = None
-    if len(val_pos):
+    if full_run and len(val_pos):   # the fine-tune's epoch of the best validation top-1
         engine.barrier(info)
-        saved = engine.load_checkpoint(best_path)
+        saved = engine.load_checkpoint(run_dir / "best.pt")
         model.load_state_dict(saved["model"])
         best = {"epoch": saved["epoch"], "val_top1": saved["val_top1"],
-                "logits": logits_of(args.eval_split, num_clips=args.num_clips)[0]}
+                "logits": logits_of(model, args.eval_split, num_clips=args.num_clips)[0]}
     return (last_logits, best, history) if info.is_main else None
 
 

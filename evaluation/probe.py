@@ -4,14 +4,17 @@ The frozen encoder (eval mode) encodes the training and test splits once; the fe
 cached in <output>/features (keyed by the weights, data, split, stream and clip length:
 evaluation.features.cached_extract) and a Linear(feature_dim -> classes) is trained on them
 in memory by evaluation.linear.train_linear (METHOD section 5), with --epochs, --lr (as scaled
-by --lr-scale-base), --batch-size, --milestones, --momentum and --weight-decay. With a
+by --lr-scale-base, or chosen from --probe-lr-grid on held-out training samples:
+evaluation.linear.select_lr), --batch-size, --milestones, --momentum, --weight-decay and
+--standardize. With a
 validation split the head of the best validation top-1 is kept as well; the test split is
 scored with --num-clips crops (evaluation.linear.average_clips).
 """
 from __future__ import annotations
 
+import engine
 from evaluation.features import build_eval_encoder, cached_extract
-from evaluation.linear import average_clips, predict, train_linear
+from evaluation.linear import average_clips, predict, select_lr, train_linear
 
 
 def run_linear(args, store, cfg, ckpt, info, dtype, train_pos, val_pos, run_dir, writer):
@@ -41,11 +44,21 @@ def run_linear(args, store, cfg, ckpt, info, dtype, train_pos, val_pos, run_dir,
             if key != "epoch":
                 writer.add_scalar(f"linear/{key}", value, epoch)
 
-    out = train_linear(lambda idx: feats[idx], train_l[train_pos].to(device),
-                       encoder.feature_dim, store.num_classes, epochs=args.epochs, lr=args.lr_used,
-                       batch_size=args.batch_size, milestones=tuple(args.milestones),
-                       momentum=args.momentum, weight_decay=args.weight_decay, seed=args.seed,
-                       val=val, log=log)
+    labels = train_l[train_pos].to(device)
+    train_kw = dict(epochs=args.epochs, batch_size=args.batch_size,
+                    milestones=tuple(args.milestones), momentum=args.momentum,
+                    weight_decay=args.weight_decay, standardize=args.standardize)
+    if args.probe_lr_grid:
+        chosen, args.lr_selection = select_lr(feats, labels, store.num_classes,
+                                              args.probe_lr_grid, folds=args.probe_lr_folds,
+                                              seed=args.seed, **train_kw)
+        args.lr_used = args.lr_used if chosen is None else chosen
+        table = ", ".join(f"{r['lr']:g}: {r['held_out_top1']:.1f} %" for r in args.lr_selection)
+        engine.log(info, f"linear probe lr {args.lr_used:g}, " + (
+            f"chosen on held-out training samples ({table})" if chosen is not None else
+            "--lr: no class has two training samples to hold one out for --probe-lr-grid"))
+    out = train_linear(lambda idx: feats[idx], labels, encoder.feature_dim, store.num_classes,
+                       lr=args.lr_used, seed=args.seed, val=val, log=log, **train_kw)
     test_f = test_f.to(device)
     best = None
     if out["best_head"] is not None:

@@ -115,6 +115,7 @@ def write_outputs(args, store, cfg, tag, logits, best, history, train_pos, val_p
         "data": str(args.data), "split": args.split, "eval_split": args.eval_split,
         **cfg, "pretrained_stream": pretrained_stream, "epochs": args.epochs, "lr": args.lr,
         "lr_scale_base": args.lr_scale_base, "lr_used": args.lr_used,
+        "lr_selection": getattr(args, "lr_selection", None),
         "num_clips": args.num_clips, "clip_fraction": args.clip_fraction,
         "variant": variant_record(args),
         "batch_size": args.batch_size, "seed": args.seed, "num_train": int(len(train_pos)),
