@@ -22,7 +22,7 @@ encoder on training samples that neither trained on, and keeps the better, so th
 that went wrong (too short, too high a learning rate, too few samples) never ends below the
 probe it started from. Without a validation split a first selection fine-tune holds out a
 stratified --guard-fraction (0.2) of the training samples (<tag>/guard); the full fine-tune
-runs only when it won there. The comparison is the last ``history`` entry. Accuracy on the
+runs only when it won or tied there. The comparison is the last ``history`` entry. Accuracy on the
 training samples cannot decide this: on a small set both reach 100 %.
 
 Fine-tuning variants (METHOD.md section 9, one at a time): a TPN neck (models/tpn.py), DTN-style
@@ -321,7 +321,7 @@ def run_finetune(args, store, cfg, ckpt, info, dtype, train_pos, val_pos, run_di
     of the same encoder on samples neither trained on (``lp_guard``): the validation
     positions when there are some; otherwise a first selection fine-tune on all but a held-out
     --guard-fraction of ``train_pos`` (state in <run_dir>/guard), after which the full
-    fine-tune runs only when it won there, and the linear probe of all of ``train_pos`` is the
+    fine-tune runs only when it won or tied there, and the linear probe of all of ``train_pos`` is the
     model when it lost. The guard is the last ``history`` entry.
 
     ``default_of`` (the command line's parser.get_default) lets a run older than a new flag
@@ -360,9 +360,11 @@ def run_finetune(args, store, cfg, ckpt, info, dtype, train_pos, val_pos, run_di
     if guarded and not len(val_pos):   # a selection fine-tune on all but a held-out part
         split_labels = store.labels[store.split_indices(args.split)]
         fit_pos, held_pos = guard_positions(split_labels, train_pos, args)
-        if not len(held_pos):
-            raise ValueError(f"--guard-fraction {args.guard_fraction}: no class of --split "
-                             f"{args.split} has two training samples to hold one out")
+        if not len(held_pos):   # nothing to compare on: the fine-tune, said so
+            guarded = False
+            engine.log(info, f"LP-FT guard: off, no class of --split {args.split} has two "
+                       f"training samples to hold one out")
+    if guarded and not len(val_pos):
         engine.log(info, f"LP-FT guard: a selection fine-tune on {len(fit_pos)} training "
                    f"samples, compared with the linear probe on the {len(held_pos)} held out")
         selection, _ = train(fit_pos, np.zeros(0, dtype=np.int64), run_dir / "guard")

@@ -256,10 +256,13 @@ def test_the_table_holds_the_measured_recipes(tmp_path):
     demo = recipes.pretrain_values("demo", f)
     assert (demo["epochs"], demo["milestones"], demo["threads"], demo["normalize"]) == (
         10, [8], 1, "first_frame")
-    assert recipes.eval_values("small", None, f, "linear") == {"lr": 1.0, "batch_size": 64}
+    grid = [0.03, 0.1, 0.3, 1.0]
+    assert recipes.eval_values("small", None, f, "linear") == {
+        "lr": 1.0, "batch_size": 64, "standardize": True, "probe_lr_grid": grid}
     assert recipes.eval_values("small", None, f, "finetune") == {
         "epochs": 50, "lr": 1e-3, "warmup_epochs": 2.0, "batch_size": 64, "shear": 1.0,
-        "rotate": 60.0, "lp_epochs": 160, "lp_lr": 1.0}
+        "rotate": 60.0, "lp_epochs": 160, "lp_lr": 1.0, "standardize": True,
+        "probe_lr_grid": grid}
     assert recipes.eval_values("small", None, f, "semi")["batch_size"] == 16
     assert recipes.eval_values("pku2", recipes.KNOWN["pku2"], f, "linear") == {"lr": 0.01}
     assert recipes.eval_values("paper", recipes.KNOWN["ntu60"], f, "finetune") == {}
@@ -280,6 +283,32 @@ def test_every_recipe_value_is_a_flag_of_its_entry_point(kind):
         args = action_recognition.build_parser().parse_args(
             base + ["--mode", mode] + recipes.as_flags(values))
         assert all(getattr(args, k) == v for k, v in values.items()), (kind, purpose)
+
+
+def test_boolean_recipe_values_are_switches():
+    """A True/False recipe value is the flag / its --no- form (BooleanOptionalAction), never
+    `--flag True`, which argparse would refuse."""
+    assert recipes.as_flags({"standardize": True, "probe_lr_grid": [0.1, 1.0]}) == [
+        "--standardize", "--probe-lr-grid", "0.1", "1.0"]
+    assert recipes.as_flags({"standardize": False}) == ["--no-standardize"]
+
+
+def test_a_given_probe_lr_turns_the_recipes_lr_grid_off(tmp_path, capsys):
+    """The small-set recipe chooses the probe's lr from --probe-lr-grid unless the lr is given:
+    --lr (linear) or --lp-lr (fine-tune) on the command line keeps that lr."""
+    import action_recognition as ar
+    from feeders.synthetic import write_synthetic
+    data = write_synthetic(tmp_path / "mine", 24, seed=0)
+    base = ["--data", str(data), "--output", "unused"]
+    assert ar.parse_args(base).probe_lr_grid == [0.03, 0.1, 0.3, 1.0]
+    given = ar.parse_args(base + ["--lr", "0.5"])
+    assert given.probe_lr_grid is None and given.lr == 0.5
+    assert "--probe-lr-grid is not applied" in capsys.readouterr().out
+    tuned = ar.parse_args(base + ["--mode", "finetune", "--pretrained", "none", "--lp-epochs",
+                                  "5", "--lp-lr", "0.2"])
+    assert tuned.probe_lr_grid is None and tuned.lp_lr == 0.2
+    assert ar.parse_args(base + ["--mode", "finetune", "--lp-lr", "0.2",
+                                 "--probe-lr-grid", "0.1"]).probe_lr_grid == [0.1]
 
 
 def test_benchmark_cuts_labelled_segments_into_clips(tmp_path):
