@@ -22,8 +22,8 @@ encoder on training samples that neither trained on, and keeps the better, so th
 that went wrong (too short, too high a learning rate, too few samples) never ends below the
 probe it started from. Without a validation split a first selection fine-tune holds out a
 stratified --guard-fraction (0.2) of the training samples (<tag>/guard); the full fine-tune
-runs only when it won or tied there. The comparison is the last ``history`` entry. Accuracy on the
-training samples cannot decide this: on a small set both reach 100 %.
+runs only when it won or tied there. The comparison is the last ``history`` entry. Accuracy
+on the training samples cannot decide this: on a small set both reach 100 %.
 
 Fine-tuning variants (METHOD.md section 9, one at a time): a TPN neck (models/tpn.py), DTN-style
 multi-scale branches and mutual distillation with a second stream (evaluation/dtn.py); their
@@ -321,8 +321,8 @@ def run_finetune(args, store, cfg, ckpt, info, dtype, train_pos, val_pos, run_di
     of the same encoder on samples neither trained on (``lp_guard``): the validation
     positions when there are some; otherwise a first selection fine-tune on all but a held-out
     --guard-fraction of ``train_pos`` (state in <run_dir>/guard), after which the full
-    fine-tune runs only when it won or tied there, and the linear probe of all of ``train_pos`` is the
-    model when it lost. The guard is the last ``history`` entry.
+    fine-tune runs only when it won or tied there, and the linear probe of all of ``train_pos``
+    is the model when it lost. The guard is the last ``history`` entry.
 
     ``default_of`` (the command line's parser.get_default) lets a run older than a new flag
     resume with it at its default (engine.resume_run). Returns (last-epoch test logits (N, C),
