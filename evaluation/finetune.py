@@ -34,6 +34,7 @@ with a validation split, best.pt holds the epoch of the best validation top-1.
 """
 from __future__ import annotations
 
+import copy
 from functools import partial
 
 import numpy as np
@@ -367,7 +368,12 @@ def run_finetune(args, store, cfg, ckpt, info, dtype, train_pos, val_pos, run_di
     if guarded and not len(val_pos):
         engine.log(info, f"LP-FT guard: a selection fine-tune on {len(fit_pos)} training "
                    f"samples, compared with the linear probe on the {len(held_pos)} held out")
-        selection, _ = train(fit_pos, np.zeros(0, dtype=np.int64), run_dir / "guard")
+        # its own state: a --resume FILE names the full run's, the selection resumes its own
+        select_args = copy.copy(args)
+        select_args.resume = "never" if args.resume == "never" else "auto"
+        selection, _ = train_model(select_args, store, cfg, ckpt, info, dtype, fit_pos,
+                                   np.zeros(0, dtype=np.int64), run_dir / "guard",
+                                   feat_kw=feat_kw, logits_of=logits_of, default_of=default_of)
         guard = lp_guard(selection, start(), store, args, fit_pos, held_pos, feat_kw,
                          info.device)
         if guard["kept"] == "linear probe":   # no full fine-tune: the probe of all samples

@@ -91,8 +91,9 @@ def train_linear(batch_features: Callable[[torch.Tensor], torch.Tensor],
     dimension with the training samples' mean and std (``standardization``; the batch norm
     without affine parameters of MAE's linear probe) and returned folded back into a head of
     the raw features (``fold_standardization``), so one lr suits features of any scale. A
-    non-finite epoch loss raises NonFiniteError (a diverged head is never evaluated). Returns dict: ``head`` (last epoch), ``best_head`` and ``best_epoch``
-    (only with ``val``), ``history`` (list of per-epoch dicts: epoch, lr, loss, val_top1).
+    non-finite epoch loss raises NonFiniteError (a diverged head is never evaluated). Returns
+    dict: ``head`` (last epoch), ``best_head`` and ``best_epoch`` (only with ``val``),
+    ``history`` (list of per-epoch dicts: epoch, lr, loss, val_top1).
     """
     device = labels.device
     if standardize:

@@ -409,6 +409,8 @@ def test_default_finetune_not_below_the_linear_probe(data, usdrl_checkpoint, tmp
     assert num_train == 24 and guard["held_out"] == 12
     assert (tmp_path / "ft2" / "finetune" / "guard" / "last.pt").is_file()
     assert not (tmp_path / "ft2" / "finetune" / "last.pt").exists()
+    again = top1("ft2", "--mode", "finetune", "--epochs", "2")   # resumes <tag>/guard, done
+    assert again["top1"] == two["top1"] and again["history"][-1]["lp_guard"] == guard
     # the probe kept is the linear probe of all training samples: --mode linear's scores
     with np.load(tmp_path / "ft2" / two["scores_file"]) as a, \
             np.load(tmp_path / "linear" / linear["scores_file"]) as b:
