@@ -6,9 +6,8 @@ evaluation.features.cached_extract) and a Linear(feature_dim -> classes) is trai
 in memory by evaluation.linear.train_linear (METHOD section 5), with --epochs, --lr (as scaled
 by --lr-scale-base, or chosen from --probe-lr-grid on held-out training samples:
 evaluation.linear.select_lr), --batch-size, --milestones, --momentum, --weight-decay and
---standardize. With a
-validation split the head of the best validation top-1 is kept as well; the test split is
-scored with --num-clips crops (evaluation.linear.average_clips).
+--standardize. With a validation split the head of the best validation top-1 is kept as well;
+the test split is scored with --num-clips crops (evaluation.linear.average_clips).
 """
 from __future__ import annotations
 
