@@ -21,8 +21,8 @@ Datasets (each skipped with a note when its source is missing):
 
 Budget: the full run pretrains each dataset for the small-set recipe's 1800 steps (40-45 minutes
 each on 2 CPU cores) plus its evaluations (a small-set fine-tune runs twice: LP-FT's guard
-first fine-tunes on 80 % of the training split): about 4 hours for the four. --quick runs a tiny DSTE
-for 1 epoch, 2-epoch linear probes, 1-epoch fine-tunes on at most --quick-sequences sequences
+first fine-tunes on 80 % of the training split): about 4 hours for the four. --quick runs a
+tiny DSTE for 1 epoch, 2-epoch linear probes, 1-epoch fine-tunes on at most --quick-sequences sequences
 of the synthetic set; its numbers mean nothing. Outputs in <out>/data and <out>/checkpoint;
 re-running resumes every stage that has a checkpoint.
 """

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from evaluation.checks import NonFiniteError
+from evaluation.subset import stratified_split
 from progress import progress_bar
 
 
@@ -153,7 +154,6 @@ def select_lr(features: torch.Tensor, labels: torch.Tensor, num_classes: int, gr
     Returns (lr, [{"lr", "held_out_top1"}, ...] in grid order), or (None, []) when no class has
     the two samples it takes to hold one out. Only training samples are seen, so the choice is
     made without the test split."""
-    from evaluation.subset import stratified_split
     splits = [tuple(torch.as_tensor(p, device=labels.device)
                     for p in stratified_split(labels.cpu().numpy(), 0.2, seed + k))
               for k in range(folds)]
