@@ -6,17 +6,20 @@ tables is reproduced on NW-UCLA. Every candidate is an ST-GCN trained from rando
 (`action_recognition.py --mode finetune --pretrained none`) with the study's augmentation
 (`--study-augment`) and dropout 0 (the study's best setting), on view 1 of xview_train, and
 evaluated (last epoch) on view 2: partitions (uniform, distance, spatial, symmetric) x residual
-unit (original, preact) x edge importance (on, off) = 16 rows. The best view-2 candidate is then
-trained on the whole of xview_train (views 1 and 2) and reported on view 3 (xview_val, the
-benchmark's test split), the only run that sees view 3.
+unit (original, preact) x edge importance (on, off) = 16 rows. Issue 18's other seed systems are
+then added one at a time to the best of those rows, on the same split (a second table): the TPN
+neck (`--neck tpn`), DTN-style multi-scale branches (`--branches 16,32,48`) and 3-clip testing
+(`--num-clips 3`). The best view-2 configuration of both tables (an addition only where it beats
+the row it was added to) is then trained on the whole of xview_train (views 1 and 2) and
+reported on view 3 (xview_val, the benchmark's test split), the only run that sees view 3.
 
     python benchmarks/stgcn_study.py [--data runs/nwucla/data/ucla] [--out runs/nwucla/stgcn_study]
         [--src ../shared/data/nw_ucla] [--epochs N] [--preset small] [--threads N] [--quick]
 
 The view split store comes from benchmarks/nwucla_select.py (`view_split_store`); the store is
 converted from --src first when --data does not exist. A finished candidate is read back instead
-of re-run. --quick: a dry run end to end (tiny preset, 1 epoch, 2 candidates) that checks the
-pipeline, not the numbers.
+of re-run. --quick: a dry run end to end (tiny preset, 1 epoch, 2 candidates and the additions)
+that checks the pipeline, not the numbers.
 """
 from __future__ import annotations
 
@@ -53,6 +56,17 @@ def candidates() -> list[tuple[str, list[str]]]:
                  "--edge-importance" if importance else "--no-edge-importance"]
         rows.append((name, flags))
     return rows
+
+
+# issue 18's other seed systems, each added alone to the best row of candidates()
+ADDITIONS = [("TPN neck", ["--neck", "tpn"]),
+             ("multi-scale branches 16,32,48", ["--branches", "16,32,48"]),
+             ("3 test clips", ["--num-clips", "3"])]
+
+
+def slug_of(flags: list[str]) -> str:
+    """--partition spatial --neck tpn -> partition_spatial_neck_tpn (a run's folder name)."""
+    return "_".join(f.lstrip("-").replace("-", "").replace(",", "_") for f in flags)
 
 
 def run(out: Path, store: Path, split: str, eval_split: str, flags: list[str], args) -> dict:
@@ -96,7 +110,7 @@ def main(argv=None) -> None:
     p.add_argument("--workers", type=int, default=1,
                    help="data loader workers")
     p.add_argument("--quick", action="store_true",
-                   help="dry run: tiny preset, 1 epoch, 2 candidates")
+                   help="dry run: tiny preset, 1 epoch, 2 candidates and the additions")
     args = p.parse_args(argv)
     rows = candidates()
     if args.quick:
@@ -105,14 +119,22 @@ def main(argv=None) -> None:
                               else "runs/nwucla/stgcn_study")
     ensure_store(args.data, args.src)
     store = view_split_store(args.data)
+    splits = (f"view{TRAIN_VIEW}_train", f"view{VAL_VIEW}_val")
     results = []
     for name, flags in rows:
-        slug = "_".join(f.lstrip("-").replace("-", "") for f in flags)
-        r = run(out / "view2" / slug, store, f"view{TRAIN_VIEW}_train", f"view{VAL_VIEW}_val",
-                flags, args)
+        r = run(out / "view2" / slug_of(flags), store, *splits, flags, args)
         results.append((name, flags, r["top1"], r["minutes"]))
     best = max(results, key=lambda row: row[2])
-    final = run(out / "view3", store, "xview_train", "xview_val", best[1], args)
+    added = []
+    for name, flags in ADDITIONS:
+        r = run(out / "view2" / slug_of(best[1] + flags), store, *splits, best[1] + flags, args)
+        added.append((name, flags, r["top1"], r["minutes"]))
+    winner = max(added, key=lambda row: row[2], default=None)
+    chosen_name, chosen = best[0], best[1]
+    if winner is not None and winner[2] > best[2]:
+        chosen_name, chosen = f"{best[0]}, {winner[0]}", best[1] + winner[1]
+    final = run(out / ("view3" if chosen == best[1] else f"view3_{slug_of(winner[1])}"), store,
+                "xview_train", "xview_val", chosen, args)
     print(f"\nST-GCN study on NW-UCLA, supervised from scratch, {args.preset} preset, "
           f"{args.epochs} epochs; flags: {' '.join(SCHEDULE)}")
     print(f"\nSelection: train view {TRAIN_VIEW}, evaluate view {VAL_VIEW} (last epoch)")
@@ -120,7 +142,13 @@ def main(argv=None) -> None:
     print("|---|---:|---:|")
     for name, _, top1, minutes in results:
         print(f"| {name} | {top1:.1f} | {minutes:.1f} |")
-    print(f"\nChosen: {best[0]}; trained on views 1-2 (xview_train), tested on view 3 "
+    if added:
+        print(f"\nAdded alone to the best row ({best[0]}: {best[2]:.1f} %), same split")
+        print("| addition | flags | view-2 top-1 % | minutes |")
+        print("|---|---|---:|---:|")
+        for name, flags, top1, minutes in added:
+            print(f"| {name} | `{' '.join(flags)}` | {top1:.1f} | {minutes:.1f} |")
+    print(f"\nChosen: {chosen_name}; trained on views 1-2 (xview_train), tested on view 3 "
           f"(xview_val): top-1 {final['top1']:.1f} % (last epoch, {final['minutes']:.1f} min)")
 
 
