@@ -159,6 +159,7 @@ def test_selection_view_split_and_schedule(ucla, tmp_path):
     assert "--val-fraction" not in flags
     assert float(flags[flags.index("--shear") + 1]) == 1.0
     assert float(flags[flags.index("--rotate") + 1]) == 60.0  # cross-view 3D
+    assert flags[-1] == "--no-lp-guard"  # candidates are judged on view 2, not by the guard
     # every fusion row fuses candidates that exist, with one weight per member when given
     for name, (members, weights) in select.FUSIONS.items():
         assert set(members) <= set(select.CANDIDATES), name
