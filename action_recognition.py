@@ -25,7 +25,7 @@ evaluation/probe.py).
 finetune: encoder + linear head trained end to end (evaluation/finetune.py): AdamW,
 warmup + cosine, --layer-decay, --label-smoothing, --drop-path; --lp-epochs N (the small-set
 recipes: 160) first trains the head as a linear probe (LP-FT), --lp-guard keeps it when the
-fine-tune ends below it on the training samples; augmentation: random temporal crops
+fine-tune ends below it on held-out training samples; augmentation: random temporal crops
 (--no-augment: whole sequences), --shear, --rotate, --flip, --study-augment; one variant at a
 time: --neck tpn, --branches, --mutual-stream. Training state is kept in <output>/<tag>/
 (last.pt, best.pt, tb/) and resumes with --resume.
@@ -124,7 +124,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --lp-epochs: compare the fine-tune with the linear probe of the "
                         "same encoder on training samples neither trained on (the validation "
                         "split, else a held-out --guard-fraction of a first selection "
-                        "fine-tune) and keep the better (the result records it)")
+                        "fine-tune) and keep the better, ties the fine-tune (the result "
+                        "records both scores and the sign test's p-value)")
+    g.add_argument("--guard-alpha", type=float, default=1.0,
+                   help="--lp-guard: keep the probe only when McNemar's exact one-sided test "
+                        "of its held-out wins over the fine-tune gives p below this (1: "
+                        "whenever the probe scores higher; e.g. 0.05 with hundreds of "
+                        "held-out samples)")
     g.add_argument("--guard-fraction", type=float, default=0.2,
                    help="--lp-guard without --val-fraction: the stratified part of the "
                         "training samples held out by its selection fine-tune")
@@ -232,6 +238,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         raise ValueError(f"--probe-lr-folds must be >= 1, got {args.probe_lr_folds}")
     if args.probe_lr_grid is not None and min(args.probe_lr_grid) <= 0:
         raise ValueError(f"--probe-lr-grid values must be > 0, got {args.probe_lr_grid}")
+    if not 0.0 < args.guard_alpha <= 1.0:
+        raise ValueError(f"--guard-alpha must be in (0, 1], got {args.guard_alpha}")
     if not 0.0 < args.guard_fraction < 1.0:
         raise ValueError(f"--guard-fraction must be in (0, 1), got {args.guard_fraction}")
     if args.lp_epochs < 0:

@@ -18,11 +18,13 @@ ST-GCN block i and for MS-G3D stage i; the head is at D + 1 (full lr).
 LP-FT (--lp-epochs N; the small-set recipes: 160): the head is first trained as a linear probe
 on frozen features of the training samples (``probe_head``) and the fine-tune starts from it.
 Its guard (--lp-guard, ``lp_guard``) compares the fine-tune with the linear probe of the same
-encoder on training samples that neither trained on, and keeps the better, so that a fine-tune
-that went wrong (too short, too high a learning rate, too few samples) never ends below the
-probe it started from. Without a validation split a first selection fine-tune holds out a
+encoder on training samples that neither trained on, and keeps the better (ties: the
+fine-tune), so that a fine-tune that went wrong (too short, too high a learning rate, too few
+samples) never ends below the probe it started from. ``guard_decision`` records McNemar's exact
+one-sided p-value of the probe's held-out wins; --guard-alpha 0.05 keeps the probe only when it
+is below 0.05 (a rule with power only on hundreds of held-out samples). Without a validation split a first selection fine-tune holds out a
 stratified --guard-fraction (0.2) of the training samples (<tag>/guard); the full fine-tune
-runs only when it won or tied there. The comparison is the last ``history`` entry. Accuracy
+runs unless the probe won there. The comparison is the last ``history`` entry. Accuracy
 on the training samples cannot decide this: on a small set both reach 100 %.
 
 Fine-tuning variants (METHOD.md section 9, one at a time): a TPN neck (models/tpn.py), DTN-style
@@ -35,6 +37,7 @@ with a validation split, best.pt holds the epoch of the best validation top-1.
 from __future__ import annotations
 
 import copy
+import math
 from functools import partial
 
 import numpy as np
@@ -216,10 +219,38 @@ def probe_head(model: Classifier, store, args, train_pos, feat_kw: dict, device)
 
 
 @torch.no_grad()
-def held_out_top1(model: Classifier, store, args, positions, feat_kw: dict, device) -> float:
-    """Top-1 % of ``model`` on the positions ``positions`` of --split, whole sequences."""
+def held_out_correct(model: Classifier, store, args, positions, feat_kw: dict,
+                     device) -> np.ndarray:
+    """Whether ``model`` classifies each of the positions ``positions`` of --split right
+    (whole sequences): bool (len(positions),)."""
     feats, labels = extract(model.encoder, store, args.split, indices=positions, **feat_kw)
-    return accuracy(predict(model.head, feats.to(device)).cpu(), labels)
+    logits = predict(model.head, feats.to(device)).cpu()
+    return (logits.argmax(1) == labels).numpy()
+
+
+def sign_test_p(wins: int, losses: int) -> float:
+    """One-sided exact sign test (McNemar's exact test on the discordant pairs): the
+    probability of ``wins`` or more heads in ``wins + losses`` fair coin flips (1.0 for none)."""
+    n = wins + losses
+    return sum(math.comb(n, k) for k in range(wins, n + 1)) / 2 ** n
+
+
+def guard_decision(tuned_ok: np.ndarray, probe_ok: np.ndarray, alpha: float) -> dict:
+    """LP-FT's guard rule on per-sample correctness (bool (S,) each, the same held-out samples):
+    keep the linear probe only when it is right on more of the samples the two disagree on
+    and the one-sided sign test of that difference gives p < ``alpha``; otherwise, ties
+    included, the fine-tune. Alpha 1 (--guard-alpha's default) keeps the probe whenever its
+    held-out top-1 is higher. With alpha 0.05, a probe right on 2 more of 20 held-out samples
+    (70 against 60 %) is chance (p = 0.25) and the fine-tune stays; right on 5 more with none
+    fewer (p = 1/32) the probe is kept."""
+    probe_only = int((probe_ok & ~tuned_ok).sum())
+    tuned_only = int((tuned_ok & ~probe_ok).sum())
+    p = sign_test_p(probe_only, tuned_only)
+    return {"finetune_held_out_top1": 100.0 * float(tuned_ok.mean()),
+            "probe_held_out_top1": 100.0 * float(probe_ok.mean()),
+            "held_out": int(len(tuned_ok)), "probe_only_right": probe_only,
+            "finetune_only_right": tuned_only, "p_value": p, "alpha": float(alpha),
+            "kept": "linear probe" if probe_only > tuned_only and p < alpha else "finetune"}
 
 
 def guard_positions(split_labels, train_pos, args) -> tuple:
@@ -235,15 +266,12 @@ def lp_guard(model: Classifier, probe: Classifier, store, args, fit_pos, held_po
     """LP-FT's guard: ``probe`` (the pretrained encoder, its head trained by ``probe_head`` on
     the positions ``fit_pos``) against the fine-tuned ``model`` (trained on the same positions)
     on the held-out positions ``held_pos``, which neither saw. Training accuracy would not do:
-    on a small set both reach 100 %. Returns {"finetune_held_out_top1",
-    "probe_held_out_top1", "held_out": number of samples, "kept": "finetune" |
-    "linear probe"}; ties keep the fine-tune."""
+    on a small set both reach 100 %. Returns ``guard_decision``'s record (both held-out
+    top-1, the counts and p-value of the sign test, "kept": "finetune" | "linear probe")."""
     probe_head(probe, store, args, fit_pos, feat_kw, device)
-    tuned = held_out_top1(model, store, args, held_pos, feat_kw, device)
-    probed = held_out_top1(probe, store, args, held_pos, feat_kw, device)
-    return {"finetune_held_out_top1": tuned, "probe_held_out_top1": probed,
-            "held_out": int(len(held_pos)),
-            "kept": "finetune" if tuned >= probed else "linear probe"}
+    tuned = held_out_correct(model, store, args, held_pos, feat_kw, device)
+    probed = held_out_correct(probe, store, args, held_pos, feat_kw, device)
+    return guard_decision(tuned, probed, args.guard_alpha)
 
 
 def build_start(args, store, cfg, ckpt, overrides: dict) -> nn.Module:
@@ -322,7 +350,7 @@ def run_finetune(args, store, cfg, ckpt, info, dtype, train_pos, val_pos, run_di
     of the same encoder on samples neither trained on (``lp_guard``): the validation
     positions when there are some; otherwise a first selection fine-tune on all but a held-out
     --guard-fraction of ``train_pos`` (state in <run_dir>/guard), after which the full
-    fine-tune runs only when it won or tied there, and the linear probe of all of ``train_pos``
+    fine-tune runs unless the probe won there, and the linear probe of all of ``train_pos``
     is the model when it lost. The guard is the last ``history`` entry.
 
     ``default_of`` (the command line's parser.get_default) lets a run older than a new flag
@@ -392,7 +420,10 @@ def run_finetune(args, store, cfg, ckpt, info, dtype, train_pos, val_pos, run_di
         history.append({"epoch": args.epochs, "lp_guard": guard})
         engine.log(info, f"LP-FT guard: held-out top-1 ({guard['held_out']} training samples) "
                    f"fine-tune {guard['finetune_held_out_top1']:.2f} %, linear probe "
-                   f"{guard['probe_held_out_top1']:.2f} %: kept the {guard['kept']}")
+                   f"{guard['probe_held_out_top1']:.2f} % (probe alone right on "
+                   f"{guard['probe_only_right']}, fine-tune alone on "
+                   f"{guard['finetune_only_right']}: p = {guard['p_value']:.3g}, alpha "
+                   f"{guard['alpha']:g}): kept the {guard['kept']}")
     last_logits, _ = logits_of(model, args.eval_split, num_clips=args.num_clips)
     best = None
     if full_run and len(val_pos):   # the fine-tune's epoch of the best validation top-1

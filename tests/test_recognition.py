@@ -383,6 +383,38 @@ def usdrl_checkpoint(data, tmp_path_factory):
     return out / "last.pt"
 
 
+def test_guard_keeps_the_probe_only_beyond_chance():
+    """LP-FT's guard rule: McNemar's exact one-sided test on the held-out samples the fine-tune
+    and the probe classify differently, against binomial tail sums computed by hand; the
+    default alpha 1 keeps the probe whenever it scores higher."""
+    assert finetune.sign_test_p(0, 0) == 1.0
+    assert finetune.sign_test_p(5, 0) == 1 / 32
+    assert finetune.sign_test_p(3, 1) == (4 + 1) / 16
+    assert finetune.sign_test_p(2, 0) == 1 / 4
+    assert finetune.sign_test_p(6, 1) == (7 + 1) / 128
+
+    def decide(probe_only, tuned_only, both=10, neither=3, alpha=0.05):
+        probe = np.array([1] * probe_only + [0] * tuned_only + [1] * both + [0] * neither, bool)
+        tuned = np.array([0] * probe_only + [1] * tuned_only + [1] * both + [0] * neither, bool)
+        return finetune.guard_decision(tuned, probe, alpha)
+
+    # NW-UCLA's bone fine-tune: 155 of 203 against the probe's 156 (one sample): chance
+    record = decide(6, 5, both=150, neither=42)
+    assert record["kept"] == "finetune" and record["p_value"] == pytest.approx(0.5)
+    assert decide(6, 5, both=150, neither=42, alpha=1.0)["kept"] == "linear probe"
+    assert ar.build_parser().get_default("guard_alpha") == 1.0
+    assert record["probe_held_out_top1"] == pytest.approx(100 * 156 / 203)
+    assert decide(2, 0)["kept"] == "finetune"              # 70 against 60 % of 20: p = 0.25
+    assert decide(5, 0)["kept"] == "linear probe"          # p = 1/32
+    assert decide(6, 1)["kept"] == "finetune"              # p = 8/128 = 0.0625
+    assert decide(7, 1)["kept"] == "linear probe"          # p = 9/256 = 0.035
+    assert decide(0, 0)["kept"] == "finetune"              # a tie
+    assert decide(1, 0, alpha=1.0)["kept"] == "linear probe"   # alpha 1: any higher score
+    assert decide(1, 1, alpha=1.0)["kept"] == "finetune"       # but a tie never
+    assert decide(0, 4, alpha=1.0)["kept"] == "finetune"       # nor a loss
+    assert set(record) >= {"probe_only_right", "finetune_only_right", "alpha", "held_out"}
+
+
 def test_default_finetune_not_below_the_linear_probe(data, usdrl_checkpoint, tmp_path):
     """The small-set recipe's fine-tune (LP-FT and its held-out guard) ends at or above the
     linear probe of the same encoder; without LP (--lp-epochs 0) or without the guard
