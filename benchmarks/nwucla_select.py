@@ -107,6 +107,10 @@ CANDIDATES = {
                                                   "--study-augment"],
     "shear 1.0 + rotate 60, mutual distillation with bone": ["--shear", "1.0", "--rotate", "60",
                                                              "--mutual-stream", "b"],
+    # the fine-tune before LP-FT (a random head; the guard is off without LP)
+    "shear 1.0 + rotate 60, no LP-FT": ["--shear", "1.0", "--rotate", "60", "--lp-epochs", "0"],
+    "shear 1.0 + rotate 60, no LP-FT, bone input": ["--shear", "1.0", "--rotate", "60",
+                                                    "--lp-epochs", "0", "--stream", "b"],
     # a GCN pretraining (pretrain.py --backbone stgcn or msg3d): run from --gcn-checkpoint; the
     # TPN neck and the multi-scale branches need an encoder with stages / any clip length
     "GCN pretraining, shear 1.0 + rotate 60": ["--shear", "1.0", "--rotate", "60"],
@@ -141,6 +145,8 @@ FUSIONS = {
     "joint + bone + joint motion": ([_J, _B, _JM], None),
     "joint + bone + joint motion + bone motion": ([_J, _B, _JM, _BM], None),
     "joint + bone + joint motion + bone motion, 2:2:1:1": ([_J, _B, _JM, _BM], [2, 2, 1, 1]),
+    "joint + bone, no LP-FT": ([_J + ", no LP-FT", _J + ", no LP-FT, bone input"], None),
+    "joint + bone, joint with LP-FT, bone without": ([_J, _J + ", no LP-FT, bone input"], None),
     "joint + bone, batch 32": ([_J + ", batch 32", _J + ", batch 32, bone input"], None),
     "joint + bone, batch 16": ([_J + ", batch 16", _J + ", batch 16, bone input"], None),
     "joint + bone, layer decay 0.8": ([_J + ", layer decay 0.8",
