@@ -105,8 +105,11 @@ CANDIDATES = {
     "study augmentation": ["--shear", "0", "--rotate", "0", "--study-augment"],
     "shear 1.0 + rotate 60, study augmentation": ["--shear", "1.0", "--rotate", "60",
                                                   "--study-augment"],
+    # mutual distillation trains both streams from random heads (no LP-FT): compare it with
+    # the "no LP-FT" rows
     "shear 1.0 + rotate 60, mutual distillation with bone": ["--shear", "1.0", "--rotate", "60",
-                                                             "--mutual-stream", "b"],
+                                                             "--mutual-stream", "b",
+                                                             "--lp-epochs", "0"],
     # the fine-tune before LP-FT (a random head; the guard is off without LP)
     "shear 1.0 + rotate 60, no LP-FT": ["--shear", "1.0", "--rotate", "60", "--lp-epochs", "0"],
     "shear 1.0 + rotate 60, no LP-FT, bone input": ["--shear", "1.0", "--rotate", "60",
