@@ -196,7 +196,7 @@ def view_split_store(data: Path) -> Path:
 
 
 def candidate_dir(name: str, args) -> Path:
-    return args.out / re.sub(r"[^a-z0-9]+", "_", name).strip("_")  # shear_1_0_rotate_30
+    return args.out / re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_")  # shear_1_0_rotate_30
 
 
 def run_candidate(name: str, flags: list[str], schedule: list[str], store: Path, args) -> dict:
