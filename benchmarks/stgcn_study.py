@@ -129,12 +129,12 @@ def main(argv=None) -> None:
     for name, flags in ADDITIONS:
         r = run(out / "view2" / slug_of(best[1] + flags), store, *splits, best[1] + flags, args)
         added.append((name, flags, r["top1"], r["minutes"]))
-    winner = max(added, key=lambda row: row[2], default=None)
-    chosen_name, chosen = best[0], best[1]
-    if winner is not None and winner[2] > best[2]:
+    winner = max(added, key=lambda row: row[2])
+    chosen_name, chosen, folder = best[0], best[1], "view3"
+    if winner[2] > best[2]:
         chosen_name, chosen = f"{best[0]}, {winner[0]}", best[1] + winner[1]
-    final = run(out / ("view3" if chosen == best[1] else f"view3_{slug_of(winner[1])}"), store,
-                "xview_train", "xview_val", chosen, args)
+        folder = f"view3_{slug_of(winner[1])}"
+    final = run(out / folder, store, "xview_train", "xview_val", chosen, args)
     print(f"\nST-GCN study on NW-UCLA, supervised from scratch, {args.preset} preset, "
           f"{args.epochs} epochs; flags: {' '.join(SCHEDULE)}")
     print(f"\nSelection: train view {TRAIN_VIEW}, evaluate view {VAL_VIEW} (last epoch)")
@@ -142,12 +142,11 @@ def main(argv=None) -> None:
     print("|---|---:|---:|")
     for name, _, top1, minutes in results:
         print(f"| {name} | {top1:.1f} | {minutes:.1f} |")
-    if added:
-        print(f"\nAdded alone to the best row ({best[0]}: {best[2]:.1f} %), same split")
-        print("| addition | flags | view-2 top-1 % | minutes |")
-        print("|---|---|---:|---:|")
-        for name, flags, top1, minutes in added:
-            print(f"| {name} | `{' '.join(flags)}` | {top1:.1f} | {minutes:.1f} |")
+    print(f"\nAdded alone to the best row ({best[0]}: {best[2]:.1f} %), same split")
+    print("| addition | flags | view-2 top-1 % | minutes |")
+    print("|---|---|---:|---:|")
+    for name, flags, top1, minutes in added:
+        print(f"| {name} | `{' '.join(flags)}` | {top1:.1f} | {minutes:.1f} |")
     print(f"\nChosen: {chosen_name}; trained on views 1-2 (xview_train), tested on view 3 "
           f"(xview_val): top-1 {final['top1']:.1f} % (last epoch, {final['minutes']:.1f} min)")
 

@@ -22,8 +22,9 @@ encoder on training samples that neither trained on, and keeps the better (ties:
 fine-tune), so that a fine-tune that went wrong (too short, too high a learning rate, too few
 samples) never ends below the probe it started from. ``guard_decision`` records McNemar's exact
 one-sided p-value of the probe's held-out wins; --guard-alpha 0.05 keeps the probe only when it
-is below 0.05 (a rule with power only on hundreds of held-out samples). Without a validation split a first selection fine-tune holds out a
-stratified --guard-fraction (0.2) of the training samples (<tag>/guard); the full fine-tune
+is below 0.05 (a rule with power only on hundreds of held-out samples). Without a validation
+split a first selection fine-tune holds out a stratified --guard-fraction (0.2) of the training
+samples (<tag>/guard); the full fine-tune
 runs unless the probe won there. The comparison is the last ``history`` entry. Accuracy
 on the training samples cannot decide this: on a small set both reach 100 %.
 

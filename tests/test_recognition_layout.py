@@ -52,7 +52,8 @@ def test_the_run_lives_in_evaluation():
     assert "run_linear" in vars(probe)
     assert {"Classifier", "Predictor", "build_model", "param_groups", "variant_loss",
             "check_head", "finetune_step", "finetune_loader", "finetune_state", "probe_head",
-            "held_out_correct", "guard_decision", "lp_guard", "run_finetune", "variant_record"} <= set(vars(finetune))
+            "held_out_correct", "guard_decision", "lp_guard", "run_finetune",
+            "variant_record"} <= set(vars(finetune))
 
 
 @pytest.mark.parametrize("path", sorted((ROOT / "evaluation").glob("*.py")),
