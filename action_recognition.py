@@ -24,8 +24,9 @@ evaluation/probe.py).
 
 finetune: encoder + linear head trained end to end (evaluation/finetune.py): AdamW,
 warmup + cosine, --layer-decay, --label-smoothing, --drop-path; --lp-epochs N (the small-set
-recipes: 160) first trains the head as a linear probe (LP-FT), --lp-guard keeps it when the
-fine-tune ends below it on held-out training samples; augmentation: random temporal crops
+recipes: 160) first trains the head as a linear probe (LP-FT; --head-init random: the fine-tune
+starts from a random head and the probe serves the guard only), --lp-guard keeps the probe when
+the fine-tune ends below it on held-out training samples; augmentation: random temporal crops
 (--no-augment: whole sequences), --shear, --rotate, --flip, --study-augment; one variant at a
 time: --neck tpn, --branches, --mutual-stream. Training state is kept in <output>/<tag>/
 (last.pt, best.pt, tb/) and resumes with --resume.
@@ -120,6 +121,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "fine-tune from it (0: off, a random head; small-set recipes: 160)")
     g.add_argument("--lp-lr", type=float, default=MODE_DEFAULTS["linear"]["lr"],
                    help="learning rate of the --lp-epochs linear probe (small-set recipes: 1.0)")
+    g.add_argument("--head-init", choices=("probe", "random"), default="probe",
+                   help="with --lp-epochs: the fine-tune's head starts from the linear probe "
+                        "(probe: LP-FT) or from a seeded random head (random: the probe is "
+                        "then trained for --lp-guard only; the small-set recipe on cross-view "
+                        "3D data, chosen on NW-UCLA view 2)")
     g.add_argument("--lp-guard", action=argparse.BooleanOptionalAction, default=True,
                    help="with --lp-epochs: compare the fine-tune with the linear probe of the "
                         "same encoder on training samples neither trained on (the validation "

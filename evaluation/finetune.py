@@ -16,7 +16,9 @@ norm, d = i + 1 for DSTE/STTR layer i (the temporal and spatial layer i share an
 ST-GCN block i and for MS-G3D stage i; the head is at D + 1 (full lr).
 
 LP-FT (--lp-epochs N; the small-set recipes: 160): the head is first trained as a linear probe
-on frozen features of the training samples (``probe_head``) and the fine-tune starts from it.
+on frozen features of the training samples (``probe_head``) and the fine-tune starts from it
+(--head-init probe; --head-init random: from a seeded random head, the probe trained for the
+guard only, as the small-set recipe does on cross-view 3D data).
 Its guard (--lp-guard, ``lp_guard``) compares the fine-tune with the linear probe of the same
 encoder on training samples that neither trained on, and keeps the better (ties: the
 fine-tune), so that a fine-tune that went wrong (too short, too high a learning rate, too few
@@ -288,8 +290,8 @@ def build_start(args, store, cfg, ckpt, overrides: dict) -> nn.Module:
 
 def train_model(args, store, cfg, ckpt, info, dtype, train_pos, val_pos, run_dir, feat_kw,
                 logits_of, default_of=None):
-    """Fine-tune a fresh start model (``build_start``; with --lp-epochs its head first a linear
-    probe of ``train_pos``) on the positions ``train_pos`` of --split, its state in
+    """Fine-tune a fresh start model (``build_start``; with --lp-epochs and --head-init probe
+    its head first a linear probe of ``train_pos``) on the positions ``train_pos`` of --split, its state in
     ``run_dir`` (resumable). With validation positions ``val_pos``, each epoch's validation
     top-1 is recorded and the best epoch's weights kept in <run_dir>/best.pt.
     ``logits_of(model, split, indices)`` scores a split. Returns (model, history)."""
@@ -307,7 +309,7 @@ def train_model(args, store, cfg, ckpt, info, dtype, train_pos, val_pos, run_dir
                              default_of=default_of)
     if info.is_main:
         engine.write_json(run_dir / "config.json", meta)
-    if state.epoch == 0 and args.lp_epochs:   # a fresh start (a resumed run has its head)
+    if state.epoch == 0 and args.lp_epochs and args.head_init == "probe":   # a fresh start
         top1 = probe_head(model, store, args, train_pos, feat_kw, info.device)
         engine.log(info, f"LP-FT: head trained as a linear probe for {args.lp_epochs} epochs "
                    f"(training top-1 {top1:.2f} %), fine-tuning from it")

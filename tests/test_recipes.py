@@ -181,6 +181,7 @@ def test_evaluation_recipes(tmp_path):
     assert (args.preset, args.clip_len, args.normalize) == ("small", 16, "view")
     args = action_recognition.parse_args(base + ["--mode", "finetune", "--pretrained", "x.pt"])
     assert (args.lr, args.lp_epochs, args.rotate, args.shear) == (1e-3, 160, 60.0, 1.0)
+    assert args.head_init == "random"   # cross-view: the probe serves the guard only
     args = action_recognition.parse_args(base + ["--mode", "finetune", "--label-fraction", "0.5",
                                                  "--pretrained", "x.pt"])
     assert (args.epochs, args.batch_size) == (40, 16)
@@ -262,7 +263,11 @@ def test_the_table_holds_the_measured_recipes(tmp_path):
     assert recipes.eval_values("small", None, f, "finetune") == {
         "epochs": 50, "lr": 1e-3, "warmup_epochs": 2.0, "batch_size": 64, "shear": 1.0,
         "rotate": 60.0, "lp_epochs": 160, "lp_lr": 1.0, "standardize": True,
-        "probe_lr_grid": grid}
+        "probe_lr_grid": grid, "head_init": "random"}
+    # single-view data keeps LP-FT's start from the probe; the semi-supervised fine-tune too
+    single = recipes.eval_values("small", None, facts(), "finetune")
+    assert single["rotate"] == 0.0 and "head_init" not in single
+    assert "head_init" not in recipes.eval_values("small", None, f, "semi")
     assert recipes.eval_values("small", None, f, "semi")["batch_size"] == 16
     assert recipes.eval_values("pku2", recipes.KNOWN["pku2"], f, "linear") == {"lr": 0.01}
     assert recipes.eval_values("paper", recipes.KNOWN["ntu60"], f, "finetune") == {}

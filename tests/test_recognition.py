@@ -431,6 +431,17 @@ def test_default_finetune_not_below_the_linear_probe(data, usdrl_checkpoint, tmp
     assert one["flags"]["lp_epochs"] == 160 and one["top1"] >= linear["top1"]
     no_lp = top1("ft1_no_lp", "--mode", "finetune", "--epochs", "1", "--lp-epochs", "0")
     assert no_lp["top1"] < linear["top1"]
+    # --head-init random: the fine-tune starts from the seeded random head, as without LP (the
+    # same scores without the guard), and the guard still holds it against the probe
+    rand = top1("ft1_random", "--mode", "finetune", "--epochs", "1", "--head-init", "random",
+                "--no-lp-guard")
+    with np.load(tmp_path / "ft1_no_lp" / no_lp["scores_file"]) as a, \
+            np.load(tmp_path / "ft1_random" / rand["scores_file"]) as b:
+        assert np.allclose(a["scores"], b["scores"], atol=1e-5)
+    rand = top1("ft1_random_guard", "--mode", "finetune", "--epochs", "1", "--head-init",
+                "random")
+    assert rand["flags"]["head_init"] == "random" and rand["top1"] >= linear["top1"]
+    assert rand["history"][-1]["lp_guard"]["kept"] == "linear probe"
     two = top1("ft2", "--mode", "finetune", "--epochs", "2")
     guard = two["history"][-1]["lp_guard"]
     num_train = linear["num_train"]
