@@ -385,35 +385,43 @@ def run_finetune(args, store, cfg, ckpt, info, dtype, train_pos, val_pos, run_di
         """A fresh start model (the pretrained encoder, a seeded head) on the device."""
         return build_start(args, store, cfg, ckpt, overrides).to(info.device)
 
-    train = partial(train_model, args, store, cfg, ckpt, info, dtype, feat_kw=feat_kw,
-                    logits_of=logits_of, default_of=default_of)
-    guarded = bool(args.lp_epochs and args.lp_guard)
-    guard, model, history = None, None, []
-    if guarded and not len(val_pos):   # a selection fine-tune on all but a held-out part
+    fit_kw = dict(feat_kw=feat_kw, logits_of=logits_of, default_of=default_of)
+
+    def selection_guard() -> tuple:
+        """The guard without validation positions: a selection fine-tune on all but a held-out
+        --guard-fraction of ``train_pos`` (its own state in <run_dir>/guard), compared with the
+        probe there. Returns (guard record or None when no class can spare a sample, the
+        linear probe of all of ``train_pos`` when the probe won, else None)."""
         split_labels = store.labels[store.split_indices(args.split)]
         fit_pos, held_pos = guard_positions(split_labels, train_pos, args)
         if not len(held_pos):   # nothing to compare on: the fine-tune, said so
-            guarded = False
             engine.log(info, f"LP-FT guard: off, no class of --split {args.split} has two "
                        f"training samples to hold one out")
-    if guarded and not len(val_pos):
+            return None, None
         engine.log(info, f"LP-FT guard: a selection fine-tune on {len(fit_pos)} training "
                    f"samples, compared with the linear probe on the {len(held_pos)} held out")
         # its own state: a --resume FILE names the full run's, the selection resumes its own
         select_args = copy.copy(args)
         select_args.resume = "never" if args.resume == "never" else "auto"
         selection, _ = train_model(select_args, store, cfg, ckpt, info, dtype, fit_pos,
-                                   np.zeros(0, dtype=np.int64), run_dir / "guard",
-                                   feat_kw=feat_kw, logits_of=logits_of, default_of=default_of)
+                                   np.zeros(0, dtype=np.int64), run_dir / "guard", **fit_kw)
         guard = lp_guard(selection, start(), store, args, fit_pos, held_pos, feat_kw,
                          info.device)
-        if guard["kept"] == "linear probe":   # no full fine-tune: the probe of all samples
-            model = start()
-            probe_head(model, store, args, train_pos, feat_kw, info.device)
+        if guard["kept"] == "finetune":
+            return guard, None
+        probe = start()   # no full fine-tune: the probe of all training samples
+        probe_head(probe, store, args, train_pos, feat_kw, info.device)
+        return guard, probe
+
+    guarded = bool(args.lp_epochs and args.lp_guard)
+    guard, model, history = None, None, []
+    if guarded and not len(val_pos):
+        guard, model = selection_guard()
     full_run = model is None
     if full_run:
-        model, history = train(train_pos, val_pos, run_dir)
-        if guarded and guard is None:   # validation positions: the comparison is made on them
+        model, history = train_model(args, store, cfg, ckpt, info, dtype, train_pos, val_pos,
+                                     run_dir, **fit_kw)
+        if guarded and len(val_pos):   # the comparison is made on the validation positions
             probe = start()
             guard = lp_guard(model, probe, store, args, train_pos, val_pos, feat_kw,
                              info.device)
