@@ -415,9 +415,11 @@ def test_guard_keeps_the_probe_only_beyond_chance():
     assert set(record) >= {"probe_only_right", "finetune_only_right", "alpha", "held_out"}
 
 
-def test_default_finetune_not_below_the_linear_probe(data, usdrl_checkpoint, tmp_path):
-    """The small-set recipe's fine-tune (LP-FT and its held-out guard) ends at or above the
-    linear probe of the same encoder; without LP (--lp-epochs 0) or without the guard
+def test_default_finetune_not_below_the_linear_probe(data, usdrl_checkpoint, tmp_path,
+                                                       capsys):
+    """The small-set recipe's fine-tune (the --lp-epochs probe and its held-out guard; this
+    synthetic set is cross-view 3D, so the recipe's head starts random, --head-init random)
+    ends at or above the linear probe of the same encoder; without LP (--lp-epochs 0) or without the guard
     (--no-lp-guard) the same short fine-tunes end below it, so each mechanism is what holds
     the line here. The guard decides on held-out training samples, not on training accuracy:
     it keeps a fine-tune that beats a useless probe there."""
@@ -473,6 +475,14 @@ def test_default_finetune_not_below_the_linear_probe(data, usdrl_checkpoint, tmp
     assert guard["kept"] == "finetune"
     assert guard["finetune_held_out_top1"] >= guard["probe_held_out_top1"]
     assert (tmp_path / "ft_kept" / "finetune" / "last.pt").is_file()
+    # one labelled sample a class (--label-fraction): none can be held out, so the guard is
+    # off, said so, and the fine-tune runs in full
+    one_each = top1("ft_one_each", "--mode", "finetune", "--epochs", "1", "--label-fraction",
+                    "0.01", "--batch-size", "8")
+    assert one_each["num_train"] == 12
+    assert not any("lp_guard" in h for h in one_each["history"])
+    assert "LP-FT guard: off, no class" in capsys.readouterr().out
+    assert (tmp_path / "ft_one_each" / "finetune_0.01" / "last.pt").is_file()
     # with a validation split the comparison is made on it, without a selection run
     val = top1("ft_val", "--mode", "finetune", "--epochs", "2", "--val-fraction", "0.25")
     guard = val["history"][-1]["lp_guard"]
