@@ -419,8 +419,9 @@ def test_default_finetune_not_below_the_linear_probe(data, usdrl_checkpoint, tmp
                                                        capsys):
     """The small-set recipe's fine-tune (the --lp-epochs probe and its held-out guard; this
     synthetic set is cross-view 3D, so the recipe's head starts random, --head-init random)
-    ends at or above the linear probe of the same encoder; without LP (--lp-epochs 0) or without the guard
-    (--no-lp-guard) the same short fine-tunes end below it, so each mechanism is what holds
+    ends at or above the linear probe of the same encoder; without LP (--lp-epochs 0) or
+    without the guard (--no-lp-guard) the same short fine-tunes end below it, so each
+    mechanism is what holds
     the line here. The guard decides on held-out training samples, not on training accuracy:
     it keeps a fine-tune that beats a useless probe there."""
     def top1(name, *flags):
