@@ -118,13 +118,15 @@ CANDIDATES = {
     # a GCN pretraining (pretrain.py --backbone stgcn or msg3d): run from --gcn-checkpoint; the
     # TPN neck and the multi-scale branches need an encoder with stages / any clip length
     "GCN pretraining, shear 1.0 + rotate 60": ["--shear", "1.0", "--rotate", "60"],
+    # (the variants train their own heads: no --lp-epochs probe, which the recipe's random
+    # head without the guard does not use either)
     "GCN pretraining, shear 1.0 + rotate 60, TPN neck": ["--shear", "1.0", "--rotate", "60",
-                                                         "--neck", "tpn"],
+                                                         "--neck", "tpn", "--lp-epochs", "0"],
     "GCN pretraining, shear 1.0 + rotate 60, branches 16,32,48": [
-        "--shear", "1.0", "--rotate", "60", "--branches", "16,32,48"],
+        "--shear", "1.0", "--rotate", "60", "--branches", "16,32,48", "--lp-epochs", "0"],
     "GCN pretraining, shear 1.0 + rotate 60, branches 16,32,48, separate": [
         "--shear", "1.0", "--rotate", "60", "--branches", "16,32,48", "--branch-weights",
-        "separate"],
+        "separate", "--lp-epochs", "0"],
     "GCN pretraining, shear 1.0 + rotate 60, 3 test clips": ["--shear", "1.0", "--rotate", "60",
                                                              "--num-clips", "3"],
     # a second pretraining, on bone input (pretrain.py --stream b): run from --bone-checkpoint

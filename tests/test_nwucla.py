@@ -160,6 +160,14 @@ def test_selection_view_split_and_schedule(ucla, tmp_path):
     assert float(flags[flags.index("--shear") + 1]) == 1.0
     assert float(flags[flags.index("--rotate") + 1]) == 60.0  # cross-view 3D
     assert flags[-1] == "--no-lp-guard"  # candidates are judged on view 2, not by the guard
+    assert flags[flags.index("--head-init") + 1] == "random"   # the recipe's on cross-view
+    # every candidate's command line is one action_recognition.py accepts
+    import action_recognition
+    for name, extra in select.CANDIDATES.items():
+        action_recognition.parse_args([
+            "--mode", "finetune", "--data", str(tmp_path / "ucla_views"), "--split",
+            "view1_train", "--eval-split", "view2_val", "--pretrained", "x.pt", "--output",
+            str(tmp_path / "c"), "--defaults", "none", *flags, *extra])
     # every fusion row fuses candidates that exist, with one weight per member when given
     for name, (members, weights) in select.FUSIONS.items():
         assert set(members) <= set(select.CANDIDATES), name
