@@ -240,3 +240,43 @@ def test_detection_benchmark_reads_the_encoder_flags_of_a_run(tmp_path):
     out = subprocess.run([sys.executable, "-c", source, str(tmp_path / "config.json")],
                          capture_output=True, text=True, check=True).stdout
     assert out.split() == ["--preset", "small", "--clip-len", "32", "--normalize", "first_frame"]
+
+
+FAKE_PYTHON3 = """#!/bin/sh
+# stands in for python3 -m venv DIR: DIR/bin/python, whose "-m pip install" takes a second and
+# leaves one line in $SETUP_LOG
+mkdir -p "$3/bin"
+cat > "$3/bin/python" <<'INNER'
+#!/bin/sh
+[ "$1 $2 $3" = "-m pip install" ] && { echo "$PPID $*" >> "$SETUP_LOG"; sleep 1; }
+exit 0
+INNER
+chmod +x "$3/bin/python"
+"""
+
+
+def test_two_scripts_started_at_once_set_the_environment_up_once(tmp_path):
+    """A fresh clone and two scripts started together: the second waits for the first's setup
+    (flock on $VENV.lock) instead of installing into the same folder at the same time."""
+    fake_bin = tmp_path / "bin"
+    fake_bin.mkdir()
+    (fake_bin / "python3").write_text(FAKE_PYTHON3)
+    (fake_bin / "python3").chmod(0o755)
+    log = tmp_path / "setup.log"
+    env = {**os.environ, "PATH": f"{fake_bin}:{os.environ['PATH']}",
+           "SKEL_VENV": str(tmp_path / "venv"), "SETUP_LOG": str(log)}
+    command = f"source {ROOT}/scripts/env.sh && ensure_venv && echo $PY"
+    runs = [subprocess.Popen(["bash", "-c", command], env=env, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outs = [run.communicate(timeout=60) for run in runs]
+    assert [run.returncode for run in runs] == [0, 0], outs
+    assert [out.strip() for out, _ in outs] == [str(tmp_path / "venv" / "bin" / "python")] * 2
+    installs = log.read_text().splitlines()
+    # one setup: the pip upgrade and the requirements, by one process
+    assert len(installs) == 2 and len({line.split()[0] for line in installs}) == 1, installs
+    assert "-r" in installs[1] and installs[1].endswith("requirements-dev.txt")
+    # a third start finds it ready and installs nothing
+    again = subprocess.run(["bash", "-c", command], env=env, capture_output=True, text=True,
+                           timeout=60)
+    assert again.returncode == 0 and "[env] setting up" not in again.stderr
+    assert len(log.read_text().splitlines()) == 2
