@@ -494,7 +494,8 @@ def evaluate(probs: dict[int, np.ndarray], store, args) -> tuple[dict, dict]:
                             min_length=args.min_length, smooth=args.smooth, nms_iou=args.nms)
 
 
-def write_outputs(args, store, probs: dict, metrics: dict, proposals: dict, cfg, info) -> Path:
+def write_outputs(args, store, probs: dict, metrics: dict, proposals: dict, cfg, info,
+                  precision: dict | None = None) -> Path:
     names = {s: str(store.names[s]) for s in probs}
     encoder = "finetuned" if args.finetune else "frozen" if args.head == "linear" else "frozen_tcn"
     extra = {"protocol": make_protocol("detection", encoder=encoder),
@@ -502,7 +503,7 @@ def write_outputs(args, store, probs: dict, metrics: dict, proposals: dict, cfg,
              "mode": "finetune" if args.finetune else "frozen",
              "eval_split": args.eval_split, "class_names": store.class_names, "encoder": cfg,
              "pretrained": str(args.pretrained) if args.pretrained else None,
-             **engine.run_metadata(args, info)}
+             "precision": precision, **engine.run_metadata(args, info)}
     return write_results(args.output, result_tag(args.finetune, args.head),
                          {names[s]: p for s, p in probs.items()},
                          {names[s]: stream_labels(store, s) for s in probs},
@@ -537,7 +538,9 @@ def detect(args, store, ckpt, cfg: dict, info: engine.DistInfo) -> dict:
     --finetune), score every test stream, and write detection.json, the proposals and the
     per-frame scores. Returns the metrics."""
     torch.manual_seed(args.seed)
-    dtype = engine.autocast_dtype(args.precision, info.device)
+    precision = engine.evaluation_precision(args.precision, info.device, ckpt, info)
+    engine.log(info, engine.describe_precision(precision))
+    dtype = engine.autocast_dtype(precision["precision"], info.device)
     window_kw = dict(normalize=cfg["normalize"], spatial_channels=cfg["spatial_channels"])
     train_set = WindowDataset(store, args.split, cfg["clip_len"], args.window_stride, **window_kw)
     test_set = WindowDataset(store, args.eval_split, cfg["clip_len"], args.test_window_stride,
@@ -587,7 +590,7 @@ def detect(args, store, ckpt, cfg: dict, info: engine.DistInfo) -> dict:
     require_finite(np.array([p.sum() for p in probs.values()], dtype=np.float64),
                    f"scores of split {args.eval_split}", names)   # one sum per stream
     metrics, proposals = evaluate(probs, store, args)
-    path = write_outputs(args, store, probs, metrics, proposals, cfg, info)
+    path = write_outputs(args, store, probs, metrics, proposals, cfg, info, precision)
     engine.log(info, f"{result_tag(args.finetune, args.head)}: {summary_line(metrics)}  -> {path}")
     return metrics
 

@@ -120,7 +120,9 @@ def run(args: argparse.Namespace) -> dict | None:
 
 def retrieve(args, store, ckpt, cfg, info, name: str) -> dict | None:
     """Features, search and outputs once the flags are checked and --output is ours."""
-    dtype = engine.autocast_dtype(args.precision, info.device, engine.recorded_precision(ckpt))
+    precision = engine.evaluation_precision(args.precision, info.device, ckpt, info)
+    engine.log(info, engine.describe_precision(precision))
+    dtype = engine.autocast_dtype(precision["precision"], info.device)
     encoder = build_eval_encoder(cfg, store, args.seed, ckpt, args.pretrained)
     cache = None if args.no_cache else (args.cache_dir or Path(args.output) / "features")
     kw = dict(stream=cfg["stream"], clip_len=cfg["clip_len"], normalize=cfg["normalize"],
@@ -145,7 +147,8 @@ def retrieve(args, store, ckpt, cfg, info, name: str) -> dict | None:
               "checkpoint": str(args.pretrained) if args.pretrained else "scratch",
               "data": str(args.data), "gallery_split": args.split,
               "query_split": args.eval_split, "num_gallery": len(gallery),
-              "num_queries": len(queries), **cfg, "defaults": args.defaults}
+              "num_queries": len(queries), **cfg, "defaults": args.defaults,
+              "precision": precision}
     engine.write_json(Path(args.output) / f"{name}.json", result)
     write_tensorboard(Path(args.output) / name / "tb", result,
                       int(ckpt.get("epoch", 0)) if ckpt is not None else 0)

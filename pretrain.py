@@ -218,7 +218,7 @@ def pretrain(args, store, info: engine.DistInfo) -> engine.TrainState:
     ckpt_path = engine.resume_path(args.resume, args.output)
     ckpt = engine.load_checkpoint(ckpt_path) if ckpt_path is not None else None
     choice = engine.choose_precision(
-        args.precision, info.device, recorded=engine.recorded_precision(ckpt), info=info,
+        args.precision, info.device, recorded=engine.recorded_choice(ckpt), info=info,
         workload=f"pretrain {args.backbone}/{args.preset} clip {args.clip_len} batch "
                  f"{args.batch_size // info.world_size}",
         trial=partial(precision_trial, model, optimizer, loader, args, info, parents))

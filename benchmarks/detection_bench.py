@@ -72,7 +72,8 @@ def measure(job: tuple) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(device_name)
-    dtype = engine.autocast_dtype("auto", device)
+    dtype = engine.autocast_dtype(engine.evaluation_precision("auto", device)["precision"],
+                                  device)
     with tempfile.TemporaryDirectory() as tmp:
         store = open_store(write_stream(Path(tmp) / "s", length))
         dataset = WindowDataset(store, "all", args.clip_len, args.stride)

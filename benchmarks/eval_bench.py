@@ -46,7 +46,8 @@ def probe_bench(args) -> None:
     from models import build_encoder
 
     info = engine.DistInfo(0, 1, 0, torch.device("cpu"))
-    dtype = engine.autocast_dtype(args.precision, info.device)
+    dtype = engine.autocast_dtype(
+        engine.evaluation_precision(args.precision, info.device)["precision"], info.device)
     with tempfile.TemporaryDirectory() as tmp:
         store = open_store(write_synthetic(Path(tmp) / "data", args.sequences, seed=0))
         encoder = build_encoder("dste", args.preset, layout=store.layout, clip_len=args.clip_len,

@@ -31,9 +31,10 @@ from engine.runs import (RESUME_EXEMPT, RESUME_FIXED, ROOT, RUN_MARKER, OutputEr
                          resume_path, resume_run, run_metadata, save_checkpoint, temp_path,
                          utc_now, write_json)
 from engine.precision import (PRECISIONS, autocast_dtype, choose_precision, cpu_model,
-                              cpu_speed_features,
-                              cuda_auto_precision, describe_precision, enable_tf32, make_scaler,
-                              precision_cache_key, precision_cache_path, precision_context,
+                              cpu_signature, cpu_speed_features, cuda_auto_precision,
+                              describe_precision, enable_tf32, evaluation_precision,
+                              layer_trial, made_here, make_scaler, precision_cache_key,
+                              precision_cache_path, precision_context, recorded_choice,
                               recorded_precision, states_restored, trial_speeds)
 from engine.loop import (NonFiniteLoss, TrainState, append_log, epoch_line, format_duration,
                          load_scaler_state, lr_factor, make_scheduler, train)
@@ -47,7 +48,8 @@ __all__ = [
     "RunLockError", "TrainState", "add_common_args", "add_lr_scaling_arg", "append_log",
     "apply_lr_scaling", "apply_process_settings", "apply_settings", "atomic_write_bytes_via",
     "autocast_dtype", "barrier", "check_nonnegative", "check_resume_config",
-    "choose_precision", "claim_run_dir", "config_changes", "convert_batchnorm", "cpu_model",
+    "choose_precision", "claim_run_dir", "cpu_signature", "evaluation_precision",
+    "layer_trial", "made_here", "recorded_choice", "config_changes", "convert_batchnorm", "cpu_model",
     "cpu_speed_features",
     "cuda_auto_precision", "derive_seed", "describe_precision", "enable_tf32", "epoch_line",
     "eval_split_for", "finish_common_args", "flags_of", "format_changes", "format_duration",

@@ -1,6 +1,12 @@
 """Precision: `--precision auto` on the CPU is the faster of fp32 and bf16 in a timed trial of
 the run's own step (cached per CPU model, torch version, threads and workload); on CUDA bf16
-where supported, else fp16 autocast with a GradScaler; TF32 for autocast runs on CUDA."""
+where supported, else fp16 autocast with a GradScaler; TF32 for autocast runs on CUDA.
+
+Evaluations (linear probe, fine-tune, KNN, detection) take their checkpoint's choice when it
+was made on this kind of CPU (`evaluation_precision`), else a cached timed trial of a small
+layer's training step in both precisions (`layer_trial`): a checkpoint pretrained where bf16 is
+fast must not run bf16 where it is emulated (on an AMD EPYC with AVX2 only, bf16 trained the
+small DSTE at 0.7 samples/s against fp32's 11.9)."""
 from __future__ import annotations
 
 import contextlib
@@ -15,6 +21,11 @@ from typing import Callable
 import torch
 import torch.distributed as dist
 from torch import nn
+
+try:
+    import fcntl
+except ImportError:  # Windows: the cache is written without a lock
+    fcntl = None
 
 from engine.distributed import DistInfo
 from engine.randomness import rng_state, set_rng_state
@@ -34,17 +45,22 @@ def autocast_dtype(precision: str, device: torch.device,
     """The autocast dtype of a precision flag on a device; None for fp32.
 
     `auto` is `recorded` when given (the precision a pretraining run chose and recorded, see
-    `choose_precision`; evaluations pass their checkpoint's), else on CUDA
-    `cuda_auto_precision`, on the CPU bf16."""
+    `choose_precision`), else on CUDA `cuda_auto_precision`, on the CPU bf16. The entry points
+    resolve `auto` first (choose_precision, evaluation_precision), by measurement on the CPU."""
     if precision == "auto":
         precision = recorded or (cuda_auto_precision(device) if device.type == "cuda" else "bf16")
     return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
 
 
+def recorded_choice(ckpt: dict | None) -> dict | None:
+    """A checkpoint's run's precision record (`choose_precision`'s), or None."""
+    meta = (ckpt or {}).get("meta") or {}
+    return meta.get("precision_choice") or None
+
+
 def recorded_precision(ckpt: dict | None) -> str | None:
     """The precision a checkpoint's run trained in (`choose_precision`'s record), or None."""
-    meta = (ckpt or {}).get("meta") or {}
-    return (meta.get("precision_choice") or {}).get("precision")
+    return (recorded_choice(ckpt) or {}).get("precision")
 
 
 def enable_tf32(device: torch.device, precision: str) -> bool:
@@ -105,12 +121,39 @@ def precision_cache_path() -> Path:
     return Path(root) / "precision.json"
 
 
+def cpu_signature() -> str:
+    """What decides which precision is fast here: CPU model, speed features
+    (cpu_speed_features) and torch version, e.g. "AMD EPYC [avx2] | torch 2.13.0+cpu"."""
+    return f"{cpu_model()} [{cpu_speed_features()}] | torch {torch.__version__}"
+
+
 def precision_cache_key(workload: str) -> str:
-    """Cache key of a CPU precision trial: CPU model and its speed features
-    (cpu_speed_features), torch version, threads and the workload (model preset / backbone,
-    clip length, per-process batch)."""
-    return (f"{cpu_model()} [{cpu_speed_features()}] | torch {torch.__version__} | "
-            f"{torch.get_num_threads()} threads | {workload}")
+    """Cache key of a CPU precision trial: cpu_signature, threads and the workload (model
+    preset / backbone, clip length, per-process batch)."""
+    return f"{cpu_signature()} | {torch.get_num_threads()} threads | {workload}"
+
+
+def read_precision_cache() -> dict:
+    """The cached trial results (precision_cache_path); {} when missing or unreadable (an
+    unreadable cache is measured again)."""
+    path = precision_cache_path()
+    try:
+        return json.loads(path.read_text()) if path.is_file() else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def cache_precision(key: str, entry: dict) -> None:
+    """Add one trial result to the cache. The file is read again just before the write, under
+    an exclusive lock where the platform has one (fcntl), so that two runs measuring at the same
+    time (a joint and a GCN pretraining started together) both keep their entries instead of
+    the later write dropping the earlier one."""
+    path = precision_cache_path()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(path.name + ".lock"), "w") as lock:
+        if fcntl is not None:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        write_json(path, {**read_precision_cache(), key: entry})
 
 
 @contextlib.contextmanager
@@ -131,71 +174,134 @@ def states_restored(model: nn.Module, optimizer: torch.optim.Optimizer):
 
 def trial_speeds(step_loss: Callable[[torch.dtype | None], torch.Tensor], model: nn.Module,
                  optimizer: torch.optim.Optimizer, samples: int, precisions=("fp32", "bf16"),
-                 steps: int = 2, warmup: int = 1) -> dict[str, float]:
+                 steps: int = 2, warmup: int = 1, cutoff: float = 8.0) -> dict[str, float]:
     """samples/s of the run's own training step on the CPU in each precision.
 
     step_loss(dtype) -> loss of one forward pass of the run on a fixed batch of `samples`
     samples; each precision runs `warmup` untimed then `steps` timed steps (backward +
-    optimizer step). Weights, optimizer state and RNG streams are restored afterwards
+    optimizer step). A later precision whose first warmup step alone takes more than `cutoff`
+    times the fastest one's timed step is stopped there, its speed that step's: on a CPU where
+    bf16 is emulated (AVX2 only: 18x slower) the three steps would cost minutes, and a first step
+    is at most a few times slower than the steady ones (one-time kernel setup), so the choice is
+    the same. Weights, optimizer state and RNG streams are restored afterwards
     (`states_restored`), so the run continues exactly as without the trial."""
     speeds = {}
     with states_restored(model, optimizer):
         for precision in precisions:
             dtype = autocast_dtype(precision, torch.device("cpu"))
+            fastest_step = samples / max(speeds.values()) if speeds else None
             for i in range(warmup + steps):
                 if i == warmup:
                     tic = time.perf_counter()
+                start = time.perf_counter()
                 optimizer.zero_grad(set_to_none=True)
                 step_loss(dtype).backward()
                 optimizer.step()
-            speeds[precision] = samples * steps / (time.perf_counter() - tic)
+                took = time.perf_counter() - start
+                if i == 0 and fastest_step is not None and took > cutoff * fastest_step:
+                    speeds[precision] = samples / took
+                    break
+            else:
+                speeds[precision] = samples * steps / (time.perf_counter() - tic)
     return speeds
+
+
+def layer_trial(width: int = 256, rows: int = 2048) -> dict[str, float]:
+    """samples/s (rows/s) of a small training step in fp32 and in bf16 autocast: two linear
+    layers (width -> 4 width -> width, GELU), forward, backward and an Adam step on `rows`
+    rows; about 0.1 s in all where both are fast. The trial of evaluations that have no
+    choice of their checkpoint made on this CPU (evaluation_precision)."""
+    gen = torch.Generator().manual_seed(0)
+    model = nn.Sequential(nn.Linear(width, 4 * width), nn.GELU(), nn.Linear(4 * width, width))
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    x = torch.randn(rows, width, generator=gen)
+
+    def step_loss(dtype):
+        with precision_context(dtype, torch.device("cpu")):
+            return model(x).float().pow(2).mean()
+    return trial_speeds(step_loss, model, optimizer, rows, steps=3)
 
 
 def choose_precision(requested: str, device: torch.device, *, workload: str,
                      trial: Callable[[], dict[str, float]] | None = None,
-                     recorded: str | None = None, info: DistInfo | None = None) -> dict:
+                     recorded: dict | None = None, info: DistInfo | None = None) -> dict:
     """The precision a run trains in, as a record for its config:
-    {"precision", "source", "samples_per_s" (CPU trial), "key" (cache key)}.
+    {"precision", "source", "device", "samples_per_s" (CPU trial), "key" (cache key)}.
 
     - not `auto`: the flag (source `flag`);
-    - `recorded` (a resumed run's choice): kept (source `resumed`);
+    - `recorded` (a resumed run's choice, recorded_choice): kept with its key (source
+      `resumed`);
     - CUDA: `cuda_auto_precision` (source `cuda`);
     - CPU: the cached trial result of this CPU model, torch version, threads and `workload`
       (source `cache`), else `trial()` -> samples/s per precision, the faster kept, printed
-      and cached in precision_cache_path() (source `trial`). In a multi-process CPU run rank 0
-      decides (without a cached result: bf16) and the choice is broadcast.
+      and cached in precision_cache_path() (source `trial`). In a multi-process CPU run the
+      run's own step cannot be timed by one process (its loss gathers over all of them): rank 0
+      decides by the cached `layer_trial` instead and the choice is broadcast.
     """
     if requested != "auto":
-        return {"precision": requested, "source": "flag"}
+        return {"precision": requested, "source": "flag", "device": device.type}
     if recorded:
-        return {"precision": recorded, "source": "resumed"}
+        return {**{k: recorded[k] for k in ("key", "device") if k in recorded},
+                "precision": recorded["precision"], "source": "resumed"}
     if device.type == "cuda":
-        return {"precision": cuda_auto_precision(device), "source": "cuda"}
-    key = precision_cache_key(workload)
-    path = precision_cache_path()
-    try:
-        cache = json.loads(path.read_text()) if path.is_file() else {}
-    except (OSError, ValueError):
-        cache = {}  # an unreadable cache is measured again
-    if key in cache:
-        choice = {**cache[key], "source": "cache", "key": key}
-    elif info is not None and info.distributed:
-        choice = {"precision": "bf16", "source": "default (no cached trial; multi-process)",
-                  "key": key}
-    else:
-        speeds = trial()
-        best = max(speeds, key=speeds.get)
-        choice = {"precision": best, "samples_per_s": {k: round(v, 2) for k, v in speeds.items()},
-                  "source": "trial", "key": key}
-        cache[key] = {"precision": best, "samples_per_s": choice["samples_per_s"],
-                      "measured": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())}
-        write_json(path, cache)
+        return {"precision": cuda_auto_precision(device), "source": "cuda", "device": "cuda"}
     if info is not None and info.distributed:
+        choice = cached_trial(LAYER_TRIAL, layer_trial) if info.is_main else None
+        if choice is not None:
+            choice["source"] = f"{choice['source']} of the layer trial (multi-process)"
         shared = [choice]
         dist.broadcast_object_list(shared, src=0)
-        choice = shared[0]
-    return choice
+        return shared[0]
+    return cached_trial(workload, trial)
+
+
+LAYER_TRIAL = "layer trial 256x1024 rows 2048"
+
+
+def cached_trial(workload: str, trial: Callable[[], dict[str, float]]) -> dict:
+    """The faster precision of `trial()` (samples/s per precision) for `workload` on this CPU,
+    from the cache (source `cache`) or measured and cached (source `trial`)."""
+    key = precision_cache_key(workload)
+    cache = read_precision_cache()
+    if key in cache:
+        return {**cache[key], "source": "cache", "device": "cpu", "key": key}
+    speeds = trial()
+    best = max(speeds, key=speeds.get)
+    rounded = {k: round(v, 2) for k, v in speeds.items()}
+    cache_precision(key, {"precision": best, "samples_per_s": rounded,
+                          "measured": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())})
+    return {"precision": best, "samples_per_s": rounded, "source": "trial", "device": "cpu",
+            "key": key}
+
+
+def made_here(choice: dict, device: torch.device) -> bool:
+    """Whether a run's recorded precision choice holds for `device` on this machine: a CUDA
+    choice on CUDA; on the CPU a choice measured on this CPU kind (its cache key starts with
+    cpu_signature) or an explicit flag of a CPU run. Records from before the "device" field:
+    by their key alone (a flag or resumed record without one counts as made here)."""
+    kind = choice.get("device")
+    if kind is not None and kind != device.type:
+        return False
+    key = choice.get("key")
+    return key is None or key.startswith(cpu_signature() + " |")
+
+
+def evaluation_precision(requested: str, device: torch.device, ckpt: dict | None = None,
+                         info: DistInfo | None = None) -> dict:
+    """The precision of an evaluation (linear probe, fine-tune, KNN, detection), as a record:
+    the flag when not `auto`; the checkpoint's choice when it was made for this device and CPU
+    kind (made_here; source `checkpoint`), so that an encoder is probed in the precision it
+    was trained in; else on CUDA `cuda_auto_precision` and on the CPU the faster in
+    `layer_trial` (cached; rank 0 decides in a multi-process run)."""
+    if requested != "auto":
+        return {"precision": requested, "source": "flag", "device": device.type}
+    recorded = recorded_choice(ckpt)
+    if recorded and made_here(recorded, device):
+        return {"precision": recorded["precision"], "source": "checkpoint",
+                "device": device.type}
+    if device.type == "cuda":
+        return {"precision": cuda_auto_precision(device), "source": "cuda", "device": "cuda"}
+    return choose_precision("auto", device, workload=LAYER_TRIAL, trial=layer_trial, info=info)
 
 
 def describe_precision(choice: dict) -> str:

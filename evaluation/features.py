@@ -326,12 +326,14 @@ def weights_digest(module: nn.Module) -> str:
 
 def cache_key(encoder: nn.Module, store, split: str, stream: str, clip_len: int,
               spatial_channels: int | None, normalize: str = "first_frame", num_clips: int = 1,
-              clip_fraction: float = CLIP_FRACTION) -> str:
+              clip_fraction: float = CLIP_FRACTION, dtype: torch.dtype | None = None) -> str:
     """A file-name-safe key for the features of (weights, dataset, split, stream, clip_len,
-    spatial_channels, normalize[, num_clips, clip_fraction when num_clips > 1])."""
+    spatial_channels, normalize, autocast dtype[, num_clips, clip_fraction when
+    num_clips > 1]): features extracted in bf16 are not those of fp32."""
     fields = {"weights": weights_digest(encoder),
               "data": store.manifest.get("checksums", {}), "split": split, "stream": stream,
-              "clip_len": clip_len, "spatial_channels": spatial_channels, "normalize": normalize}
+              "clip_len": clip_len, "spatial_channels": spatial_channels, "normalize": normalize,
+              "precision": str(dtype or torch.float32)}
     if num_clips > 1:
         fields.update(num_clips=num_clips, clip_fraction=clip_fraction)
     blob = json.dumps(fields, sort_keys=True).encode()
@@ -347,7 +349,8 @@ def cached_extract(encoder: nn.Module, store, split: str, *, cache_dir: Path | N
         return extract(encoder, store, split, info=info, **kwargs)
     key = cache_key(encoder, store, split, kwargs["stream"], kwargs["clip_len"],
                     kwargs["spatial_channels"], kwargs.get("normalize", "first_frame"),
-                    kwargs.get("num_clips", 1), kwargs.get("clip_fraction", CLIP_FRACTION))
+                    kwargs.get("num_clips", 1), kwargs.get("clip_fraction", CLIP_FRACTION),
+                    kwargs.get("dtype"))
     path = Path(cache_dir) / f"{key}.pt"
     if path.is_file():
         try:

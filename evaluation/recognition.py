@@ -91,8 +91,9 @@ def write_names(path: Path, names) -> None:
 
 
 def write_outputs(args, store, cfg, tag, logits, best, history, train_pos, val_pos, writer,
-                  pretrained_stream=None):
-    """Results JSON, scores, confusion matrix (CSV + TensorBoard image), chosen names."""
+                  pretrained_stream=None, precision=None):
+    """Results JSON, scores, confusion matrix (CSV + TensorBoard image), chosen names.
+    ``precision``: the run's record (engine.evaluation_precision)."""
     out = Path(args.output)
     test_seq = store.split_indices(args.eval_split)
     labels = store.labels[test_seq].astype(np.int64)
@@ -123,7 +124,7 @@ def write_outputs(args, store, cfg, tag, logits, best, history, train_pos, val_p
         "top1": accuracy(logits, labels_t, 1), "top5": accuracy(logits, labels_t, 5),
         "scores_file": f"{tag}_scores.npz", "confusion_file": f"{tag}_confusion.csv",
         "confusion_png": f"{tag}_confusion.png",
-        "history": history, "flags": engine.flags_of(args),
+        "history": history, "flags": engine.flags_of(args), "precision": precision,
     }
     if args.label_fraction < 1.0 or len(val_pos):
         write_names(out / f"{tag}_labelled.txt", train_names[train_pos])
@@ -152,7 +153,8 @@ def evaluate(args, store, ckpt, cfg, info, tag, default_of=None) -> dict | None:
     ``default_of``: the parser's get_default, for a resumed fine-tune (run_finetune). Returns
     the results dict (as written to <tag>.json) on rank 0, None elsewhere."""
     pretrained_stream = checkpoint_config(ckpt).get("stream") if ckpt is not None else None
-    dtype = engine.autocast_dtype(args.precision, info.device, engine.recorded_precision(ckpt))
+    precision = engine.evaluation_precision(args.precision, info.device, ckpt, info)
+    dtype = engine.autocast_dtype(precision["precision"], info.device)
     run_dir = Path(args.output) / tag
     split_labels = store.labels[store.split_indices(args.split)]
     train_pos, val_pos = training_positions(split_labels, args)
@@ -162,6 +164,7 @@ def evaluate(args, store, ckpt, cfg, info, tag, default_of=None) -> dict | None:
                f"{args.eval_split}; stream {cfg['stream']}, clip {cfg['clip_len']}"
                + (f" (the encoder was pretrained on stream {pretrained_stream})"
                   if pretrained_stream not in (None, cfg["stream"]) else ""))
+    engine.log(info, engine.describe_precision(precision))
     engine.log(info, f"lr {args.lr_used:g}" + (f" (--lr {args.lr:g} at batch {args.lr_scale_base},"
                                                f" scaled to batch {args.batch_size})"
                                                if args.lr_scale_base else ""))
@@ -176,7 +179,7 @@ def evaluate(args, store, ckpt, cfg, info, tag, default_of=None) -> dict | None:
         if not info.is_main:
             return None
         result = write_outputs(args, store, cfg, tag, *outcome, train_pos, val_pos, writer,
-                               pretrained_stream)
+                               pretrained_stream, precision)
     finally:
         if writer is not None:
             writer.close()

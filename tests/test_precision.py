@@ -1,9 +1,12 @@
 """`--precision auto`: on the CPU a timed trial of the run's own step in fp32 and bf16, the
 faster kept, recorded in the run's config and cached; the trial leaves the run exactly as it
-would be without it; a resumed run keeps its precision; CUDA picks bf16 or fp16."""
+would be without it and stops a precision that is far slower after one step; two runs
+measuring at once both keep their cache entries; a resumed run keeps its precision;
+evaluations take their checkpoint's choice only where it was made; CUDA picks bf16 or fp16."""
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 import torch
@@ -63,7 +66,10 @@ def test_resume_keeps_the_precision_of_the_run(data, tmp_path, monkeypatch):
     monkeypatch.setattr(engine, "trial_speeds", no_trial)
     pretrain.main(flags(data, out, "--epochs", "2"))  # the same command resumes
     choice = json.loads((out / "config.json").read_text())["precision_choice"]
-    assert choice == {"precision": first, "source": "resumed"}
+    recorded = engine.recorded_choice(engine.load_checkpoint(out / "last.pt"))
+    # the first choice's key and device stay, so evaluations can tell where it was made
+    assert choice == {"precision": first, "source": "resumed", "device": "cpu",
+                      "key": recorded["key"]} and recorded["key"].startswith(engine.cpu_signature())
     assert engine.recorded_precision(engine.load_checkpoint(out / "last.pt")) == first
 
 
@@ -112,11 +118,102 @@ def test_trial_speeds_restore_states():
 def test_cuda_choice_and_flags(monkeypatch):
     cuda = torch.device("cuda")
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)
-    assert engine.choose_precision("auto", cuda, workload="w") == {"precision": "bf16", "source": "cuda"}
+    assert engine.choose_precision("auto", cuda, workload="w") == {"precision": "bf16", "source": "cuda",
+                                                                    "device": "cuda"}
     assert engine.autocast_dtype("auto", cuda) == torch.bfloat16
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: False)
     assert engine.choose_precision("auto", cuda, workload="w")["precision"] == "fp16"
     assert engine.autocast_dtype("auto", cuda) == torch.float16
-    assert engine.choose_precision("fp32", cuda, workload="w") == {"precision": "fp32", "source": "flag"}
+    assert engine.choose_precision("fp32", cuda, workload="w") == {"precision": "fp32", "source": "flag",
+                                                                    "device": "cuda"}
     assert engine.autocast_dtype("auto", torch.device("cpu"), recorded="fp32") is None
     assert not engine.enable_tf32(torch.device("cpu"), "bf16")
+
+
+def test_a_far_slower_precision_is_stopped_after_its_first_step():
+    """bf16 emulated on an AVX2-only CPU (0.7 against fp32's 11.9 samples/s): its three trial
+    steps would cost minutes, one tells. A precision within the cut-off gets all its steps."""
+    model = torch.nn.Linear(4, 4)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    calls = {"fp32": 0, "bf16": 0}
+
+    def timed(seconds):
+        def step_loss(dtype):
+            name = "fp32" if dtype is None else "bf16"
+            calls[name] += 1
+            time.sleep(seconds[name])
+            return model(torch.ones(2, 4)).sum()
+        return step_loss
+
+    speeds = engine.trial_speeds(timed({"fp32": 0.01, "bf16": 0.2}), model, opt, samples=8)
+    assert calls == {"fp32": 3, "bf16": 1}            # warmup + 2 timed; the first step only
+    assert speeds["bf16"] < 8 / 0.2 and speeds["fp32"] > 10 * speeds["bf16"]
+    calls.update(fp32=0, bf16=0)
+    speeds = engine.trial_speeds(timed({"fp32": 0.01, "bf16": 0.03}), model, opt, samples=8)
+    assert calls == {"fp32": 3, "bf16": 3} and speeds["fp32"] > speeds["bf16"]
+
+
+def test_two_runs_measuring_at_once_both_keep_their_cache_entry(tmp_path, monkeypatch):
+    """A joint and a GCN pretraining started together on a fresh machine: the GCN run's trial
+    result was lost because the other run wrote the cache it had read before its trial."""
+    monkeypatch.setenv("SKELSSL_CACHE_DIR", str(tmp_path))
+    cpu = torch.device("cpu")
+
+    def trial_while_another_run_writes():
+        engine.choose_precision("auto", cpu, workload="other run",
+                                trial=lambda: {"fp32": 2.0, "bf16": 1.0})
+        return {"fp32": 1.0, "bf16": 3.0}
+
+    choice = engine.choose_precision("auto", cpu, workload="this run",
+                                     trial=trial_while_another_run_writes)
+    cache = json.loads((tmp_path / "precision.json").read_text())
+    assert choice["precision"] == "bf16" and choice["source"] == "trial"
+    assert {entry["precision"] for entry in cache.values()} == {"fp32", "bf16"}
+    assert cache[engine.precision_cache_key("other run")]["precision"] == "fp32"
+
+
+def test_evaluations_take_the_checkpoint_choice_only_where_it_was_made(tmp_path, monkeypatch):
+    """A checkpoint pretrained in bf16 on a CPU where bf16 is fast must not be probed in bf16
+    where it is emulated: its choice holds on the same CPU kind; elsewhere the cached layer
+    trial decides (here a fake one that finds fp32 faster)."""
+    monkeypatch.setenv("SKELSSL_CACHE_DIR", str(tmp_path))
+    trials = []
+    monkeypatch.setattr(engine.precision, "layer_trial",
+                        lambda: trials.append(1) or {"fp32": 5.0, "bf16": 1.0})
+    cpu = torch.device("cpu")
+
+    def ckpt(**choice):
+        return {"meta": {"precision_choice": choice}}
+
+    here = ckpt(precision="bf16", source="trial", device="cpu",
+                key=engine.precision_cache_key("pretrain dste/small"))
+    assert engine.evaluation_precision("auto", cpu, here) == {
+        "precision": "bf16", "source": "checkpoint", "device": "cpu"}
+    elsewhere = ckpt(precision="bf16", source="trial", device="cpu",
+                     key="Intel(R) Xeon(R) Platinum [avx2 avx512f avx512_bf16 amx_bf16 amx_tile]"
+                         " | torch 2.13.0+cpu | 1 threads | pretrain dste/small")
+    on_gpu = ckpt(precision="bf16", source="cuda", device="cuda")
+    for other in (elsewhere, on_gpu, None):
+        choice = engine.evaluation_precision("auto", cpu, other)
+        assert choice["precision"] == "fp32" and choice["source"] in ("trial", "cache")
+        assert choice["key"].endswith(engine.precision.LAYER_TRIAL)
+    assert len(trials) == 1                                  # measured once, then cached
+    # an explicit flag of a CPU run, and a flag given to the evaluation, are kept
+    assert engine.evaluation_precision("auto", cpu, ckpt(precision="bf16", source="flag",
+                                                         device="cpu"))["precision"] == "bf16"
+    assert engine.evaluation_precision("bf16", cpu, elsewhere) == {
+        "precision": "bf16", "source": "flag", "device": "cpu"}
+
+
+def test_feature_cache_keys_differ_by_precision(data):
+    """Features extracted in bf16 are not those of fp32: the linear probe's feature cache must
+    not hand one to a run in the other."""
+    from evaluation.features import cache_key
+    from feeders.store import open_store
+    from models import build_encoder
+    store = open_store(data)
+    encoder = build_encoder("dste", "tiny", layout=store.layout, clip_len=8,
+                            channels=store.channels, bodies=store.bodies, seed=0)
+    keys = {cache_key(encoder, store, "xsub_train", "j", 8, None, dtype=dtype)
+            for dtype in (None, torch.float32, torch.bfloat16)}
+    assert len(keys) == 2   # None is fp32
