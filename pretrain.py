@@ -111,18 +111,26 @@ def pretrain_step(model, args, info: engine.DistInfo, parents, dtype, batch, epo
     return loss, {name: v.detach() for name, v in terms.items()}
 
 
+TRIAL_SCREEN_SAMPLES = 8   # the precision trial's first step in each precision: a screen
+
+
 def precision_trial(model, optimizer, loader, args, info: engine.DistInfo, parents) -> dict:
     """samples/s of this run's own pretraining step in fp32 and bf16 on its first batch
     (engine.trial_speeds: weights, optimizer state and RNG streams are restored after; the
-    batch is read through the sampler's seeded order without touching the loader)."""
+    batch is read through the sampler's seeded order without touching the loader). A screen
+    step on its first TRIAL_SCREEN_SAMPLES samples in each precision comes first: a precision
+    over 8x slower there is not timed on the whole batch (bf16 emulated on an AVX2-only CPU:
+    one step of batch 64 took 160 s in the demo)."""
     first = list(itertools.islice(iter(loader.sampler), loader.batch_size))
     batch = default_collate([loader.dataset[i] for i in first])
+    few = default_collate([loader.dataset[i] for i in first[:TRIAL_SCREEN_SAMPLES]])
     per_process = len(first)
-    def step_loss(dtype):
+    def step_loss(dtype, batch=batch):
         return pretrain_step(model, args, info, parents, dtype, batch, 0, 0)[0]
 
     engine.log(info, "precision auto: timing fp32 and bf16 training steps ...")
-    speeds = engine.trial_speeds(step_loss, model, optimizer, per_process)
+    speeds = engine.trial_speeds(step_loss, model, optimizer, per_process,
+                                 screen_loss=partial(step_loss, batch=few))
     engine.log(info, "precision trial: " + ", ".join(f"{k} {v:.1f} samples/s"
                                                      for k, v in speeds.items()))
     return speeds

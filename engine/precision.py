@@ -174,30 +174,47 @@ def states_restored(model: nn.Module, optimizer: torch.optim.Optimizer):
 
 def trial_speeds(step_loss: Callable[[torch.dtype | None], torch.Tensor], model: nn.Module,
                  optimizer: torch.optim.Optimizer, samples: int, precisions=("fp32", "bf16"),
-                 steps: int = 2, warmup: int = 1, cutoff: float = 8.0) -> dict[str, float]:
+                 steps: int = 2, warmup: int = 1, cutoff: float = 8.0,
+                 screen_loss: Callable[[torch.dtype | None], torch.Tensor] | None = None
+                 ) -> dict[str, float]:
     """samples/s of the run's own training step on the CPU in each precision.
 
     step_loss(dtype) -> loss of one forward pass of the run on a fixed batch of `samples`
     samples; each precision runs `warmup` untimed then `steps` timed steps (backward +
-    optimizer step). A later precision whose first warmup step alone takes more than `cutoff`
-    times the fastest one's timed step is stopped there, its speed that step's: on a CPU where
-    bf16 is emulated (AVX2 only: 18x slower) the three steps would cost minutes, and a first step
-    is at most a few times slower than the steady ones (one-time kernel setup), so the choice is
-    the same. Weights, optimizer state and RNG streams are restored afterwards
-    (`states_restored`), so the run continues exactly as without the trial."""
-    speeds = {}
+    optimizer step). On a CPU where bf16 is emulated (AVX2 only: 16x slower) its three steps
+    would cost minutes, so a precision far slower than the first is stopped early:
+    - with `screen_loss` (the same step on a few samples), every precision first runs one
+      screen step; a later one whose screen step takes over `cutoff` times the first's is
+      not run on the full batch, its speed estimated as the first's scaled by the two screen
+      times;
+    - without it, a later precision whose first warmup step alone takes over `cutoff` times
+      the first's timed step is stopped there, its speed that step's.
+    A first step is at most a few times slower than the steady ones (one-time kernel setup),
+    so the cut-off does not change a choice. Weights, optimizer state and RNG streams are
+    restored afterwards (`states_restored`), so the run continues exactly as without the
+    trial."""
+    def one_step(loss_fn, dtype) -> float:
+        start = time.perf_counter()
+        optimizer.zero_grad(set_to_none=True)
+        loss_fn(dtype).backward()
+        optimizer.step()
+        return time.perf_counter() - start
+
+    speeds, screens = {}, {}
     with states_restored(model, optimizer):
         for precision in precisions:
             dtype = autocast_dtype(precision, torch.device("cpu"))
-            fastest_step = samples / max(speeds.values()) if speeds else None
+            first = precisions[0]
+            if screen_loss is not None:
+                screens[precision] = one_step(screen_loss, dtype)
+                if precision != first and screens[precision] > cutoff * screens[first]:
+                    speeds[precision] = speeds[first] * screens[first] / screens[precision]
+                    continue
+            fastest_step = samples / speeds[first] if speeds else None
             for i in range(warmup + steps):
                 if i == warmup:
                     tic = time.perf_counter()
-                start = time.perf_counter()
-                optimizer.zero_grad(set_to_none=True)
-                step_loss(dtype).backward()
-                optimizer.step()
-                took = time.perf_counter() - start
+                took = one_step(step_loss, dtype)
                 if i == 0 and fastest_step is not None and took > cutoff * fastest_step:
                     speeds[precision] = samples / took
                     break

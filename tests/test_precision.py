@@ -151,6 +151,25 @@ def test_a_far_slower_precision_is_stopped_after_its_first_step():
     calls.update(fp32=0, bf16=0)
     speeds = engine.trial_speeds(timed({"fp32": 0.01, "bf16": 0.03}), model, opt, samples=8)
     assert calls == {"fp32": 3, "bf16": 3} and speeds["fp32"] > speeds["bf16"]
+    # with a screen step on a few samples first (what pretraining gives): the slow precision
+    # never runs the whole batch, its speed scaled from the two screen steps
+    screens = {"fp32": 0, "bf16": 0}
+
+    def screen(dtype):
+        screens["fp32" if dtype is None else "bf16"] += 1
+        time.sleep(0.005 if dtype is None else 0.1)
+        return model(torch.ones(1, 4)).sum()
+
+    calls.update(fp32=0, bf16=0)
+    speeds = engine.trial_speeds(timed({"fp32": 0.01, "bf16": 0.2}), model, opt, samples=8,
+                                 screen_loss=screen)
+    assert calls == {"fp32": 3, "bf16": 0} and screens == {"fp32": 1, "bf16": 1}
+    assert speeds["fp32"] / 30 < speeds["bf16"] < speeds["fp32"] / 8   # about 1/20
+    calls.update(fp32=0, bf16=0)
+    speeds = engine.trial_speeds(timed({"fp32": 0.01, "bf16": 0.005}), model, opt, samples=8,
+                                 screen_loss=lambda dtype: time.sleep(0.005) or
+                                 model(torch.ones(1, 4)).sum())
+    assert calls == {"fp32": 3, "bf16": 3} and speeds["bf16"] > speeds["fp32"]
 
 
 def test_two_runs_measuring_at_once_both_keep_their_cache_entry(tmp_path, monkeypatch):
