@@ -19,9 +19,8 @@ joint + bone pairs of the other variants (flip, seed, batch size, layer decay), 
 "bone pretraining, ..." candidates: a second encoder pretrained on bone input (--bone-checkpoint),
 fine-tuned on bone and on joint input. Issue 18's options are candidates too (multi-clip testing,
 the ST-GCN study's augmentation, mutual joint <-> bone distillation; and, from a GCN pretraining
-given by --gcn-checkpoint, the TPN neck and the DTN-style multi-scale branches); the first
-three were measured on 2026-12-03 and did not help (docs/experiments.md), the GCN ones have not
-been run.
+given by --gcn-checkpoint, the TPN neck and the DTN-style multi-scale branches); all were
+measured on 2026-12-03 and none helped (docs/experiments.md).
 
     python benchmarks/nwucla_select.py --checkpoint runs/nwucla/checkpoint/ucla_xv_j_dste/last.pt
         [--bone-checkpoint runs/nwucla/checkpoint/ucla_xv_b_dste/last.pt]
