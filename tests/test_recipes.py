@@ -256,7 +256,7 @@ def test_the_table_holds_the_measured_recipes(tmp_path):
         "milestones": [100], "normalize": "view", "rotate": 60.0}
     demo = recipes.pretrain_values("demo", f)
     assert (demo["epochs"], demo["milestones"], demo["threads"], demo["normalize"]) == (
-        10, [8], 1, "first_frame")
+        10, [8], 0, "first_frame")
     grid = [0.03, 0.1, 0.3, 1.0]
     assert recipes.eval_values("small", None, f, "linear") == {
         "lr": 1.0, "batch_size": 64, "standardize": True, "probe_lr_grid": grid}
