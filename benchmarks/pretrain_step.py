@@ -123,7 +123,9 @@ def matmul_gflops(device: torch.device, dtype: torch.dtype | None, n: int = 1024
 
 def bench(args, device: torch.device, precision: str) -> dict:
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    dtype = engine.autocast_dtype(precision, device)
+    # auto: what an evaluation without a checkpoint would take (a cached layer trial on the CPU)
+    dtype = engine.autocast_dtype(engine.evaluation_precision(precision, device)["precision"],
+                                  device)
     layout, model, optimizer, views = build(args, device)
     scaler = engine.make_scaler(dtype, device)
     model.train()

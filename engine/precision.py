@@ -200,11 +200,10 @@ def trial_speeds(step_loss: Callable[[torch.dtype | None], torch.Tensor], model:
         optimizer.step()
         return time.perf_counter() - start
 
-    speeds, screens = {}, {}
+    speeds, screens, first = {}, {}, precisions[0]
     with states_restored(model, optimizer):
         for precision in precisions:
             dtype = autocast_dtype(precision, torch.device("cpu"))
-            first = precisions[0]
             if screen_loss is not None:
                 screens[precision] = one_step(screen_loss, dtype)
                 if precision != first and screens[precision] > cutoff * screens[first]:
