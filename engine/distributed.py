@@ -136,7 +136,7 @@ class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
         self._check_input_dim(x)
         if not (self.training and dist.is_initialized() and dist.get_world_size() > 1):
             return super().forward(x)
-        x = x.float()
+        x = x if x.dtype == torch.float64 else x.float()   # statistics in fp32 at least
         dims = [0] + list(range(2, x.dim()))
         shape = [1, -1] + [1] * (x.dim() - 2)
         count = x.numel() // x.shape[1] * dist.get_world_size()

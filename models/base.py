@@ -97,8 +97,32 @@ class DropPath(nn.Module):
         return f"p={self.p}"
 
 
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """softmax(q k^T / sqrt(d)) v for q, k, v: (B, heads, S, d) -> (B, heads, S, d).
+
+    F.scaled_dot_product_attention, except in bf16 / fp16 on the CPU, where it is written out
+    as two batched products (``attention_products``): for the encoders' short sequences (S =
+    clip length or M * V tokens, tens) and wide heads torch's fused CPU kernel is slow in low
+    precision, its backward most of all (`python benchmarks/attention.py --step`, DSTE small,
+    AMD EPYC with AVX-512 bf16, one thread: the calls 1.6-2.8x faster, the bf16 pretraining
+    step 1.14-1.17x; in fp32 the fused kernel is as fast or faster, and is kept).
+    """
+    if q.device.type == "cpu" and q.dtype in (torch.bfloat16, torch.float16):
+        return attention_products(q, k, v)
+    return F.scaled_dot_product_attention(q, k, v)
+
+
+def attention_products(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """``attention`` as two batched products, the (S, S) softmax in fp32. The same function as
+    F.scaled_dot_product_attention to rounding; in bf16 the weights are rounded to bf16 before
+    the second product, where the fused kernel keeps them in fp32 (about 1.5x its error
+    against fp32)."""
+    logits = (q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1)     # (B, heads, S, S)
+    return torch.softmax(logits, dim=-1, dtype=torch.float32).to(v.dtype) @ v
+
+
 class Attention(nn.Module):
-    """Self-attention through F.scaled_dot_product_attention, one fused qkv projection.
+    """Self-attention (``attention``), one fused qkv projection.
 
     Single head by default (the paper); num_heads splits H into equal heads.
     """
@@ -118,7 +142,7 @@ class Attention(nn.Module):
         # unbind, not qkv[0..2]: its backward stacks the three gradients in one copy, where three
         # SelectBackwards would each zero-fill and add into a full-size (3, B, heads, S, H/heads).
         q, k, v = qkv.unbind(0)
-        out = F.scaled_dot_product_attention(q, k, v)  # (B, heads, S, H/heads)
+        out = attention(q, k, v)  # (B, heads, S, H/heads)
         return self.proj(out.transpose(1, 2).reshape(b, s, h))
 
 

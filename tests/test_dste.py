@@ -10,6 +10,8 @@ from feeders.layouts import get_layout
 from models.base import (
     Attention,
     DropPath,
+    attention,
+    attention_products,
     count_forward_flops,
     count_parameters,
     sinusoidal_encoding,
@@ -141,9 +143,11 @@ def test_bf16_autocast_matches_fp32_without_fp32_islands():
     assert out.global_feat.dtype == torch.bfloat16
     rel = (out.global_feat.float() - ref).norm() / ref.norm()
     assert rel < 5e-2, rel
-    # Only the tokenisation of the fp32 input stays fp32; every product and residual is bf16.
-    fp32_ops = {name for name, dtype in mode.seen if dtype == torch.float32}
-    assert fp32_ops <= {"permute", "clone", "_unsafe_view", "view"}, fp32_ops
+    # Only the tokenisation of the fp32 input and the attention's (S, S) softmax stay fp32;
+    # every product and residual is bf16.
+    fp32 = [name for name, dtype in mode.seen if dtype == torch.float32]
+    assert set(fp32) <= {"permute", "clone", "_unsafe_view", "view", "_softmax", "_to_copy"}, fp32
+    assert fp32.count("_to_copy") == fp32.count("_softmax") > 0   # each softmax's own upcast
     matmuls = [dtype for name, dtype in mode.seen if name in ("addmm", "mm", "bmm") or "attention" in name]
     assert len(matmuls) > 20 and set(matmuls) == {torch.bfloat16}
 
@@ -157,19 +161,10 @@ def test_seed_determines_initial_weights():
 
 
 @pytest.mark.parametrize("num_heads", [1, 4])
-def test_attention_is_sdpa_and_matches_the_formula(monkeypatch, num_heads):
+def test_attention_matches_the_formula_and_sdpa(num_heads):
     attn = Attention(16, num_heads)
     x = torch.randn(3, 7, 16)
-    calls = []
-    real_sdpa = F.scaled_dot_product_attention
-
-    def counting_sdpa(*args, **kwargs):
-        calls.append(args[0].shape)
-        return real_sdpa(*args, **kwargs)
-
-    monkeypatch.setattr(F, "scaled_dot_product_attention", counting_sdpa)
     out = attn(x)
-    assert calls == [(3, num_heads, 7, 16 // num_heads)]
     q, k, v = (x @ attn.qkv.weight.T + attn.qkv.bias).split(16, dim=-1)
     d = 16 // num_heads
     heads = [
@@ -179,6 +174,52 @@ def test_attention_is_sdpa_and_matches_the_formula(monkeypatch, num_heads):
     ]
     expected = torch.cat(heads, -1) @ attn.proj.weight.T + attn.proj.bias
     torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
+
+
+def attention_and_grads(fn, q, k, v, dtype=None):
+    """fn(q, k, v) and the gradients of q, k, v for the loss sum(out^2), under autocast dtype."""
+    q, k, v = (t.detach().clone().requires_grad_() for t in (q, k, v))
+    with torch.autocast("cpu", dtype=dtype or torch.float32, enabled=dtype is not None):
+        out = fn(q, k, v)
+    out.float().square().sum().backward()
+    return out, q.grad, k.grad, v.grad
+
+
+@pytest.mark.parametrize("shape", [(6, 1, 20, 32), (4, 4, 50, 8)])
+def test_attention_products_are_the_fused_kernel_to_rounding(shape):
+    """The written-out form: forward and gradients equal F.scaled_dot_product_attention's in
+    fp32; in bf16 autocast (where ``attention`` uses it on the CPU) it returns bf16 and stays
+    within bf16 error of the fp32 result."""
+    q, k, v = (torch.randn(shape) for _ in range(3))
+    ours = attention_and_grads(attention_products, q, k, v)
+    fused = attention_and_grads(F.scaled_dot_product_attention, q, k, v)
+    for a, b in zip(ours, fused):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    low = attention_and_grads(attention, q, k, v, torch.bfloat16)
+    assert low[0].dtype == torch.bfloat16
+    for a, b in zip(low, fused):
+        rel = (a.float() - b).norm() / b.norm()
+        assert rel < 2e-2, rel
+
+
+def test_attention_is_the_fused_kernel_except_in_low_precision_on_the_cpu(monkeypatch):
+    calls = []
+    real_sdpa = F.scaled_dot_product_attention
+
+    def counting_sdpa(*args, **kwargs):
+        calls.append(args[0].dtype)
+        return real_sdpa(*args, **kwargs)
+
+    monkeypatch.setattr(F, "scaled_dot_product_attention", counting_sdpa)
+    q = torch.randn(2, 1, 5, 8)
+    attention(q, q, q)
+    assert calls == [torch.float32]
+    for dtype in (torch.bfloat16, torch.float16):
+        assert attention(q.to(dtype), q.to(dtype), q.to(dtype)).dtype == dtype
+    assert calls == [torch.float32]
+    with torch.device("meta"):   # any other device: the fused kernels
+        out = attention(*(torch.empty(2, 1, 5, 8, dtype=torch.bfloat16) for _ in range(3)))
+    assert calls == [torch.float32, torch.bfloat16] and out.shape == (2, 1, 5, 8)
 
 
 def test_attention_rejects_indivisible_heads():
@@ -306,3 +347,28 @@ def test_training_mode_ca_and_dsa_drop_whole_samples_of_each_branch():
     y = y + attn(dsa.norm1(y)) * dsa.drop_path.mask(y)
     y = y + dsa.mlp(dsa.norm2(y)) * dsa.drop_path.mask(y)
     torch.testing.assert_close(out_dsa, 0.5 * (y[:b] + y[b:]))
+
+
+def test_attention_benchmark_times_both_forms_and_prints_their_differences():
+    """benchmarks/attention.py on a tiny DSTE: one row per attention call and precision, fp32
+    differences at float rounding, and the whole-step rows."""
+    import subprocess
+    import sys
+    from pathlib import Path
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, "benchmarks/attention.py", "--preset", "tiny",
+                          "--batch-size", "2", "--clip-len", "8", "--reps", "1", "--step",
+                          "--rounds", "1", "--layout", "kinect20"],
+                         cwd=root, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    rows = [line.split() for line in out.stdout.splitlines()]
+    kernel = [r for r in rows if r and r[0] in ("fp32", "bf16") and r[1] in ("temporal", "spatial")]
+    assert len(kernel) == 8
+    assert {" ".join(r[1:3]) + " " + r[7] for r in kernel if r[0] == "fp32"} == {
+        "temporal CA 32", "temporal DSA 32", "spatial CA 32", "spatial DSA 32"}  # d = tiny width
+    for r in kernel:
+        out_diff, grad_diff = float(r[-2]), float(r[-1])
+        assert out_diff < (1e-5 if r[0] == "fp32" else 5e-2), r
+        assert grad_diff < (1e-4 if r[0] == "fp32" else 0.5), r
+    steps = [r for r in rows if r and r[0] in ("fp32", "bf16") and r[1] == "kinect20"]
+    assert len(steps) == 2 and all(float(r[2]) > 0 and float(r[3]) > 0 for r in steps)

@@ -12,7 +12,7 @@ SCRIPTS = ["pretrain.py", "action_recognition.py", "action_retrieval.py", "actio
            "benchmarks/data_bench.py", "benchmarks/encoders.py", "benchmarks/eval_bench.py",
            "benchmarks/nwucla_select.py", "benchmarks/pretrain_step.py",
            "benchmarks/recipes_bench.py", "benchmarks/gpu_check.py", "benchmarks/stgcn_study.py",
-           "benchmarks/detection_bench.py"]
+           "benchmarks/detection_bench.py", "benchmarks/attention.py"]
 MODULES = ["evaluation.baseline", "evaluation.fusion", "evaluation.report", "feeders.export",
            "feeders.inspect", "feeders.layouts", "feeders.prepare", "feeders.synthetic",
            "feeders.visualize", "models.__main__", "models.convert", "recipes",

@@ -237,12 +237,14 @@ def test_benchmark_script_answers_help_and_refuses_a_missing_folder(tmp_path):
 def _umurl_run(info: engine.DistInfo, global_batch=16, epochs=2):
     """Two epochs of pretrain.pretrain_step with the umurl method on 16 fixed sequences (no
     augmentation, no DropPath: nothing that depends on the rank), SGD; returns the weights.
-    Unshuffled, so the gathered batch holds the same samples in the same order every step (a
-    reshuffled batch moves this tiny model's gradients by float rounding alone, through the
-    projectors' BatchNorm of near-constant features)."""
+    Unshuffled, so the gathered batch holds the same samples in the same order every step, and
+    in float64: this tiny model on random data turns float32 rounding into gradients several
+    % apart (a reshuffled batch, or attention products of another batch size, did), float64
+    rounding into 1e-13 of the update."""
     from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
     torch.manual_seed(0)
-    data = torch.randn(16, 4, 3, 8, 25, 2, generator=torch.Generator().manual_seed(3))
+    data = torch.randn(16, 4, 3, 8, 25, 2, generator=torch.Generator().manual_seed(3),
+                       dtype=torch.float64)
     dataset = TensorDataset(data, torch.arange(len(data)))
     sampler = DistributedSampler(dataset, num_replicas=info.world_size, rank=info.rank,
                                  shuffle=False, drop_last=True)
@@ -250,6 +252,7 @@ def _umurl_run(info: engine.DistInfo, global_batch=16, epochs=2):
     model = UmURL(UnifiedEncoder(tiny(drop_path=0.0), seed=3), proj_mult=2)
     if info.distributed:
         model = engine.convert_batchnorm(model, info.device)
+    model = model.double()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     state = engine.TrainState(optimizer, engine.make_scheduler(optimizer, len(loader),
                                                                schedule="cosine", epochs=epochs),
@@ -301,15 +304,13 @@ def test_umurl_ddp_steps_match_one_process(two_processes):
     results = [res["weights"] for res in two_processes]
     single = _umurl_run(engine.DistInfo(0, 1, 0, torch.device("cpu")))
     torch.manual_seed(0)
-    init = UmURL(UnifiedEncoder(tiny(drop_path=0.0), seed=3)).state_dict()
+    init = UmURL(UnifiedEncoder(tiny(drop_path=0.0), seed=3)).double().state_dict()
     assert set(results[0]) == set(single)
-    # all weights at once, against how far training moved them: float noise through the
-    # projectors' BatchNorm of near-constant features makes single entries differ by up to
-    # ~5e-4 relative, the whole difference is 3e-5 of the update; a loss of each process's own
-    # half (no gather) misses by 0.9 of it
+    # all weights at once, against how far training moved them: in float64 the difference is
+    # 1e-13 of the update; a loss of each process's own half (no gather) misses by 0.9 of it
     keys = [k for k, v in single.items() if v.is_floating_point() and "running" not in k]
     moved = sum((single[k] - init[k]).square().sum() for k in keys).sqrt()
     assert moved > 0.1
     for res in results:
-        assert sum((res[k] - single[k]).square().sum() for k in keys).sqrt() < 1e-3 * moved
+        assert sum((res[k] - single[k]).square().sum() for k in keys).sqrt() < 1e-9 * moved
         assert all(int(res[k]) == int(v) for k, v in single.items() if k.endswith("num_batches_tracked"))
