@@ -191,6 +191,25 @@ def test_two_runs_measuring_at_once_both_keep_their_cache_entry(tmp_path, monkey
     assert cache[engine.precision_cache_key("other run")]["precision"] == "fp32"
 
 
+def test_a_trial_cached_before_the_kernels_changed_is_measured_again(tmp_path, monkeypatch):
+    """The cache key carries TRIAL_VERSION: an entry of an older version of the suite's kernels
+    (bf16 attention was slower before it was written out) is not reused."""
+    monkeypatch.setenv("SKELSSL_CACHE_DIR", str(tmp_path))
+    cpu = torch.device("cpu")
+    key = engine.precision_cache_key("dste/small")
+    version = f"trial v{engine.precision.TRIAL_VERSION}"
+    assert version in key
+    old_key = key.replace(version, f"trial v{engine.precision.TRIAL_VERSION - 1}")
+    (tmp_path / "precision.json").write_text(json.dumps(
+        {old_key: {"precision": "fp32", "samples_per_s": {"fp32": 2.0, "bf16": 1.0}}}))
+    trials = []
+    choice = engine.choose_precision("auto", cpu, workload="dste/small",
+                                     trial=lambda: trials.append(1) or {"fp32": 1.0, "bf16": 3.0})
+    assert trials == [1] and choice["precision"] == "bf16" and choice["source"] == "trial"
+    again = engine.choose_precision("auto", cpu, workload="dste/small", trial=lambda: 1 / 0)
+    assert again["precision"] == "bf16" and again["source"] == "cache"
+
+
 def test_evaluations_take_the_checkpoint_choice_only_where_it_was_made(tmp_path, monkeypatch):
     """A checkpoint pretrained in bf16 on a CPU where bf16 is fast must not be probed in bf16
     where it is emulated: its choice holds on the same CPU kind; elsewhere the cached layer
