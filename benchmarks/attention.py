@@ -121,10 +121,11 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--precisions", nargs="+", default=["fp32", "bf16"],
-                        choices=("fp32", "bf16"))
-    parser.add_argument("--preset", default="small", choices=list(PRESETS))
+                        choices=("fp32", "bf16"), help="autocast precisions to time")
+    parser.add_argument("--preset", default="small", choices=list(PRESETS),
+                        help="DSTE preset: the attention's width")
     parser.add_argument("--batch-size", type=int, default=64, help="samples per step (x 4 views)")
-    parser.add_argument("--clip-len", type=int, default=32)
+    parser.add_argument("--clip-len", type=int, default=32, help="frames: the temporal tokens")
     parser.add_argument("--layout", default="ntu25",
                         help="joints of the clips (2 bodies, as benchmarks/pretrain_step.py)")
     parser.add_argument("--reps", type=int, default=3, help="timed repetitions of each call")
