@@ -78,6 +78,7 @@ check features_knn          180 py  action_retrieval.py --data "$D" --split xsub
 check linear_probe          180 py  action_recognition.py --mode linear --data "$D" --split xsub_train --output "$W/bf16" --pretrained "$W/bf16/last.pt" --epochs 20 --workers 4
 check knn_on_gpu            120 py  benchmarks/gpu_check.py knn
 check pretrain_step_bench   300 py  benchmarks/pretrain_step.py --preset small --batch-size 32 --clip-len 64 --precisions fp32 fp16 bf16 auto --steps 3 --no-cpu
+check pretrain_step_compiled 300 py benchmarks/pretrain_step.py --preset small --batch-size 32 --clip-len 64 --precisions bf16 --steps 3 --no-cpu --compile
 check encoders_bench        300 py  benchmarks/encoders.py --presets small --batch-size 16 --iters 3
 if [ -f benchmarks/detection_bench.py ]; then
     check detection_bench   240 py  benchmarks/detection_bench.py --presets small paper --lengths 1000 4000
@@ -92,7 +93,7 @@ echo "| check | status | s | last line of output ($W/logs/<check>.log) |"
 echo "|---|---|---:|---|"
 printf '%s\n' "${ROWS[@]}"
 echo "wall time: $(( (SECONDS - START) / 60 )) min $(( (SECONDS - START) % 60 )) s"
-for bench in pretrain_step_bench encoders_bench; do
+for bench in pretrain_step_bench pretrain_step_compiled encoders_bench; do
     echo; echo "== $bench"; cat "$W/logs/$bench.log"
 done
 exit "$FAILED"

@@ -8,7 +8,8 @@ GFLOP per step (torch.utils.flop_counter over the whole step, forward + backward
 GFLOP/s beside the machine's measured 1024 x 1024 matrix-product rate in the step's precision
 (`matmul GFLOP/s`) and the fractions of that rate and of the faster precision's rate
 (`of matmul`, `of faster matmul`; goal: 0.8 or more), plus the time of each phase: augment + stream, forward (encoder + projectors), loss,
-backward, optimizer, the CPU time spent in the kernel per step and the process's peak RSS. Inputs are random clips of NTU shape (3, L, 25, 2); the step is the one of
+backward, optimizer, the CPU time spent in the kernel per step, the warm-up steps' seconds and
+the process's peak RSS; `--compile` wraps the encoder in torch.compile. Inputs are random clips of NTU shape (3, L, 25, 2); the step is the one of
 pretrain.py. `--profile` prints the top operators of one step (torch.profiler).
 """
 from __future__ import annotations
@@ -130,8 +131,12 @@ def bench(args, device: torch.device, precision: str) -> dict:
     scaler = engine.make_scaler(dtype, device)
     model.train()
     flops = count_step_flops(model, optimizer, scaler, views, layout, dtype, device)
+    if args.compile:   # after the FLOP count, which runs the eager encoder
+        model.encoder = torch.compile(model.encoder)
+    first = time.perf_counter()
     for _ in range(args.warmup):
         step(model, optimizer, scaler, views, layout, dtype, device, sync)
+    first = time.perf_counter() - first
     times = dict.fromkeys(PHASES, 0.0)
     sync()
     start, kernel = time.perf_counter(), resource.getrusage(resource.RUSAGE_SELF).ru_stime
@@ -152,13 +157,15 @@ def bench(args, device: torch.device, precision: str) -> dict:
     rates = matmul_rates(device)
     own = rates[PRECISION_NAMES[dtype]]
     return {"device": device.type, "threads": torch.get_num_threads() if device.type == "cpu" else "-",
-            "precision": f"{precision} ({str(dtype).replace('torch.', '') if dtype else 'fp32'})",
+            "precision": f"{precision} ({str(dtype).replace('torch.', '') if dtype else 'fp32'})"
+                         + (" compiled" if args.compile else ""),
             "samples/s": args.batch_size / per_step, "s/step": per_step,
             "GFLOP/step": flops / 1e9, "GFLOP/s": achieved,
             "matmul GFLOP/s": own, "of matmul": achieved / own,
             "of faster matmul": achieved / max(rates.values()),
             **{f"{p} s": times[p] / args.steps for p in PHASES},
             "kernel s": kernel / args.steps,  # CPU time in the kernel (page faults, zeroing)
+            "warm-up s": first,   # the untimed steps, torch.compile's compilation included
             "peak RSS GB": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
 
 
@@ -190,6 +197,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--malloc", choices=("keep", "system"), default="keep",
                         help="keep: engine.keep_freed_memory(), as pretrain.py does; system: "
                              "glibc's defaults (large blocks unmapped on free)")
+    parser.add_argument("--compile", action="store_true",
+                        help="wrap the encoder in torch.compile (its compilation falls in the "
+                             "warm-up steps, column `warm-up s`)")
     parser.add_argument("--no-cuda", action="store_true", help="skip CUDA even when present")
     parser.add_argument("--no-cpu", action="store_true", help="only the CUDA rows")
     parser.add_argument("--profile", action="store_true", help="print the top operators")

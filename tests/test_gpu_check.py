@@ -17,7 +17,7 @@ def test_gpu_check_dry_run(tmp_path):
     assert out.returncode == 0, out.stdout + out.stderr
     assert "dry run: every command parses" in out.stdout
     for name in ("pretrain_fp16", "pretrain_bf16", "resumed_on_cuda", "nccl_syncbn_ddp",
-                 "knn_on_gpu", "pretrain_step_bench", "encoders_bench"):
+                 "knn_on_gpu", "pretrain_step_bench", "pretrain_step_compiled", "encoders_bench"):
         assert f"dry-run ok   {name}" in out.stdout
     assert not (tmp_path / "gc" / "data").exists()  # nothing was run
     bad = subprocess.run(["bash", "benchmarks/gpu_check.sh", "--bogus"], cwd=ROOT, env=env,
