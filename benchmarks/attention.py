@@ -29,6 +29,8 @@ import engine  # noqa: E402
 import models.base  # noqa: E402
 from feeders.layouts import get_layout  # noqa: E402
 from models.dste import PRESETS  # noqa: E402
+import pretrain_step as ps  # noqa: E402  (benchmarks/, the script's folder, is on sys.path)
+from pretrain_step import print_table  # noqa: E402
 
 BODIES = 2   # as benchmarks/pretrain_step.py builds its encoder
 
@@ -79,15 +81,13 @@ def kernel_rows(args) -> list[dict]:
             rows.append({"precision": precision, "call": name, "B x S x d": f"{b} x {s} x {d}",
                          "fused ms": t_fused, "written-out ms": t_mine,
                          "speed-up": t_fused / t_mine,
-                         "max |out diff|": (out_f - out_m).abs().max().item(),
-                         "max |grad diff|": (grad_f - grad_m).abs().max().item()})
+                         "max |out diff|": f"{(out_f - out_m).abs().max().item():.2e}",
+                         "max |grad diff|": f"{(grad_f - grad_m).abs().max().item():.2e}"})
     return rows
 
 
 def step_rows(args) -> list[dict]:
     """Whole pretraining steps with each form, alternated `args.rounds` times."""
-    import pretrain_step as ps   # benchmarks/ is on sys.path as the script's folder
-
     step_args = ps.build_parser().parse_args(
         ["--preset", args.preset, "--batch-size", str(args.batch_size),
          "--clip-len", str(args.clip_len), "--layout", args.layout])
@@ -135,20 +135,10 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     print(f"attention on the CPU, DSTE {args.preset}, {args.threads} thread(s), torch {torch.__version__}")
-    print_rows(kernel_rows(args))
+    print_table(kernel_rows(args))
     if args.step:
         print()
-        print_rows(step_rows(args))
-
-
-def print_rows(rows: list[dict]) -> None:
-    cols = list(rows[0])
-    cells = [[(f"{r[c]:.2e}" if "diff" in c else f"{r[c]:.2f}") if isinstance(r[c], float)
-              else str(r[c]) for c in cols] for r in rows]
-    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(cols)]
-    print("  ".join(c.rjust(w) for c, w in zip(cols, widths)))
-    for row in cells:
-        print("  ".join(v.rjust(w) for v, w in zip(row, widths)))
+        print_table(step_rows(args))
 
 
 if __name__ == "__main__":
