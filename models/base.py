@@ -103,9 +103,11 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor
     F.scaled_dot_product_attention, except in bf16 / fp16 on the CPU, where it is written out
     as two batched products (``attention_products``): for the encoders' short sequences (S =
     clip length or M * V tokens, tens) and wide heads torch's fused CPU kernel is slow in low
-    precision, its backward most of all (`python benchmarks/attention.py --step`, DSTE small,
-    AMD EPYC with AVX-512 bf16, one thread: the calls 1.6-2.8x faster, the bf16 pretraining
-    step 1.14-1.17x; in fp32 the fused kernel is as fast or faster, and is kept).
+    precision, its backward most of all (`python benchmarks/attention.py --step`, AMD EPYC with
+    AVX-512 bf16, one thread: forward + backward of the calls of DSTE small 1.6-3.9x faster at
+    clips of 16 and 32 frames, of the paper preset 1.1-2.0x at 64; the bf16 pretraining step of
+    DSTE small 1.14-1.17x; only the tiny preset's width-32 heads are slower written out; in fp32
+    the fused kernel is as fast or faster, and is kept).
     """
     if q.device.type == "cpu" and q.dtype in (torch.bfloat16, torch.float16):
         return attention_products(q, k, v)
