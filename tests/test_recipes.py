@@ -264,10 +264,12 @@ def test_the_table_holds_the_measured_recipes(tmp_path):
         "epochs": 50, "lr": 1e-3, "warmup_epochs": 2.0, "batch_size": 64, "shear": 1.0,
         "rotate": 60.0, "lp_epochs": 160, "lp_lr": 1.0, "standardize": True,
         "probe_lr_grid": grid, "head_init": "random"}
-    # single-view data keeps LP-FT's start from the probe; the semi-supervised fine-tune too
+    # single-view data keeps LP-FT's start from the probe, in both fine-tunes; cross-view data
+    # starts the semi-supervised fine-tune from a random head too
     single = recipes.eval_values("small", None, facts(), "finetune")
     assert single["rotate"] == 0.0 and "head_init" not in single
-    assert "head_init" not in recipes.eval_values("small", None, f, "semi")
+    assert "head_init" not in recipes.eval_values("small", None, facts(), "semi")
+    assert recipes.eval_values("small", None, f, "semi")["head_init"] == "random"
     assert recipes.eval_values("small", None, f, "semi")["batch_size"] == 16
     assert recipes.eval_values("pku2", recipes.KNOWN["pku2"], f, "linear") == {"lr": 0.01}
     assert recipes.eval_values("paper", recipes.KNOWN["ntu60"], f, "finetune") == {}
