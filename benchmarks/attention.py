@@ -69,12 +69,12 @@ def call_shapes(preset: str, clip_len: int, joints: int, bodies: int, batch: int
 
 def kernel_rows(args) -> list[dict]:
     gen = torch.Generator().manual_seed(0)
+    shapes = call_shapes(args.preset, args.clip_len, get_layout(args.layout).num_joints, BODIES,
+                         4 * args.batch_size)
     rows = []
     for precision in args.precisions:
         dtype = engine.autocast_dtype(precision, torch.device("cpu"))
-        joints = get_layout(args.layout).num_joints
-        for name, b, s, d in call_shapes(args.preset, args.clip_len, joints, BODIES,
-                                         4 * args.batch_size):
+        for name, b, s, d in shapes:
             q, k, v = (torch.randn(b, 1, s, d, generator=gen).requires_grad_() for _ in range(3))
             t_fused, out_f, grad_f = time_call(fused, q, k, v, dtype, args.reps)
             t_mine, out_m, grad_m = time_call(WRITTEN_OUT, q, k, v, dtype, args.reps)

@@ -133,10 +133,10 @@ def bench(args, device: torch.device, precision: str) -> dict:
     flops = count_step_flops(model, optimizer, scaler, views, layout, dtype, device)
     if args.compile:   # after the FLOP count, which runs the eager encoder
         model.encoder = torch.compile(model.encoder)
-    first = time.perf_counter()
+    warmup_start = time.perf_counter()
     for _ in range(args.warmup):
         step(model, optimizer, scaler, views, layout, dtype, device, sync)
-    first = time.perf_counter() - first
+    warmup_s = time.perf_counter() - warmup_start
     times = dict.fromkeys(PHASES, 0.0)
     sync()
     start, kernel = time.perf_counter(), resource.getrusage(resource.RUSAGE_SELF).ru_stime
@@ -165,7 +165,7 @@ def bench(args, device: torch.device, precision: str) -> dict:
             "of faster matmul": achieved / max(rates.values()),
             **{f"{p} s": times[p] / args.steps for p in PHASES},
             "kernel s": kernel / args.steps,  # CPU time in the kernel (page faults, zeroing)
-            "warm-up s": first,   # the untimed steps, torch.compile's compilation included
+            "warm-up s": warmup_s,   # the untimed steps, torch.compile's compilation included
             "peak RSS GB": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
 
 

@@ -239,7 +239,7 @@ def _umurl_run(info: engine.DistInfo, global_batch=16, epochs=2):
     augmentation, no DropPath: nothing that depends on the rank), SGD; returns the weights.
     Unshuffled, so the gathered batch holds the same samples in the same order every step, and
     in float64: this tiny model on random data turns float32 rounding into gradients several
-    % apart (a reshuffled batch, or attention products of another batch size, did), float64
+    % apart (a reshuffled batch did, and so did attention written out as two products), float64
     rounding into 1e-13 of the update."""
     from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
     torch.manual_seed(0)
