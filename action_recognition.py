@@ -23,7 +23,7 @@ linear: the frozen encoder's features of the training and test splits, cached in
 evaluation/probe.py).
 
 finetune: encoder + linear head trained end to end (evaluation/finetune.py): AdamW,
-warmup + cosine, --layer-decay, --label-smoothing, --drop-path; --lp-epochs N (the small-set
+warmup + cosine, --layer-decay, --label-smoothing, --drop-path, --ema-decay; --lp-epochs N (the small-set
 recipes: 160) first trains the head as a linear probe (LP-FT; --head-init random: the fine-tune
 starts from a random head and the probe serves the guard only), --lp-guard keeps the probe when
 the fine-tune ends below it on held-out training samples; augmentation: random temporal crops
@@ -142,6 +142,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "training samples held out by its selection fine-tune")
     g.add_argument("--layer-decay", type=float, default=1.0,
                    help="layer-wise lr decay factor (1: off; e.g. 0.8)")
+    g.add_argument("--ema-decay", type=float, default=0.0,
+                   help="fine-tune: evaluate (and keep) an exponential moving average of the "
+                        "weights, updated after every step with this decay, warmed up as "
+                        "min(decay, (1 + t) / (10 + t)) at step t (engine.WeightEMA; 0: off, "
+                        "the last weights; e.g. 0.99)")
     g.add_argument("--label-smoothing", type=float, default=0.1, help="cross-entropy label smoothing")
     g.add_argument("--drop-path", type=float, default=None,
                    help="DropPath rate of DSTE/STTR; None: the preset's (0.1)")
@@ -248,6 +253,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         raise ValueError(f"--guard-alpha must be in (0, 1], got {args.guard_alpha}")
     if not 0.0 < args.guard_fraction < 1.0:
         raise ValueError(f"--guard-fraction must be in (0, 1), got {args.guard_fraction}")
+    if not 0.0 <= args.ema_decay < 1.0:
+        raise ValueError(f"--ema-decay must be in [0, 1) (0: off), got {args.ema_decay}")
     if args.lp_epochs < 0:
         raise ValueError(f"--lp-epochs must be >= 0, got {args.lp_epochs}")
     check_variants(args)

@@ -12,7 +12,8 @@
 - `engine.randomness`: seeds derived from the run seed, RNG states for exact resume;
 - `engine.runs`: run metadata, atomic writes, checkpoints (weights_only), run directories
   (claimed, locked, cleaned), honest resume;
-- `engine.loop`: `train(...)`, the one training loop, its `TrainState` and lr schedules.
+- `engine.loop`: `train(...)`, the one training loop, its `TrainState` (with an optional
+  `WeightEMA`) and lr schedules.
 
 Batch size convention: `--batch-size` is the *global* batch; each of the W processes loads
 batch_size / W samples per step, so a run means the same thing on 1 CPU or 8 GPUs.
@@ -36,8 +37,8 @@ from engine.precision import (PRECISIONS, autocast_dtype, choose_precision, cpu_
                               layer_trial, made_here, make_scaler, precision_cache_key,
                               precision_cache_path, precision_context, recorded_choice,
                               recorded_precision, states_restored, trial_speeds)
-from engine.loop import (NonFiniteLoss, TrainState, append_log, epoch_line, format_duration,
-                         load_scaler_state, lr_factor, make_scheduler, train)
+from engine.loop import (NonFiniteLoss, TrainState, WeightEMA, append_log, epoch_line,
+                         format_duration, load_scaler_state, lr_factor, make_scheduler, train)
 from engine.flags import (DEFAULT_WORKERS, add_common_args, add_lr_scaling_arg, apply_lr_scaling,
                           check_nonnegative, eval_split_for, finish_common_args, require_distinct_splits,
                           require_split, run_cli, run_program, scaled_lr)
@@ -45,7 +46,7 @@ from engine.flags import (DEFAULT_WORKERS, add_common_args, add_lr_scaling_arg, 
 __all__ = [
     "DEFAULT_WORKERS", "DistInfo", "GlobalBatchNorm", "NonFiniteLoss", "OutputError",
     "PRECISIONS", "RESUME_EXEMPT", "RESUME_FIXED", "ROOT", "RUN_MARKER", "RunLock",
-    "RunLockError", "TrainState", "add_common_args", "add_lr_scaling_arg", "append_log",
+    "RunLockError", "TrainState", "WeightEMA", "add_common_args", "add_lr_scaling_arg", "append_log",
     "apply_lr_scaling", "apply_process_settings", "apply_settings", "atomic_write_bytes_via",
     "autocast_dtype", "barrier", "check_nonnegative", "check_resume_config",
     "choose_precision", "claim_run_dir", "cpu_signature", "evaluation_precision",

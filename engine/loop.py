@@ -50,6 +50,49 @@ class NonFiniteLoss(RuntimeError):
     """Raised by train() when the loss (or one of its terms) is NaN or infinite."""
 
 
+class WeightEMA:
+    """An exponential moving average of a model's weights and buffers (Polyak averaging, as
+    timm's ModelEmaV2), updated by train() after every optimizer step.
+
+    After update t (t = 1, 2, ...) every floating-point entry of the state dict is
+    ``avg = d_t * avg + (1 - d_t) * current`` with ``d_t = min(decay, (1 + t) / (10 + t))``:
+    the warm-up lets the average leave the starting weights within the first few dozen steps
+    of a short fine-tune; integer entries (e.g. BatchNorm's step count) are copied. The average
+    starts from the model's weights at construction."""
+
+    def __init__(self, model: nn.Module, decay: float):
+        if not 0.0 < decay < 1.0:
+            raise ValueError(f"EMA decay must be in (0, 1), got {decay}")
+        self.decay, self.updates = decay, 0
+        self.weights = {k: v.detach().clone() for k, v in unwrap(model).state_dict().items()}
+
+    def rate(self) -> float:
+        """The decay d_t of the next update."""
+        t = self.updates + 1
+        return min(self.decay, (1 + t) / (10 + t))
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        d = self.rate()
+        for k, v in unwrap(model).state_dict().items():
+            avg = self.weights[k]
+            if avg.is_floating_point():
+                avg.mul_(d).add_(v.detach().to(avg.dtype), alpha=1.0 - d)
+            else:
+                avg.copy_(v)
+        self.updates += 1
+
+    def state_dict(self) -> dict:
+        return {"decay": self.decay, "updates": self.updates, "weights": self.weights}
+
+    def load_state_dict(self, state: dict) -> None:
+        if set(state["weights"]) != set(self.weights):
+            raise KeyError("the EMA weights do not have the model's keys")
+        self.decay, self.updates = float(state["decay"]), int(state["updates"])
+        for k, v in state["weights"].items():
+            self.weights[k].copy_(v)
+
+
 @dataclass
 class TrainState:
     """What train() needs besides the model and the step function."""
@@ -57,17 +100,26 @@ class TrainState:
     scheduler: torch.optim.lr_scheduler.LRScheduler
     scaler: torch.amp.GradScaler
     epoch: int = 0  # number of completed epochs
+    ema: WeightEMA | None = None  # a moving average of the weights, updated after each step
 
     def state_dict(self, model: nn.Module) -> dict:
-        return {"model": unwrap(model).state_dict(), "optimizer": self.optimizer.state_dict(),
-                "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
-                "epoch": self.epoch, "rng": rng_state()}
+        state = {"model": unwrap(model).state_dict(), "optimizer": self.optimizer.state_dict(),
+                 "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
+                 "epoch": self.epoch, "rng": rng_state()}
+        if self.ema is not None:
+            state["ema"] = self.ema.state_dict()
+        return state
 
     def load(self, model: nn.Module, ckpt: dict, path: Path | str = "checkpoint") -> None:
         """Restore a `state_dict` checkpoint; ValueError naming `path` when it does not fit."""
         try:
             unwrap(model).load_state_dict(ckpt["model"])
             self.optimizer.load_state_dict(ckpt["optimizer"])
+            if self.ema is not None:
+                if "ema" not in ckpt:
+                    raise ValueError("it holds no moving average of the weights (the run "
+                                     "was started without one)")
+                self.ema.load_state_dict(ckpt["ema"])
         except (RuntimeError, ValueError, KeyError) as err:
             detail = " ".join(str(err).split())
             raise ValueError(f"checkpoint {path} does not fit this run's model or optimizer: "
@@ -146,7 +198,8 @@ def train(model: nn.Module, step_fn: Callable, loader, state: TrainState, *, epo
     step_fn(batch, epoch, step) -> (loss, scalars): the forward pass on one batch (the caller
     handles devices and autocast); `scalars` (name -> 0-d tensor or float) are logged.
     Each epoch: sampler/dataset `set_epoch`, torch RNG re-seeded from (seed, epoch, rank), then
-    per step backward (through `state.scaler`), optimizer step, per-step scheduler step.
+    per step backward (through `state.scaler`), optimizer step, `state.ema` update (when set),
+    per-step scheduler step.
     After each epoch: `on_epoch_end(epoch) -> dict of metrics` (logged), then on rank 0
     `<output>/last.pt` and every `save_every` epochs `<output>/epoch_NNNN.pt` (NNNN = completed
     epochs). `extra_state` is stored in every checkpoint (e.g. run metadata).
@@ -218,6 +271,8 @@ def _train_epoch(model, step_fn, loader, state: TrainState, info: DistInfo, epoc
         state.scaler.scale(loss).backward()
         state.scaler.step(state.optimizer)
         state.scaler.update()
+        if state.ema is not None:
+            state.ema.update(model)
         lr = state.optimizer.param_groups[0]["lr"]
         state.scheduler.step()
         seen += len(batch[0]) * info.world_size

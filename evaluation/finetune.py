@@ -3,7 +3,8 @@
 The encoder and a Linear(feature_dim -> classes) head (``Classifier``; a fine-tuning variant:
 ``build_model``) are trained end to end by engine.train: AdamW (no weight decay on biases,
 norms and positional tables), linear warmup then cosine decay per step (``finetune_state``),
-optional layer-wise lr decay, label smoothing, drop path (transformers).
+optional layer-wise lr decay, label smoothing, drop path (transformers), and an exponential
+moving average of the weights (--ema-decay, engine.WeightEMA) as the fine-tune's result.
 
 Augmentation (``finetune_loader``, ``finetune_step``): the random temporal crop-and-resize of
 the pretraining feeder with one view per sample (--no-augment: whole sequences), then optional
@@ -187,13 +188,15 @@ def finetune_loader(args, store, cfg, info, train_pos):
 
 
 def finetune_state(model, args, steps_per_epoch: int, dtype, device) -> engine.TrainState:
-    """AdamW over the layer-decay groups, warmup + cosine per step, the precision's scaler."""
+    """AdamW over the layer-decay groups, warmup + cosine per step, the precision's scaler, and
+    with --ema-decay a moving average of the weights (engine.WeightEMA)."""
     optimizer = torch.optim.AdamW(param_groups(model, args.weight_decay, args.layer_decay))
     for group in optimizer.param_groups:
         group["lr"] *= args.lr_used
     scheduler = engine.make_scheduler(optimizer, steps_per_epoch, schedule="cosine",
                                       epochs=args.epochs, warmup_epochs=args.warmup_epochs)
-    return engine.TrainState(optimizer, scheduler, engine.make_scaler(dtype, device))
+    ema = engine.WeightEMA(model, args.ema_decay) if args.ema_decay else None
+    return engine.TrainState(optimizer, scheduler, engine.make_scaler(dtype, device), ema=ema)
 
 
 def probe_head(model: Classifier, store, args, train_pos, feat_kw: dict, device) -> float:
@@ -313,6 +316,8 @@ def train_model(args, store, cfg, ckpt, info, dtype, train_pos, val_pos, run_dir
         top1 = probe_head(model, store, args, train_pos, feat_kw, info.device)
         engine.log(info, f"LP-FT: head trained as a linear probe for {args.lp_epochs} epochs "
                    f"(training top-1 {top1:.2f} %), fine-tuning from it")
+        if state.ema is not None:   # the average starts from the probe's head
+            state.ema = engine.WeightEMA(model, args.ema_decay)
 
     split_labels = torch.as_tensor(store.labels[store.split_indices(args.split)], dtype=torch.long)
     ddp_model = engine.wrap_ddp(model, info)
@@ -325,22 +330,33 @@ def train_model(args, store, cfg, ckpt, info, dtype, train_pos, val_pos, run_dir
     best_val = [engine.load_checkpoint(best_path)["val_top1"] if best_path.is_file() else -1.0]
     history = []
 
+    def scored() -> nn.Module:
+        """The weights whose scores count: the model's, or with --ema-decay their average."""
+        if state.ema is None:
+            return model
+        averaged = copy.deepcopy(model)
+        averaged.load_state_dict(state.ema.weights)
+        return averaged
+
     def on_epoch_end(epoch: int) -> dict:
         if not len(val_pos):
             return {}
-        logits, labels = logits_of(model, args.split, val_pos)
+        evaluated = scored()
+        logits, labels = logits_of(evaluated, args.split, val_pos)
         top1 = accuracy(logits, labels)
         history.append({"epoch": epoch + 1, "val_top1": top1})
         if top1 > best_val[0]:
             best_val[0] = top1
             if info.is_main:
-                engine.save_checkpoint(best_path, {"model": model.state_dict(),
+                engine.save_checkpoint(best_path, {"model": evaluated.state_dict(),
                                                    "epoch": epoch + 1, "val_top1": top1})
         return {"val_top1": top1}
 
     engine.train(ddp_model, step_fn, loader, state, epochs=args.epochs, info=info,
                  seed=args.seed, output=run_dir, extra_state={"meta": meta},
                  on_epoch_end=on_epoch_end)
+    if state.ema is not None:   # the fine-tune's result is the averaged weights
+        model.load_state_dict(state.ema.weights)
     return model, history
 
 
