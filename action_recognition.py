@@ -161,6 +161,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--rotate", type=float, default=0.0,
                    help="fine-tune: turn each clip about x, y and z by angles ~ U(-rotate, "
                         "rotate) degrees (2D: in the image plane), after --shear (0: off)")
+    g.add_argument("--rotate-axes", default="xyz", metavar="AXES",
+                   help="--rotate about these axes only (a subset of xyz; y is vertical after "
+                        "--normalize view; 2D data: always the image plane)")
     g.add_argument("--flip", type=float, default=0.0,
                    help="fine-tune: mirror each clip left-right (x negated, left and right "
                         "joints swapped) with this probability, after --rotate (0: off)")
@@ -241,6 +244,9 @@ def parse_args(argv=None) -> argparse.Namespace:
         raise ValueError(f"--shear must be in [0, 1], got {args.shear}")
     if not 0.0 <= args.rotate <= 180.0:
         raise ValueError(f"--rotate must be in [0, 180] degrees, got {args.rotate}")
+    if not args.rotate_axes or set(args.rotate_axes) - set("xyz") \
+            or len(set(args.rotate_axes)) != len(args.rotate_axes):
+        raise ValueError(f"--rotate-axes must be distinct letters of xyz, got {args.rotate_axes!r}")
     if not 0.0 <= args.flip <= 1.0:
         raise ValueError(f"--flip must be a probability in [0, 1], got {args.flip}")
     if args.min_crop is not None and args.min_crop < 1:

@@ -153,7 +153,8 @@ def finetune_step(model, split_labels, args, cfg, layout, info, dtype, batch, ep
         if args.shear:
             x = random_shear(x, args.shear, gen, cfg["spatial_channels"])
         if args.rotate:
-            x = random_rotation(x, args.rotate, gen, cfg["spatial_channels"])
+            x = random_rotation(x, args.rotate, gen, cfg["spatial_channels"],
+                                args.rotate_axes)
         if args.flip:
             x = random_flip(x, args.flip, gen, layout.mirror)
         if args.study_augment:

@@ -217,23 +217,32 @@ def rotation_matrices(angles: torch.Tensor) -> torch.Tensor:
     return rz @ ry @ rx
 
 
+ROTATION_AXES = "xyz"
+
+
 def random_rotation(x: torch.Tensor, max_degrees: float, generator: torch.Generator,
-                    spatial_channels: int | None = None) -> torch.Tensor:
+                    spatial_channels: int | None = None, axes: str = ROTATION_AXES) -> torch.Tensor:
     """Fine-tuning augmentation: each sample's coordinates turned by its own random rotation.
 
     3D: angles about x, y and z each ~ U(-max_degrees, max_degrees), the matrix
-    ``Rz @ Ry @ Rx`` (``rotation_matrices``), as pyskl's ``RandomRot``; 2D: one in-plane angle.
+    ``Rz @ Ry @ Rx`` (``rotation_matrices``), as pyskl's ``RandomRot``; ``axes`` (a subset of
+    "xyz", e.g. "y": about the vertical axis only) keeps those angles and sets the others to 0;
+    2D: one in-plane angle (the z one, whatever ``axes``).
     ``x``: ``(B, C, L, V, M)``; same shape, dtype and device. Draws: ``B x 3`` angles on the CPU
-    from ``generator`` (also for 2D, so the generator advances alike). Channels past
-    ``spatial_channels`` (a score) are left alone.
+    from ``generator`` (also for 2D and fewer axes, so the generator advances alike). Channels
+    past ``spatial_channels`` (a score) are left alone.
     """
     if x.dim() != 5:
         raise ValueError(f"random_rotation expects x of shape (B, C, L, V, M), got shape {tuple(x.shape)}")
+    if not axes or set(axes) - set(ROTATION_AXES) or len(set(axes)) != len(axes):
+        raise ValueError(f"rotation axes must be distinct letters of {ROTATION_AXES!r}, got {axes!r}")
     b, c, _, v, _ = x.shape
     s = resolve_spatial_channels(c, spatial_channels)
     angles = (torch.rand(b, 3, generator=generator, dtype=torch.float64) * 2 - 1) \
         * (max_degrees * torch.pi / 180.0)
     if s == 3:
+        angles = angles * torch.tensor([float(a in axes) for a in ROTATION_AXES],
+                                       dtype=torch.float64)
         mats = rotation_matrices(angles)
     else:  # 2D: rotate the image plane by the z angle
         mats = rotation_matrices(angles * torch.tensor([0.0, 0.0, 1.0], dtype=torch.float64))[:, :2, :2]

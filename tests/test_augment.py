@@ -320,6 +320,23 @@ def test_random_rotation_draws_preserve_lengths_and_scores():
     assert torch.equal(random_rotation(x, 0.0, torch.Generator().manual_seed(0), 3), x)
 
 
+def test_random_rotation_about_chosen_axes():
+    """axes="y": the same B x 3 draws, the x and z angles set to 0 (a turn about the vertical
+    axis keeps every height); a bad axis string names what was expected."""
+    x = torch.randn(5, 3, 4, 25, 1, generator=torch.Generator().manual_seed(2))
+    angles = (torch.rand(5, 3, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+              * 2 - 1) * (50.0 * torch.pi / 180)
+    for axes, keep in (("y", [0.0, 1.0, 0.0]), ("xz", [1.0, 0.0, 1.0]), ("zyx", [1.0, 1.0, 1.0])):
+        out = random_rotation(x, 50.0, torch.Generator().manual_seed(4), 3, axes=axes)
+        mats = rotation_matrices(angles * torch.tensor(keep, dtype=torch.float64)).float()
+        assert torch.allclose(out, torch.einsum("bij,bjlvm->bilvm", mats, x), atol=1e-5), axes
+    assert torch.equal(random_rotation(x, 50.0, torch.Generator().manual_seed(4), 3, "y")[:, 1],
+                       x[:, 1])
+    for bad in ("", "yy", "w"):
+        with pytest.raises(ValueError, match="distinct letters of 'xyz'"):
+            random_rotation(x, 50.0, torch.Generator(), 3, axes=bad)
+
+
 def test_random_rotation_2d_turns_the_image_plane():
     x = torch.zeros(2, 3, 1, 1, 1)  # (x, y, score)
     x[:, 0], x[:, 2] = 1.0, 0.9

@@ -19,7 +19,7 @@ from models.usdrl import USDRL
 TINY = ["--clip-len", "16", "--workers", "0", "--precision", "fp32"]
 # finetune_step's flags of the fine-tuning variants (issue 18), all off
 VARIANTS_OFF = dict(study_augment=False, neck="none", branches=None, mutual_stream=None,
-                    epochs=10)
+                    epochs=10, rotate_axes="xyz")
 
 
 @pytest.fixture(scope="module")
@@ -364,6 +364,15 @@ def test_finetune_shear_reaches_the_model():
     flipped = random_flip(random_rotation(clips, 30.0, gen, 3), 0.5, gen, NTU25.mirror)
     assert torch.allclose(seen[5], flipped, atol=1e-6)
     assert not torch.allclose(seen[5], turned)    # some clip of the four was mirrored
+    # --rotate-axes y: the same draws, only the angle about the vertical axis applied
+    args = argparse.Namespace(shear=0.0, rotate=30.0, flip=0.0, seed=7, label_smoothing=0.0,
+                              **{**VARIANTS_OFF, "rotate_axes": "y"})
+    finetune.finetune_step(Probe(), labels, args, cfg, NTU25, info, None, batch, 2, 5)
+    yaw = random_rotation(clips, 30.0, engine.step_generator(7, 2, 5, 0), 3, axes="y")
+    assert torch.allclose(seen[6], yaw, atol=1e-6) and not torch.allclose(seen[6], turned)
+    torch.testing.assert_close(seen[6][:, 1], clips[:, 1])   # heights kept: a turn about y
+    with pytest.raises(ValueError, match="--rotate-axes must be distinct letters of xyz"):
+        ar.main(["--data", "x", "--output", "y", "--defaults", "none", "--rotate-axes", "yw"])
     with pytest.raises(ValueError, match="--flip must be a probability"):
         ar.main(["--data", "x", "--output", "y", "--defaults", "none", "--flip", "1.5"])
     with pytest.raises(ValueError, match="--shear must be in"):
