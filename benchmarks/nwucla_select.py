@@ -13,7 +13,8 @@ flags explicitly, with --defaults none, so a row means the same thing whatever t
 become. The split store is written next to the data (feeders.store.add_splits:
 hard links, nothing copied); each candidate's outputs go to <out>/<name>/ and a finished
 candidate is read back instead of re-run (use a new --out after changing the defaults or the
-checkpoint). A second table fuses the view-2 scores of candidates (FUSIONS, evaluation.fusion):
+checkpoint). A second table fuses the view-2 scores of candidates with results in <out>, from this run or an
+earlier one (FUSIONS, evaluation.fusion):
 the joint-pretrained encoder fine-tuned on joint, bone and motion input, against two joint seeds,
 joint + bone pairs of the other variants (flip, seed, batch size, layer decay), and the
 "bone pretraining, ..." candidates: a second encoder pretrained on bone input (--bone-checkpoint),
@@ -24,6 +25,7 @@ measured on 2026-12-03 and none helped (docs/experiments.md).
 
     python benchmarks/nwucla_select.py --checkpoint runs/nwucla/checkpoint/ucla_xv_j_dste/last.pt
         [--bone-checkpoint runs/nwucla/checkpoint/ucla_xv_b_dste/last.pt]
+        [--umurl-checkpoint runs/nwucla/checkpoint/ucla_xv_jmb_dste/last.pt]
         [--data runs/nwucla/data/ucla] [--out runs/nwucla/select] [--only NAME ...]
         [--epochs N] [--threads N] [--workers N]
 
@@ -109,6 +111,53 @@ CANDIDATES = {
     "shear 1.0 + rotate 60, mutual distillation with bone": ["--shear", "1.0", "--rotate", "60",
                                                              "--mutual-stream", "b",
                                                              "--lp-epochs", "0"],
+    # a moving average of the fine-tune's weights as its result (about 400 steps: decay 0.99
+    # averages about the last 100, 12 epochs)
+    "shear 1.0 + rotate 60, EMA 0.99": ["--shear", "1.0", "--rotate", "60", "--ema-decay", "0.99"],
+    "shear 1.0 + rotate 60, EMA 0.99, bone input": ["--shear", "1.0", "--rotate", "60",
+                                                    "--ema-decay", "0.99", "--stream", "b"],
+    # the rotation about some axes only (y is vertical after --normalize view, which already
+    # turns every clip to face the camera about y)
+    "shear 1.0 + rotate 60 about y": ["--shear", "1.0", "--rotate", "60", "--rotate-axes", "y"],
+    "shear 1.0 + rotate 60 about y, bone input": ["--shear", "1.0", "--rotate", "60",
+                                                  "--rotate-axes", "y", "--stream", "b"],
+    "shear 1.0 + rotate 60 about y, seed 1": ["--shear", "1.0", "--rotate", "60",
+                                              "--rotate-axes", "y", "--seed", "1"],
+    "shear 1.0 + rotate 60 about y, bone input, seed 1": ["--shear", "1.0", "--rotate", "60",
+                                                          "--rotate-axes", "y", "--stream", "b",
+                                                          "--seed", "1"],
+    "shear 1.0 + rotate 90 about y": ["--shear", "1.0", "--rotate", "90", "--rotate-axes", "y"],
+    "shear 1.0 + rotate 90 about y, bone input": ["--shear", "1.0", "--rotate", "90",
+                                                  "--rotate-axes", "y", "--stream", "b"],
+    "shear 1.0 + rotate 90 about y, seed 1": ["--shear", "1.0", "--rotate", "90",
+                                              "--rotate-axes", "y", "--seed", "1"],
+    "shear 1.0 + rotate 90 about y, bone input, seed 1": ["--shear", "1.0", "--rotate", "90",
+                                                          "--rotate-axes", "y", "--stream", "b",
+                                                          "--seed", "1"],
+    "shear 1.0 + rotate 60, seed 2": ["--shear", "1.0", "--rotate", "60", "--seed", "2"],
+    "shear 1.0 + rotate 60, bone input, seed 2": ["--shear", "1.0", "--rotate", "60",
+                                                  "--stream", "b", "--seed", "2"],
+    "shear 1.0 + rotate 60 about y, seed 2": ["--shear", "1.0", "--rotate", "60",
+                                              "--rotate-axes", "y", "--seed", "2"],
+    "shear 1.0 + rotate 60 about y, bone input, seed 2": ["--shear", "1.0", "--rotate", "60",
+                                                          "--rotate-axes", "y", "--stream", "b",
+                                                          "--seed", "2"],
+    "shear 1.0 + rotate 90 about y, seed 2": ["--shear", "1.0", "--rotate", "90",
+                                              "--rotate-axes", "y", "--seed", "2"],
+    "shear 1.0 + rotate 90 about y, bone input, seed 2": ["--shear", "1.0", "--rotate", "90",
+                                                          "--rotate-axes", "y", "--stream", "b",
+                                                          "--seed", "2"],
+    "shear 1.0 + rotate 180 about y": ["--shear", "1.0", "--rotate", "180", "--rotate-axes", "y"],
+    "shear 1.0 + rotate 180 about y, bone input": ["--shear", "1.0", "--rotate", "180",
+                                                   "--rotate-axes", "y", "--stream", "b"],
+    "shear 1.0 + rotate 180 about y, seed 1": ["--shear", "1.0", "--rotate", "180",
+                                               "--rotate-axes", "y", "--seed", "1"],
+    "shear 1.0 + rotate 180 about y, bone input, seed 1": ["--shear", "1.0", "--rotate", "180",
+                                                           "--rotate-axes", "y", "--stream", "b",
+                                                           "--seed", "1"],
+    "shear 1.0 + rotate 60 about x, z": ["--shear", "1.0", "--rotate", "60", "--rotate-axes", "xz"],
+    "shear 1.0 + rotate 60 about x, z, bone input": ["--shear", "1.0", "--rotate", "60",
+                                                     "--rotate-axes", "xz", "--stream", "b"],
     # LP-FT: the head starts from the linear probe (the recipe until 2026-12-03; it starts
     # from a random head since these rows lost on view 2, docs/experiments.md)
     "shear 1.0 + rotate 60, LP-FT": ["--shear", "1.0", "--rotate", "60", "--head-init", "probe"],
@@ -133,16 +182,29 @@ CANDIDATES = {
                                                             "--stream", "b"],
     "bone pretraining, shear 1.0 + rotate 60, joint input": ["--shear", "1.0", "--rotate", "60",
                                                              "--stream", "j"],
+    # a UmURL pretraining (pretrain.py --method umurl, stream jmb: one model for joint, motion
+    # and bone): run from --umurl-checkpoint, fine-tuned on its fused jmb input
+    "UmURL pretraining, shear 1.0 + rotate 60": ["--shear", "1.0", "--rotate", "60"],
+    "UmURL pretraining, shear 1.0 + rotate 60, seed 1": ["--shear", "1.0", "--rotate", "60",
+                                                         "--seed", "1"],
+    "UmURL pretraining, shear 1.0 + rotate 60 about y": ["--shear", "1.0", "--rotate", "60",
+                                                         "--rotate-axes", "y"],
+    "UmURL pretraining, shear 1.0 + rotate 60 about y, seed 1": [
+        "--shear", "1.0", "--rotate", "60", "--rotate-axes", "y", "--seed", "1"],
 }
 # candidates fine-tuned from --bone-checkpoint instead of --checkpoint
 BONE_PRETRAINED = {name for name in CANDIDATES if name.startswith("bone pretraining,")}
 # candidates fine-tuned from --gcn-checkpoint
 GCN_PRETRAINED = {name for name in CANDIDATES if name.startswith("GCN pretraining,")}
+# candidates fine-tuned from --umurl-checkpoint
+UMURL_PRETRAINED = {name for name in CANDIDATES if name.startswith("UmURL pretraining,")}
 # name -> (candidates whose view-2 scores are fused, weights; None: equal), evaluation.fusion
 _J, _B = "shear 1.0 + rotate 60", "shear 1.0 + rotate 60, bone input"
 _JM, _BM = "shear 1.0 + rotate 60, joint motion input", "shear 1.0 + rotate 60, bone motion input"
 _BB = "bone pretraining, shear 1.0 + rotate 60, bone input"
 _BJ = "bone pretraining, shear 1.0 + rotate 60, joint input"
+_U = "UmURL pretraining, shear 1.0 + rotate 60"
+_Y = "shear 1.0 + rotate 60 about y"
 FUSIONS = {
     "joint, seeds 0 + 1 (two fine-tunes of one stream)": ([_J, _J + ", seed 1"], None),
     "joint + bone": ([_J, _B], None),
@@ -167,6 +229,41 @@ FUSIONS = {
     "joint + bone, each stream its own pretraining": ([_J, _BB], None),
     "joint + bone (joint pretraining) + bone (bone pretraining)": ([_J, _B, _BB], None),
     "joint + bone, both pretrainings (4 fine-tunes)": ([_J, _B, _BB, _BJ], None),
+    "joint + bone, EMA 0.99": ([_J + ", EMA 0.99", _J + ", EMA 0.99, bone input"], None),
+    "joint + bone, rotate 60 about y": (["shear 1.0 + rotate 60 about y",
+                                         "shear 1.0 + rotate 60 about y, bone input"], None),
+    "joint + bone, rotate 60 about y, seed 1": (["shear 1.0 + rotate 60 about y, seed 1",
+                                                 "shear 1.0 + rotate 60 about y, bone input, "
+                                                 "seed 1"], None),
+    "joint + bone, rotate 90 about y": (["shear 1.0 + rotate 90 about y",
+                                         "shear 1.0 + rotate 90 about y, bone input"], None),
+    "joint + bone, rotate 90 about y, seed 1": (["shear 1.0 + rotate 90 about y, seed 1",
+                                                 "shear 1.0 + rotate 90 about y, bone input, "
+                                                 "seed 1"], None),
+    "joint + bone, seed 2": ([_J + ", seed 2", _B + ", seed 2"], None),
+    "joint + bone, rotate 60 about y, seed 2": (["shear 1.0 + rotate 60 about y, seed 2",
+                                                 "shear 1.0 + rotate 60 about y, bone input, "
+                                                 "seed 2"], None),
+    "joint + bone, rotate 90 about y, seed 2": (["shear 1.0 + rotate 90 about y, seed 2",
+                                                 "shear 1.0 + rotate 90 about y, bone input, "
+                                                 "seed 2"], None),
+    "joint + bone, rotate 180 about y": (["shear 1.0 + rotate 180 about y",
+                                          "shear 1.0 + rotate 180 about y, bone input"], None),
+    "joint + bone, rotate 180 about y, seed 1": (["shear 1.0 + rotate 180 about y, seed 1",
+                                                  "shear 1.0 + rotate 180 about y, bone input, "
+                                                  "seed 1"], None),
+    "joint + bone, rotate 60 about x, z": (["shear 1.0 + rotate 60 about x, z",
+                                            "shear 1.0 + rotate 60 about x, z, bone input"], None),
+    "joint + UmURL jmb": ([_J, _U], None),
+    "bone + UmURL jmb": ([_B, _U], None),
+    "joint + bone + UmURL jmb": ([_J, _B, _U], None),
+    "joint + bone + UmURL jmb, seed 1": ([_J + ", seed 1", _B + ", seed 1", _U + ", seed 1"],
+                                         None),
+    "joint + bone + UmURL jmb, rotate 60 about y": (
+        [_Y, _Y + ", bone input", "UmURL pretraining, shear 1.0 + rotate 60 about y"], None),
+    "joint + bone + UmURL jmb, rotate 60 about y, seed 1": (
+        [_Y + ", seed 1", _Y + ", bone input, seed 1",
+         "UmURL pretraining, shear 1.0 + rotate 60 about y, seed 1"], None),
 }
 
 
@@ -204,10 +301,13 @@ def candidate_dir(name: str, args) -> Path:
 def run_candidate(name: str, flags: list[str], schedule: list[str], store: Path, args) -> dict:
     out = candidate_dir(name, args)
     checkpoint = (args.bone_checkpoint if name in BONE_PRETRAINED else
-                  args.gcn_checkpoint if name in GCN_PRETRAINED else args.checkpoint)
+                  args.gcn_checkpoint if name in GCN_PRETRAINED else
+                  args.umurl_checkpoint if name in UMURL_PRETRAINED else args.checkpoint)
     result_file = out / "finetune.json"
     if result_file.is_file():
         return {**json.loads(result_file.read_text()), "minutes": float("nan")}
+    if "--rotate-axes" not in flags:   # the rotation's axes are compared flags too
+        flags = [*flags, "--rotate-axes", "xyz"]
     cmd = [sys.executable, "action_recognition.py", "--mode", "finetune", "--data", str(store),
            "--split", f"view{TRAIN_VIEW}_train", "--eval-split", f"view{VAL_VIEW}_val",
            "--pretrained", str(checkpoint), "--output", str(out), "--defaults", "none",
@@ -244,6 +344,9 @@ def main(argv=None) -> None:
     p.add_argument("--gcn-checkpoint", type=Path, default=None,
                    help="pretrain.py checkpoint of an ST-GCN / MS-G3D run on xview_train, for "
                         "the 'GCN pretraining, ...' candidates (TPN neck, multi-scale branches)")
+    p.add_argument("--umurl-checkpoint", type=Path, default=None,
+                   help="pretrain.py checkpoint of a UmURL run (--method umurl, stream jmb) on "
+                        "xview_train, for the 'UmURL pretraining, ...' candidates")
     p.add_argument("--data", type=Path, default=ROOT / "runs/nwucla/data/ucla",
                    help="the converted NW-UCLA store (feeders.prepare --format nwucla)")
     p.add_argument("--out", type=Path, default=ROOT / "runs/nwucla/select",
@@ -267,6 +370,9 @@ def main(argv=None) -> None:
     wanted = needing_checkpoint(wanted, GCN_PRETRAINED, args.gcn_checkpoint, args.only,
                                 "--gcn-checkpoint", "GCN pretraining",
                                 "pretrain.py --backbone stgcn on xview_train")
+    wanted = needing_checkpoint(wanted, UMURL_PRETRAINED, args.umurl_checkpoint, args.only,
+                                "--umurl-checkpoint", "UmURL pretraining",
+                                "scripts/pretrain.sh cpu ucla_xv_jmb_dste --method umurl")
     store = view_split_store(args.data)
     schedule = scripts_schedule(store)
     if args.epochs is not None:
@@ -277,12 +383,15 @@ def main(argv=None) -> None:
         rows.append((name, " ".join(CANDIDATES[name]), r["top1"], r["top5"], r["minutes"]))
     print(f"\nNW-UCLA fine-tune, view {TRAIN_VIEW} -> view {VAL_VIEW} of xview_train (last epoch); "
           f"schedule: {' '.join(schedule)}; checkpoint {args.checkpoint}"
-          + (f", bone checkpoint {args.bone_checkpoint}" if BONE_PRETRAINED & set(wanted) else ""))
+          + (f", bone checkpoint {args.bone_checkpoint}" if BONE_PRETRAINED & set(wanted) else "")
+          + (f", UmURL checkpoint {args.umurl_checkpoint}" if UMURL_PRETRAINED & set(wanted)
+             else ""))
     print("| candidate | flags | view-2 top-1 % | top-5 % | minutes |")
     print("|---|---|---:|---:|---:|")
     for name, flags, acc1, acc5, minutes in rows:
         print(f"| {name} | `{flags}` | {acc1:.1f} | {acc5:.1f} | {minutes:.1f} |")
-    done = set(wanted)
+    # every candidate with a result in --out, this run's or an earlier one's (same checkpoints)
+    done = {n for n in CANDIDATES if (candidate_dir(n, args) / "finetune.json").is_file()}
     fusions = [(name, members, weights) for name, (members, weights) in FUSIONS.items()
                if set(members) <= done]
     if fusions:

@@ -158,7 +158,8 @@ def test_selection_view_split_and_schedule(ucla, tmp_path):
     flags = select.scripts_schedule(tmp_path / "ucla_views")
     assert "--val-fraction" not in flags
     assert float(flags[flags.index("--shear") + 1]) == 1.0
-    assert float(flags[flags.index("--rotate") + 1]) == 60.0  # cross-view 3D
+    assert float(flags[flags.index("--rotate") + 1]) == 90.0  # cross-view 3D: about y
+    assert flags[flags.index("--rotate-axes") + 1] == "y"
     assert flags[-1] == "--no-lp-guard"  # candidates are judged on view 2, not by the guard
     assert flags[flags.index("--head-init") + 1] == "random"   # the recipe's on cross-view
     # every candidate's command line is one action_recognition.py accepts
@@ -185,3 +186,10 @@ def test_selection_view_split_and_schedule(ucla, tmp_path):
         select.main(bone_only)
     with pytest.raises(SystemExit, match="--bone-checkpoint .*missing.pt: no such file"):
         select.main([*bone_only, "--bone-checkpoint", str(tmp_path / "missing.pt")])
+    # the "UmURL pretraining, ..." ones from --umurl-checkpoint
+    assert "UmURL pretraining, shear 1.0 + rotate 60" in select.UMURL_PRETRAINED
+    assert all(n.startswith("UmURL pretraining, ") for n in select.UMURL_PRETRAINED)
+    umurl_only = ["--checkpoint", str(ckpt), "--data", str(tmp_path / "ucla"),
+                  "--only", "UmURL pretraining, shear 1.0 + rotate 60"]
+    with pytest.raises(SystemExit, match="need --umurl-checkpoint"):
+        select.main(umurl_only)

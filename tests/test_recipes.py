@@ -106,8 +106,10 @@ def test_view_rule_from_the_data(kw, cross_view):
         kind = recipes.KNOWN[name].kind if name in recipes.KNOWN else name
         pre = recipes.pretrain_values(kind, f)
         assert {k: pre[k] for k in expected} == expected
-    rotate = recipes.eval_values("small", None, f, "finetune")["rotate"]
-    assert rotate == (60.0 if cross_view else 0.0)
+    tune = recipes.eval_values("small", None, f, "finetune")
+    assert tune["rotate"] == (90.0 if cross_view else 0.0)   # about y only, cross-view
+    assert tune.get("rotate_axes") == ("y" if cross_view else None)
+    assert recipes.eval_values("small", None, f, "semi")["rotate"] == (60.0 if cross_view else 0.0)
 
 
 def test_resolve_on_constructed_manifests(tmp_path):
@@ -177,10 +179,11 @@ def test_evaluation_recipes(tmp_path):
     assert args.preset is None   # a checkpoint's encoder flags are its own
     args = action_recognition.parse_args(base + ["--mode", "finetune", "--lr", "3e-4"])
     # from scratch: the pretraining recipe's encoder flags, and no LP-FT (no features to probe)
-    assert (args.lr, args.lp_epochs, args.rotate, args.shear) == (3e-4, 0, 60.0, 1.0)
+    assert (args.lr, args.lp_epochs, args.rotate, args.shear) == (3e-4, 0, 90.0, 1.0)
     assert (args.preset, args.clip_len, args.normalize) == ("small", 16, "view")
     args = action_recognition.parse_args(base + ["--mode", "finetune", "--pretrained", "x.pt"])
-    assert (args.lr, args.lp_epochs, args.rotate, args.shear) == (1e-3, 160, 60.0, 1.0)
+    assert (args.lr, args.lp_epochs, args.rotate, args.shear) == (1e-3, 160, 90.0, 1.0)
+    assert args.rotate_axes == "y"   # cross-view: about the vertical axis only
     assert args.head_init == "random"   # cross-view: the probe serves the guard only
     args = action_recognition.parse_args(base + ["--mode", "finetune", "--label-fraction", "0.5",
                                                  "--pretrained", "x.pt"])
@@ -262,8 +265,8 @@ def test_the_table_holds_the_measured_recipes(tmp_path):
         "lr": 1.0, "batch_size": 64, "standardize": True, "probe_lr_grid": grid}
     assert recipes.eval_values("small", None, f, "finetune") == {
         "epochs": 50, "lr": 1e-3, "warmup_epochs": 2.0, "batch_size": 64, "shear": 1.0,
-        "rotate": 60.0, "lp_epochs": 160, "lp_lr": 1.0, "standardize": True,
-        "probe_lr_grid": grid, "head_init": "random"}
+        "rotate": 90.0, "lp_epochs": 160, "lp_lr": 1.0, "standardize": True,
+        "probe_lr_grid": grid, "head_init": "random", "rotate_axes": "y"}
     # single-view data keeps LP-FT's start from the probe, in both fine-tunes; cross-view data
     # starts the semi-supervised fine-tune from a random head too
     single = recipes.eval_values("small", None, facts(), "finetune")
