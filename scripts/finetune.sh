@@ -11,7 +11,8 @@
 # 5 warmup epochs then cosine, label smoothing 0.1; small sets (ucla, penn, demo, any small
 # set of your own; the --defaults auto recipe of recipes.py, chosen without the test split):
 # a 160-epoch linear probe of the head first (LP-FT), then lr 1e-3, 50 epochs, 2 warmup,
-# --shear 1.0, and --rotate 60 on cross-view 3D data. `scratch` takes the preset, clip length
+# --shear 1.0, and on cross-view 3D data --rotate 90 --rotate-axes y (semi.sh: --rotate 60).
+# `scratch` takes the preset, clip length
 # and normalisation of the dataset's pretraining recipe. --val-fraction F also reports a "best" epoch chosen on F of the training
 # split (never the test split). Writes checkpoint/<RUN_NAME>/finetune.json;
 # training state in checkpoint/<RUN_NAME>/finetune/ (re-running resumes).
