@@ -16,7 +16,8 @@ recipe applied is printed and stored in the run's config as ``defaults`` (``requ
 ``name``, ``reason``, ``set``: the values it set, ``kept``: recipe flags given explicitly).
 
 Where they help only: ``--normalize view`` (turn skeletons to face the camera) and ``--rotate``
-(random rotations of up to 60 degrees) belong to cross-view 3D data, decided from the data
+(random rotations: up to 60 degrees about each axis in pretraining and the semi-supervised
+fine-tune, up to 90 about the vertical axis in the full fine-tune) belong to cross-view 3D data, decided from the data
 (``DataFacts.cross_view``: 3D coordinates and several camera views in the training split or
 an ``xview_*`` split), never from the dataset's name; a single-view or 2D dataset gets neither.
 

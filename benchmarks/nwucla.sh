@@ -9,13 +9,15 @@
 # fine-tune (semi.sh), then one table (evaluation.report) beside two reference numbers. Every hyperparameter was chosen without the
 # test split (xview_val): the fine-tuning ones by benchmarks/nwucla_select.py (view 1 -> view 2
 # of xview_train), and every reported number is of the last epoch.
-# The ucla recipe pretrains with bf16 autocast, --normalize view and --rotate 60 (recipes.py).
+# The ucla recipe pretrains with bf16 autocast, --normalize view and --rotate 60 (recipes.py);
+# its full fine-tunes turn clips about the vertical axis only (--rotate 90 --rotate-axes y).
 # Environment: SKEL_DATA (default runs/nwucla/data), SKEL_CHECKPOINTS (default
 # runs/nwucla/checkpoint), GPUS (default cpu; e.g. 0 or 0,1), WORKERS (DataLoader workers,
 # default 1). Re-running resumes every stage that has a checkpoint.
 # Budget: about an hour on 2 CPU cores (no GPU) for the defaults (54 min 52 s measured from scratch,
 # 2026-11-30; with --rotate 60: pretraining 42 min 32 s, the other stages 10 min 53 s; 2026-12-04
-# with LP-FT's guard in the fine-tunes: 58 min 59 s on one core beside another job, pretraining 44 min).
+# with LP-FT's guard in the fine-tunes: 58 min 59 s on one core beside another job, pretraining 44 min;
+# the stages after the pretraining again with --rotate-axes y: about 20 min, two threads, shared).
 set -euo pipefail
 SRC="${1:-$(dirname "${BASH_SOURCE[0]}")/../../shared/data/nw_ucla}"
 [ -d "$SRC" ] || { echo "error: NW-UCLA folder '$SRC' not found (expected all_sqe/*.json)" >&2; exit 2; }
