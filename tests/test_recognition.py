@@ -267,10 +267,12 @@ def test_recog_and_finetune_scripts(data, pretrained, tmp_path):
            "--clip-len", "8", "--epochs", "1", "--batch-size", "12", "--workers", "0")
     saved = json.loads((run_dir / "finetune.json").read_text())
     assert (saved["checkpoint"], saved["preset"], saved["clip_len"]) == ("scratch", "tiny", 8)
-    # the small-set fine-tune defaults (finetune_defaults): lr 1e-3, shear 1.0, rotate 60, the
-    # whole training split (no hold-out)
+    # the small-set fine-tune defaults (finetune_defaults): lr 1e-3, shear 1.0, on this
+    # cross-view 3D set a rotation of up to 90 degrees about y, the whole training split (no
+    # hold-out)
     assert saved["lr"] == 1e-3 and saved["num_val"] == 0 and "best" not in saved
-    assert (saved["flags"]["shear"], saved["flags"]["rotate"]) == (1.0, 60.0)
+    assert (saved["flags"]["shear"], saved["flags"]["rotate"], saved["flags"]["rotate_axes"]) \
+        == (1.0, 90.0, "y")
     # another run name's stream from this run's (bone) pretraining, as benchmarks/nwucla.sh does
     script("scripts/finetune.sh", "cpu", "demo_xs_j_dste", str(run_dir / "epoch_0003.pt"),
            "--epochs", "1", "--batch-size", "12", "--workers", "0")
