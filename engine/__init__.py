@@ -20,8 +20,8 @@ batch_size / W samples per step, so a run means the same thing on 1 CPU or 8 GPU
 Imports go one way: distributed, randomness, process <- runs <- precision <- loop <- flags.
 """
 from engine.distributed import (DistInfo, GlobalBatchNorm, barrier, convert_batchnorm,
-                                gather_with_grad, init_distributed, log, unwrap, watch_launcher,
-                                wrap_ddp)
+                                gather_with_grad, init_distributed, leave_process_group, log,
+                                unwrap, watch_launcher, wrap_ddp)
 from engine.randomness import derive_seed, rng_state, seed_epoch, set_rng_state, step_generator
 from engine.process import apply_process_settings, keep_freed_memory
 from engine.runs import (RESUME_EXEMPT, RESUME_FIXED, ROOT, RUN_MARKER, OutputError, RunLock,
@@ -55,7 +55,7 @@ __all__ = [
     "cuda_auto_precision", "derive_seed", "describe_precision", "enable_tf32", "epoch_line",
     "eval_split_for", "finish_common_args", "flags_of", "format_changes", "format_duration",
     "gather_with_grad", "git_commit", "init_distributed", "is_run_dir", "is_suite_checkpoint",
-    "keep_freed_memory", "load_checkpoint", "load_scaler_state", "lock_run", "log",
+    "keep_freed_memory", "leave_process_group", "load_checkpoint", "load_scaler_state", "lock_run", "log",
     "lr_factor", "make_scaler", "make_scheduler", "optimizer_settings", "pid_alive",
     "precision_cache_key", "precision_cache_path", "precision_context", "prepare_run_dir",
     "recorded_precision", "remove_stale_temps", "require_distinct_splits", "require_split",

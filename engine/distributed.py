@@ -50,6 +50,14 @@ def init_distributed() -> DistInfo:
     return info
 
 
+def leave_process_group() -> None:
+    """Destroy this process's group, if it joined one, before the program exits: left to the
+    interpreter's shutdown, gloo's threads were torn down in arbitrary order and a rank could
+    abort ("terminate called without an active exception", exit -6) after a finished run."""
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
 _LAUNCHER_WATCH: list[threading.Thread] = []  # at most one watcher per process
 
 

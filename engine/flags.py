@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Callable
 
 import recipes
+from engine.distributed import leave_process_group
 from engine.loop import NonFiniteLoss
 from engine.precision import PRECISIONS
 from engine.process import apply_process_settings
@@ -162,11 +163,14 @@ def apply_lr_scaling(args: argparse.Namespace) -> float:
 def run_program(parse_args: Callable[[], argparse.Namespace], run: Callable, prog: str) -> None:
     """Run a training or evaluation entry point as a program: ``args = parse_args()`` (the
     process's command line), the process-wide settings of its flags
-    (``engine.process.apply_process_settings``: --threads, glibc malloc), then ``run(args)``;
-    errors as ``run_cli``. An entry point's ``main(argv)`` is ``run(parse_args(argv))`` without
+    (``engine.process.apply_process_settings``: --threads, glibc malloc), then ``run(args)``,
+    then ``leave_process_group()`` (a torchrun rank's group destroyed before exit); errors as
+    ``run_cli``. An entry point's ``main(argv)`` is ``run(parse_args(argv))`` without
     the process settings, for library use."""
     def program():
         args = parse_args()
         apply_process_settings(args)
-        return run(args)
+        result = run(args)
+        leave_process_group()   # a torchrun rank leaves its group before exiting
+        return result
     run_cli(program, prog)

@@ -238,6 +238,24 @@ engine.run_program(parse, lambda args: print("threads", torch.get_num_threads())
     assert bad.returncode == 2 and bad.stderr.strip() == "prog: error: --threads must be >= 0, got -2"
 
 
+def test_run_program_leaves_the_process_group(tmp_path):
+    """A rank's process group is destroyed when its run returns (not left to the interpreter's
+    shutdown, where gloo's threads could abort a finished rank)."""
+    import argparse
+
+    import torch.distributed as dist
+
+    def run(args):
+        dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'pg'}", rank=0,
+                                world_size=1)
+        assert dist.is_initialized()
+        return "done"
+
+    engine.run_program(lambda: argparse.Namespace(threads=0), run, "prog")
+    assert not dist.is_initialized()
+    engine.leave_process_group()   # no group: nothing to do
+
+
 def test_entry_points_run_as_programs():
     """Each training / evaluation entry point runs through engine.run_program(parse_args, run,
     ...) and its main(argv) is run(parse_args(argv)): the one place process settings apply."""
