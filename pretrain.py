@@ -114,13 +114,14 @@ def pretrain_step(model, args, info: engine.DistInfo, parents, dtype, batch, epo
 TRIAL_SCREEN_SAMPLES = 8   # the precision trial's first step in each precision: a screen
 
 
-def precision_trial(model, optimizer, loader, args, info: engine.DistInfo, parents) -> dict:
-    """samples/s of this run's own pretraining step in fp32 and bf16 on its first batch
-    (engine.trial_speeds: weights, optimizer state and RNG streams are restored after; the
-    batch is read through the sampler's seeded order without touching the loader). A screen
-    step on its first TRIAL_SCREEN_SAMPLES samples in each precision comes first: a precision
-    over 8x slower there is not timed on the whole batch (bf16 emulated on an AVX2-only CPU:
-    one step of batch 64 took 160 s in the demo)."""
+def precision_trial(model, optimizer, loader, args, info: engine.DistInfo, parents,
+                    precisions=("fp32", "bf16")) -> dict:
+    """samples/s of this run's own pretraining step in each of `precisions` (those the product
+    screen kept, engine.cached_trial) on its first batch (engine.trial_speeds: weights,
+    optimizer state and RNG streams are restored after; the batch is read through the
+    sampler's seeded order without touching the loader). A screen step on its first
+    TRIAL_SCREEN_SAMPLES samples in each precision comes first: a precision over 8x slower
+    there is not timed on the whole batch."""
     first = list(itertools.islice(iter(loader.sampler), loader.batch_size))
     batch = default_collate([loader.dataset[i] for i in first])
     few = default_collate([loader.dataset[i] for i in first[:TRIAL_SCREEN_SAMPLES]])
@@ -128,8 +129,8 @@ def precision_trial(model, optimizer, loader, args, info: engine.DistInfo, paren
     def step_loss(dtype, batch=batch):
         return pretrain_step(model, args, info, parents, dtype, batch, 0, 0)[0]
 
-    engine.log(info, "precision auto: timing fp32 and bf16 training steps ...")
-    speeds = engine.trial_speeds(step_loss, model, optimizer, per_process,
+    engine.log(info, f"precision auto: timing {' and '.join(precisions)} training steps ...")
+    speeds = engine.trial_speeds(step_loss, model, optimizer, per_process, precisions=precisions,
                                  screen_loss=partial(step_loss, batch=few))
     engine.log(info, "precision trial: " + ", ".join(f"{k} {v:.1f} samples/s"
                                                      for k, v in speeds.items()))

@@ -37,10 +37,11 @@ _MATMUL: dict[str, dict[str, float]] = {}
 
 
 def matmul_rates(device: torch.device) -> dict[str, float]:
-    """matmul_gflops of each precision the device's autocast offers (measured once)."""
+    """engine.matmul_gflops (1024 x 1024) of each precision the device's autocast offers (measured once)."""
     if device.type not in _MATMUL:
         dtypes = [None, torch.bfloat16] + ([torch.float16] if device.type == "cuda" else [])
-        _MATMUL[device.type] = {PRECISION_NAMES[d]: matmul_gflops(device, d) for d in dtypes}
+        _MATMUL[device.type] = {PRECISION_NAMES[d]: engine.matmul_gflops(device, d)
+                                 for d in dtypes}
     return _MATMUL[device.type]
 
 
@@ -101,25 +102,6 @@ def count_step_flops(model, optimizer, scaler, views, layout, dtype, device) -> 
     with FlopCounterMode(display=False, custom_mapping=mapping) as counter:
         step(model, optimizer, scaler, views, layout, dtype, device, lambda: None)
     return counter.get_total_flops()
-
-
-def matmul_gflops(device: torch.device, dtype: torch.dtype | None, n: int = 1024,
-                  seconds: float = 0.5) -> float:
-    """The machine's measured rate of an (n x n) @ (n x n) matrix product in `dtype` (None:
-    fp32), GFLOP/s (2 n^3 per product), best of repeated timings over about `seconds`."""
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    gen = torch.Generator().manual_seed(0)
-    a, b = (torch.randn(n, n, generator=gen).to(device, dtype or torch.float32) for _ in range(2))
-    out = a @ b  # warm-up
-    best, spent = float("inf"), 0.0
-    while spent < seconds:
-        sync()
-        tic = time.perf_counter()
-        torch.matmul(a, b, out=out)
-        sync()
-        took = time.perf_counter() - tic
-        best, spent = min(best, took), spent + took
-    return 2 * n ** 3 / best / 1e9
 
 
 def bench(args, device: torch.device, precision: str) -> dict:

@@ -34,9 +34,9 @@ from engine.runs import (RESUME_EXEMPT, RESUME_FIXED, ROOT, RUN_MARKER, OutputEr
 from engine.precision import (PRECISIONS, autocast_dtype, choose_precision, cpu_model,
                               cpu_signature, cpu_speed_features, cuda_auto_precision,
                               describe_precision, enable_tf32, evaluation_precision,
-                              layer_trial, made_here, make_scaler, precision_cache_key,
+                              layer_trial, made_here, make_scaler, matmul_gflops, precision_cache_key,
                               precision_cache_path, precision_context, recorded_choice,
-                              recorded_precision, states_restored, trial_speeds)
+                              product_screen, recorded_precision, states_restored, trial_speeds)
 from engine.loop import (NonFiniteLoss, TrainState, WeightEMA, append_log, epoch_line,
                          format_duration, load_scaler_state, lr_factor, make_scheduler, train)
 from engine.flags import (DEFAULT_WORKERS, add_common_args, add_lr_scaling_arg, apply_lr_scaling,
@@ -50,7 +50,7 @@ __all__ = [
     "apply_lr_scaling", "apply_process_settings", "apply_settings", "atomic_write_bytes_via",
     "autocast_dtype", "barrier", "check_nonnegative", "check_resume_config",
     "choose_precision", "claim_run_dir", "cpu_signature", "evaluation_precision",
-    "layer_trial", "made_here", "recorded_choice", "config_changes", "convert_batchnorm", "cpu_model",
+    "layer_trial", "made_here", "matmul_gflops", "product_screen", "recorded_choice", "config_changes", "convert_batchnorm", "cpu_model",
     "cpu_speed_features",
     "cuda_auto_precision", "derive_seed", "describe_precision", "enable_tf32", "epoch_line",
     "eval_split_for", "finish_common_args", "flags_of", "format_changes", "format_duration",

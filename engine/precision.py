@@ -2,6 +2,10 @@
 the run's own step (cached per CPU model, torch version, threads and workload); on CUDA bf16
 where supported, else fp16 autocast with a GradScaler; TF32 for autocast runs on CUDA.
 
+Before any step is timed, a matrix-product screen (`product_screen`, about 0.1 s) drops a
+precision whose products run over PRODUCT_CUTOFF times slower than the fastest one's (bf16
+emulated on an AVX2-only CPU: 80x); when one precision is left it is kept without timing steps.
+
 Evaluations (linear probe, fine-tune, KNN, detection) take their checkpoint's choice when it
 was made on this kind of CPU (`evaluation_precision`), else a cached timed trial of a small
 layer's training step in both precisions (`layer_trial`): a checkpoint pretrained where bf16 is
@@ -228,7 +232,51 @@ def trial_speeds(step_loss: Callable[[torch.dtype | None], torch.Tensor], model:
     return speeds
 
 
-def layer_trial(width: int = 256, rows: int = 2048) -> dict[str, float]:
+def matmul_gflops(device: torch.device, dtype: torch.dtype | None, n: int = 1024,
+                  seconds: float = 0.5, min_repeats: int = 1) -> float:
+    """The measured rate of an (n x n) @ (n x n) matrix product in `dtype` (None: fp32) on
+    `device`, GFLOP/s (2 n^3 per product): the best of repeated timings after one warm-up,
+    repeated for about `seconds` and at least `min_repeats` times."""
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    gen = torch.Generator().manual_seed(0)
+    a, b = (torch.randn(n, n, generator=gen).to(device, dtype or torch.float32) for _ in range(2))
+    out = a @ b  # warm-up
+    best, spent, repeats = float("inf"), 0.0, 0
+    while spent < seconds or repeats < min_repeats:
+        sync()
+        tic = time.perf_counter()
+        torch.matmul(a, b, out=out)
+        sync()
+        took = time.perf_counter() - tic
+        best, spent, repeats = min(best, took), spent + took, repeats + 1
+    return 2 * n ** 3 / best / 1e9
+
+
+# A precision whose matrix products run this many times slower than the fastest precision's is
+# not given a timed training step: a step is mostly products (83 % of the small DSTE's fp32 step
+# on an AVX2-only CPU). Measured ratios: bf16 emulated on AVX2 80-85x slower than fp32; AMX bf16
+# 9x faster than fp32 (both still timed); AVX-512 bf16 without AMX 0.4-4.5x.
+PRODUCT_CUTOFF = 16.0
+SCREEN_SIZE = 256   # the screen's product: SCREEN_SIZE x SCREEN_SIZE, about 1 ms in fp32
+
+
+def product_screen(precisions=("fp32", "bf16"), cutoff: float = PRODUCT_CUTOFF,
+                   rates: dict[str, float] | None = None) -> tuple[list[str], dict[str, float]]:
+    """(kept precisions, matrix-product GFLOP/s per precision) on the CPU with the current
+    threads: SCREEN_SIZE^2 products (matmul_gflops, best of at least 3), a precision kept
+    unless its rate is under 1/`cutoff` of the fastest's. `rates` replaces the measurement
+    (tests)."""
+    if rates is None:
+        cpu = torch.device("cpu")
+        rates = {p: matmul_gflops(cpu, autocast_dtype(p, cpu), n=SCREEN_SIZE, seconds=0.02,
+                                  min_repeats=3) for p in precisions}
+    fastest = max(rates[p] for p in precisions)
+    kept = [p for p in precisions if rates[p] * cutoff >= fastest]
+    return kept, {p: rates[p] for p in precisions}
+
+
+def layer_trial(width: int = 256, rows: int = 2048,
+                precisions=("fp32", "bf16")) -> dict[str, float]:
     """samples/s (rows/s) of a small training step in fp32 and in bf16 autocast: two linear
     layers (width -> 4 width -> width, GELU), forward, backward and an Adam step on `rows`
     rows; about 0.1 s in all where both are fast. The trial of evaluations that have no
@@ -241,7 +289,7 @@ def layer_trial(width: int = 256, rows: int = 2048) -> dict[str, float]:
     def step_loss(dtype):
         with precision_context(dtype, torch.device("cpu")):
             return model(x).float().pow(2).mean()
-    return trial_speeds(step_loss, model, optimizer, rows, steps=3)
+    return trial_speeds(step_loss, model, optimizer, rows, precisions=tuple(precisions), steps=3)
 
 
 def choose_precision(requested: str, device: torch.device, *, workload: str,
@@ -255,8 +303,9 @@ def choose_precision(requested: str, device: torch.device, *, workload: str,
       `resumed`);
     - CUDA: `cuda_auto_precision` (source `cuda`);
     - CPU: the cached trial result of this CPU model, torch version, threads and `workload`
-      (source `cache`), else `trial()` -> samples/s per precision, the faster kept, printed
-      and cached in precision_cache_path() (source `trial`). In a multi-process CPU run the
+      (source `cache`), else the product screen then `trial(precisions=...)` -> samples/s per
+      precision, the faster kept, printed and cached in precision_cache_path() (source
+      `trial`; cached_trial). In a multi-process CPU run the
       run's own step cannot be timed by one process (its loss gathers over all of them): rank 0
       decides by the cached `layer_trial` instead and the choice is broadcast.
     """
@@ -280,20 +329,36 @@ def choose_precision(requested: str, device: torch.device, *, workload: str,
 LAYER_TRIAL = "layer trial 256x1024 rows 2048"
 
 
-def cached_trial(workload: str, trial: Callable[[], dict[str, float]]) -> dict:
-    """The faster precision of `trial()` (samples/s per precision) for `workload` on this CPU,
-    from the cache (source `cache`) or measured and cached (source `trial`)."""
+def cached_trial(workload: str, trial: Callable[..., dict[str, float]],
+                 screen: Callable[[], tuple[list[str], dict[str, float]]] | None = None
+                 ) -> dict:
+    """The faster precision for `workload` on this CPU, from the cache (source `cache`) or
+    measured and cached (source `trial`): `screen()` (product_screen) -> the precisions worth
+    a timed step and the product rates; with two or more left, `trial(precisions=kept)` ->
+    samples/s per precision and the faster is kept; with one left it is kept untimed. The record
+    carries the product rates (`matmul_gflops`) and, per precision dropped by the screen, why
+    (`screened_out`)."""
     key = precision_cache_key(workload)
     cache = read_precision_cache()
     if key in cache:
         return {**cache[key], "source": "cache", "device": "cpu", "key": key}
-    speeds = trial()
-    best = max(speeds, key=speeds.get)
-    rounded = {k: round(v, 2) for k, v in speeds.items()}
-    cache_precision(key, {"precision": best, "samples_per_s": rounded,
-                          "measured": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())})
-    return {"precision": best, "samples_per_s": rounded, "source": "trial", "device": "cpu",
-            "key": key}
+    kept, rates = (screen or product_screen)()
+    entry = {"matmul_gflops": {k: round(v, 2) for k, v in rates.items()}}
+    dropped = {p: f"{SCREEN_SIZE}x{SCREEN_SIZE} products {rates[p]:.3g} GFLOP/s, "
+                  f"{rates[kept[0]] / rates[p]:.0f}x slower than {kept[0]}'s {rates[kept[0]]:.3g}"
+               for p in rates if p not in kept}
+    if dropped:
+        entry["screened_out"] = dropped
+    if len(kept) > 1:
+        speeds = trial(precisions=tuple(kept))
+        entry["samples_per_s"] = {k: round(v, 2) for k, v in speeds.items()}
+        best = max(speeds, key=speeds.get)
+    else:
+        best = kept[0]
+    entry = {"precision": best, **entry,
+             "measured": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())}
+    cache_precision(key, entry)
+    return {**entry, "source": "trial", "device": "cpu", "key": key}
 
 
 def made_here(choice: dict, device: torch.device) -> bool:
@@ -327,10 +392,15 @@ def evaluation_precision(requested: str, device: torch.device, ckpt: dict | None
 
 
 def describe_precision(choice: dict) -> str:
-    """One line: 'precision bf16 (trial: fp32 12.1, bf16 30.8 samples/s)'."""
+    """One line: 'precision bf16 (trial: fp32 12.1, bf16 30.8 samples/s)', or where the product
+    screen dropped a precision 'precision fp32 (trial: bf16 not timed: 256x256 products 1.3
+    GFLOP/s, 85x slower than fp32's 111)'."""
+    parts = []
     speeds = choice.get("samples_per_s")
-    detail = (": " + ", ".join(f"{k} {v:.1f}" for k, v in speeds.items()) + " samples/s"
-              if speeds else "")
+    if speeds:
+        parts.append(", ".join(f"{k} {v:.1f}" for k, v in speeds.items()) + " samples/s")
+    parts += [f"{k} not timed: {why}" for k, why in (choice.get("screened_out") or {}).items()]
+    detail = ": " + "; ".join(parts) if parts else ""
     return f"precision {choice['precision']} ({choice['source']}{detail})"
 
 

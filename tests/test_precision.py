@@ -16,6 +16,18 @@ import pretrain
 from feeders.synthetic import write_synthetic
 
 
+REAL_SCREEN = engine.precision.product_screen
+
+
+@pytest.fixture(autouse=True)
+def both_precisions_timed(monkeypatch):
+    """The product screen as on a CPU where fp32 and bf16 products are both fast, so that the
+    tests' trials (real steps or fakes) run in both precisions on any CPU; the tests of the
+    screen itself call REAL_SCREEN or give it rates."""
+    monkeypatch.setattr(engine.precision, "product_screen",
+                        lambda: (["fp32", "bf16"], {"fp32": 100.0, "bf16": 300.0}))
+
+
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     return write_synthetic(tmp_path_factory.mktemp("synthetic") / "demo", num_sequences=16, seed=0)
@@ -178,9 +190,9 @@ def test_two_runs_measuring_at_once_both_keep_their_cache_entry(tmp_path, monkey
     monkeypatch.setenv("SKELSSL_CACHE_DIR", str(tmp_path))
     cpu = torch.device("cpu")
 
-    def trial_while_another_run_writes():
+    def trial_while_another_run_writes(precisions):
         engine.choose_precision("auto", cpu, workload="other run",
-                                trial=lambda: {"fp32": 2.0, "bf16": 1.0})
+                                trial=lambda precisions: {"fp32": 2.0, "bf16": 1.0})
         return {"fp32": 1.0, "bf16": 3.0}
 
     choice = engine.choose_precision("auto", cpu, workload="this run",
@@ -204,9 +216,9 @@ def test_a_trial_cached_before_the_kernels_changed_is_measured_again(tmp_path, m
         {old_key: {"precision": "fp32", "samples_per_s": {"fp32": 2.0, "bf16": 1.0}}}))
     trials = []
     choice = engine.choose_precision("auto", cpu, workload="dste/small",
-                                     trial=lambda: trials.append(1) or {"fp32": 1.0, "bf16": 3.0})
+                                     trial=lambda precisions: trials.append(1) or {"fp32": 1.0, "bf16": 3.0})
     assert trials == [1] and choice["precision"] == "bf16" and choice["source"] == "trial"
-    again = engine.choose_precision("auto", cpu, workload="dste/small", trial=lambda: 1 / 0)
+    again = engine.choose_precision("auto", cpu, workload="dste/small", trial=lambda precisions: 1 / 0)
     assert again["precision"] == "bf16" and again["source"] == "cache"
 
 
@@ -217,7 +229,7 @@ def test_evaluations_take_the_checkpoint_choice_only_where_it_was_made(tmp_path,
     monkeypatch.setenv("SKELSSL_CACHE_DIR", str(tmp_path))
     trials = []
     monkeypatch.setattr(engine.precision, "layer_trial",
-                        lambda: trials.append(1) or {"fp32": 5.0, "bf16": 1.0})
+                        lambda precisions: trials.append(1) or {"fp32": 5.0, "bf16": 1.0})
     cpu = torch.device("cpu")
 
     def ckpt(**choice):
@@ -255,3 +267,58 @@ def test_feature_cache_keys_differ_by_precision(data):
     keys = {cache_key(encoder, store, "xsub_train", "j", 8, None, dtype=dtype)
             for dtype in (None, torch.float32, torch.bfloat16)}
     assert len(keys) == 2   # None is fp32
+
+
+def test_the_product_screen_keeps_a_precision_from_a_timed_step_only_when_far_slower():
+    """Rates as measured: bf16 emulated on an AVX2-only EPYC (fp32 111, bf16 1.3 GFLOP/s) is
+    dropped; AMX (bf16 9x faster than fp32) and AVX-512 bf16 without AMX (bf16 2x slower) keep
+    both for the step trial, which decides."""
+    screen = REAL_SCREEN
+    assert screen(rates={"fp32": 111.0, "bf16": 1.3}) == (["fp32"], {"fp32": 111.0, "bf16": 1.3})
+    assert screen(rates={"fp32": 157.0, "bf16": 1407.0})[0] == ["fp32", "bf16"]
+    assert screen(rates={"fp32": 92.0, "bf16": 50.0})[0] == ["fp32", "bf16"]
+    assert screen(rates={"fp32": 10.0, "bf16": 170.0})[0] == ["bf16"]       # 17x: fp32 dropped
+    assert screen(rates={"fp32": 111.0, "bf16": 1.3}, cutoff=100.0)[0] == ["fp32", "bf16"]
+    kept, rates = screen()                      # measured on this CPU: both rates real
+    assert set(rates) == {"fp32", "bf16"} and all(r > 0 for r in rates.values())
+    assert kept and set(kept) <= set(rates) and max(rates, key=rates.get) in kept
+
+
+def test_matmul_gflops_counts_two_n_cubed_per_product(monkeypatch):
+    """GFLOP/s = 2 n^3 / the best time: with perf_counter ticking 0.5 ms per product the rate
+    of a 100 x 100 product is 2e6 / 5e-4 = 4 GFLOP/s, whatever the machine."""
+    clock = iter(i * 2.5e-4 for i in range(1000))
+    monkeypatch.setattr(engine.precision.time, "perf_counter", lambda: next(clock))
+    rate = engine.matmul_gflops(torch.device("cpu"), None, n=100, seconds=0.0, min_repeats=3)
+    assert rate == pytest.approx(2 * 100 ** 3 / 2.5e-4 / 1e9)
+
+
+def test_a_precision_the_screen_drops_never_runs_a_step(tmp_path, monkeypatch):
+    """On an AVX2-only CPU the bf16 step of the demo cost 13-56 s and the fp32 steps 15 s more
+    to confirm what the products already say: with one precision left no step is timed; the
+    record and the printed line say which was dropped and why."""
+    monkeypatch.setenv("SKELSSL_CACHE_DIR", str(tmp_path))
+    cpu = torch.device("cpu")
+    avx2 = {"fp32": 111.0, "bf16": 1.3}
+    monkeypatch.setattr(engine.precision, "product_screen", lambda: REAL_SCREEN(rates=avx2))
+    choice = engine.choose_precision("auto", cpu, workload="pretrain dste/small",
+                                     trial=lambda precisions: 1 / 0)   # never called
+    assert choice["precision"] == "fp32" and choice["source"] == "trial"
+    assert choice["matmul_gflops"] == avx2 and "samples_per_s" not in choice
+    assert "85x slower than fp32's 111" in choice["screened_out"]["bf16"]
+    line = engine.describe_precision(choice)
+    assert line.startswith("precision fp32 (trial: bf16 not timed: 256x256 products 1.3 GFLOP/s")
+    cached = engine.choose_precision("auto", cpu, workload="pretrain dste/small",
+                                     trial=lambda precisions: 1 / 0)
+    assert cached["source"] == "cache" and cached["screened_out"] == choice["screened_out"]
+    # both kept: the trial is asked for both and its faster one kept, rates recorded beside
+    monkeypatch.setattr(engine.precision, "product_screen",
+                        lambda: REAL_SCREEN(rates={"fp32": 100.0, "bf16": 400.0}))
+    asked = []
+    choice = engine.choose_precision(
+        "auto", cpu, workload="other", trial=lambda precisions: asked.append(precisions) or
+        {"fp32": 20.0, "bf16": 10.0})
+    assert asked == [("fp32", "bf16")] and choice["precision"] == "fp32"
+    assert choice["samples_per_s"] == {"fp32": 20.0, "bf16": 10.0}
+    assert "screened_out" not in choice and choice["matmul_gflops"]["bf16"] == 400.0
+    assert engine.describe_precision(choice) == "precision fp32 (trial: fp32 20.0, bf16 10.0 samples/s)"
