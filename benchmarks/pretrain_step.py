@@ -10,7 +10,9 @@ GFLOP/s beside the machine's measured 1024 x 1024 matrix-product rate in the ste
 (`of matmul`, `of faster matmul`; goal: 0.8 or more), plus the time of each phase: augment + stream, forward (encoder + projectors), loss,
 backward, optimizer, the CPU time spent in the kernel per step, the warm-up steps' seconds and
 the process's peak RSS; `--compile` wraps the encoder in torch.compile. Inputs are random clips of NTU shape (3, L, 25, 2); the step is the one of
-pretrain.py. `--profile` prints the top operators of one step (torch.profiler).
+pretrain.py. `--profile` prints the top operators of one step (torch.profiler) and, on the CPU,
+the matrix products' share of the step's time, their achieved fraction of the 1024 x 1024 rate
+and their slowest shapes: whether a step below the 0.8 goal loses in its products or elsewhere.
 """
 from __future__ import annotations
 
@@ -104,6 +106,50 @@ def count_step_flops(model, optimizer, scaler, views, layout, dtype, device) -> 
     return counter.get_total_flops()
 
 
+PRODUCT_OPS = ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm")
+
+
+def product_flops(name: str, shapes: list) -> int:
+    """FLOPs of one call of a matrix-product operator from its input shapes: mm (m, k) @ (k, n)
+    and addmm (bias, (m, k), (k, n)): 2 m k n; bmm (b, m, k) @ (b, k, n) and baddbmm: 2 b m k n."""
+    a, b = shapes[:2] if name in ("aten::mm", "aten::bmm") else shapes[1:3]
+    return 2 * a[-1] * b[-1] * (a[0] * a[1] if len(a) == 3 else a[0])
+
+
+def product_summary(events) -> dict:
+    """Where a CPU step's time goes between matrix products and the rest, from a profile's
+    key_averages(group_by_input_shape=True): {"step_ms" (self CPU time of all operators),
+    "product_ms", "product_gflops" (their achieved rate), "shapes": [(name, shapes, calls, ms,
+    GFLOP/s)] slowest rate first}."""
+    total, product_ms, flops, shapes = 0.0, 0.0, 0, []
+    for e in events:
+        ms = e.self_cpu_time_total / 1e3
+        total += ms
+        if e.key in PRODUCT_OPS and e.input_shapes and ms > 0:
+            f = product_flops(e.key, e.input_shapes) * e.count
+            product_ms, flops = product_ms + ms, flops + f
+            shapes.append((e.key, e.input_shapes, e.count, ms, f / ms / 1e6))
+    shapes.sort(key=lambda row: row[4])
+    return {"step_ms": total, "product_ms": product_ms,
+            "product_gflops": flops / product_ms / 1e6 if product_ms else 0.0, "shapes": shapes}
+
+
+def format_products(summary: dict, rate: float, rows: int = 5) -> str:
+    """The step's products against the 1024 x 1024 `rate` (GFLOP/s): their share of the step's
+    time, their achieved fraction of the rate, and the `rows` slowest shapes that took over 1 %
+    of the step. The whole step's fraction of the rate is about share x fraction (plus what
+    the rest, e.g. fused attention, computes)."""
+    step_ms, product_ms = summary["step_ms"], summary["product_ms"]
+    lines = [f"matrix products: {product_ms:.0f} of {step_ms:.0f} ms self CPU time "
+             f"({product_ms / step_ms:.0%}), {summary['product_gflops']:.0f} GFLOP/s = "
+             f"{summary['product_gflops'] / rate:.2f} of the 1024 x 1024 rate ({rate:.0f}); "
+             f"the rest {step_ms - product_ms:.0f} ms"]
+    slow = [r for r in summary["shapes"] if r[3] > 0.01 * step_ms][:rows]
+    lines += [f"  {name[6:]:7s} {' @ '.join('x'.join(map(str, s)) for s in (shapes[:2] if name in ('aten::mm', 'aten::bmm') else shapes[1:3]))}"
+              f"  {calls} calls  {ms:.1f} ms  {gflops:.0f} GFLOP/s" for name, shapes, calls, ms, gflops in slow]
+    return "\n".join(lines)
+
+
 def bench(args, device: torch.device, precision: str) -> dict:
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     # auto: what an evaluation without a checkpoint would take (a cached layer trial on the CPU)
@@ -129,11 +175,14 @@ def bench(args, device: torch.device, precision: str) -> dict:
     if args.profile:
         from torch.profiler import ProfilerActivity, profile
         acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
-        with profile(activities=acts) as prof:
+        with profile(activities=acts, record_shapes=device.type == "cpu") as prof:
             step(model, optimizer, scaler, views, layout, dtype, device, sync)
         key = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
         print(f"\n[{device.type} {precision}] top operators of one step")
         print(prof.key_averages().table(sort_by=key, row_limit=args.profile_rows))
+        if device.type == "cpu":
+            print(format_products(product_summary(prof.key_averages(group_by_input_shape=True)),
+                                  matmul_rates(device)[PRECISION_NAMES[dtype]]))
     per_step = elapsed / args.steps
     achieved = flops / 1e9 / per_step
     rates = matmul_rates(device)
