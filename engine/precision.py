@@ -344,8 +344,9 @@ def cached_trial(workload: str, trial: Callable[..., dict[str, float]],
         return {**cache[key], "source": "cache", "device": "cpu", "key": key}
     kept, rates = (screen or product_screen)()
     entry = {"matmul_gflops": {k: round(v, 2) for k, v in rates.items()}}
+    fastest = max(kept, key=rates.get)
     dropped = {p: f"{SCREEN_SIZE}x{SCREEN_SIZE} products {rates[p]:.3g} GFLOP/s, "
-                  f"{rates[kept[0]] / rates[p]:.0f}x slower than {kept[0]}'s {rates[kept[0]]:.3g}"
+                  f"{rates[fastest] / rates[p]:.0f}x slower than {fastest}'s {rates[fastest]:.3g}"
                for p in rates if p not in kept}
     if dropped:
         entry["screened_out"] = dropped
