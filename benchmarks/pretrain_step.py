@@ -39,7 +39,8 @@ _MATMUL: dict[str, dict[str, float]] = {}
 
 
 def matmul_rates(device: torch.device) -> dict[str, float]:
-    """engine.matmul_gflops (1024 x 1024) of each precision the device's autocast offers (measured once)."""
+    """engine.matmul_gflops (1024 x 1024) of each precision the device's autocast offers
+    (measured once)."""
     if device.type not in _MATMUL:
         dtypes = [None, torch.bfloat16] + ([torch.float16] if device.type == "cuda" else [])
         _MATMUL[device.type] = {PRECISION_NAMES[d]: engine.matmul_gflops(device, d)
@@ -109,10 +110,16 @@ def count_step_flops(model, optimizer, scaler, views, layout, dtype, device) -> 
 PRODUCT_OPS = ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm")
 
 
+def product_operands(name: str, shapes: list) -> list:
+    """The two factors' shapes of a matrix-product operator's input shapes: mm / bmm take
+    (a, b), addmm / baddbmm (bias, a, b)."""
+    return shapes[:2] if name in ("aten::mm", "aten::bmm") else shapes[1:3]
+
+
 def product_flops(name: str, shapes: list) -> int:
     """FLOPs of one call of a matrix-product operator from its input shapes: mm (m, k) @ (k, n)
     and addmm (bias, (m, k), (k, n)): 2 m k n; bmm (b, m, k) @ (b, k, n) and baddbmm: 2 b m k n."""
-    a, b = shapes[:2] if name in ("aten::mm", "aten::bmm") else shapes[1:3]
+    a, b = product_operands(name, shapes)
     return 2 * a[-1] * b[-1] * (a[0] * a[1] if len(a) == 3 else a[0])
 
 
@@ -145,8 +152,9 @@ def format_products(summary: dict, rate: float, rows: int = 5) -> str:
              f"{summary['product_gflops'] / rate:.2f} of the 1024 x 1024 rate ({rate:.0f}); "
              f"the rest {step_ms - product_ms:.0f} ms"]
     slow = [r for r in summary["shapes"] if r[3] > 0.01 * step_ms][:rows]
-    lines += [f"  {name[6:]:7s} {' @ '.join('x'.join(map(str, s)) for s in (shapes[:2] if name in ('aten::mm', 'aten::bmm') else shapes[1:3]))}"
-              f"  {calls} calls  {ms:.1f} ms  {gflops:.0f} GFLOP/s" for name, shapes, calls, ms, gflops in slow]
+    for name, shapes, calls, ms, gflops in slow:
+        factors = " @ ".join("x".join(map(str, shape)) for shape in product_operands(name, shapes))
+        lines.append(f"  {name[6:]:7s} {factors}  {calls} calls  {ms:.1f} ms  {gflops:.0f} GFLOP/s")
     return "\n".join(lines)
 
 

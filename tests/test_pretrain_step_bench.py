@@ -3,7 +3,6 @@ profiled step between matrix products and the rest, and the whole benchmark on a
 from __future__ import annotations
 
 import importlib.util
-import sys
 from pathlib import Path
 
 import pytest
