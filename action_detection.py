@@ -345,7 +345,7 @@ def run_finetune(args, store, cfg, ckpt, info, dtype, train_set) -> DenseClassif
     model = DenseClassifier(encoder, store.num_classes, args.seed, args.neck).to(info.device)
     loader = make_loader(train_set, args.batch_size, shuffle=True, seed=args.seed,
                          workers=args.workers, drop_last=len(train_set) > args.batch_size,
-                         pin_memory=info.device.type == "cuda")
+                         device=info.device)
     optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum,
                                 weight_decay=args.weight_decay)
     scheduler = engine.make_scheduler(optimizer, len(loader), schedule="step", epochs=args.epochs,

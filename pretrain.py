@@ -32,7 +32,7 @@ import engine
 import recipes
 from evaluation.features import extract
 from evaluation.knn import knn_evaluate
-from feeders.dataset import PretrainDataset, make_sampler, worker_init_fn
+from feeders.dataset import PretrainDataset, loader_options, make_sampler
 from feeders.store import open_store
 from models import build_encoder
 from methods import DEFAULT_METHOD, get_method, list_methods
@@ -89,9 +89,8 @@ def make_train_loader(dataset, args, info: engine.DistInfo) -> DataLoader:
     sampler = make_sampler(dataset, shuffle=True, seed=args.seed, epoch=0, drop_last=True,
                            num_replicas=info.world_size, rank=info.rank)
     return DataLoader(dataset, batch_size=args.batch_size // info.world_size, sampler=sampler,
-                      num_workers=args.workers, pin_memory=info.device.type == "cuda",
-                      drop_last=True, worker_init_fn=worker_init_fn if args.workers else None,
-                      generator=torch.Generator().manual_seed(args.seed))
+                      drop_last=True, generator=torch.Generator().manual_seed(args.seed),
+                      **loader_options(args.workers, info.device))
 
 
 def pretrain_step(model, args, info: engine.DistInfo, parents, dtype, batch, epoch: int,

@@ -39,12 +39,12 @@ from engine.precision import (PRECISIONS, autocast_dtype, choose_precision, cpu_
                               product_screen, recorded_precision, states_restored, trial_speeds)
 from engine.loop import (NonFiniteLoss, TrainState, WeightEMA, append_log, epoch_line,
                          format_duration, load_scaler_state, lr_factor, make_scheduler, train)
-from engine.flags import (DEFAULT_WORKERS, add_common_args, add_lr_scaling_arg, apply_lr_scaling,
-                          check_nonnegative, eval_split_for, finish_common_args, require_distinct_splits,
+from engine.flags import (add_common_args, add_lr_scaling_arg, apply_lr_scaling,
+                          check_nonnegative, default_workers, eval_split_for, finish_common_args, require_distinct_splits,
                           require_split, run_cli, run_program, scaled_lr)
 
 __all__ = [
-    "DEFAULT_WORKERS", "DistInfo", "GlobalBatchNorm", "NonFiniteLoss", "OutputError",
+    "DistInfo", "GlobalBatchNorm", "NonFiniteLoss", "OutputError",
     "PRECISIONS", "RESUME_EXEMPT", "RESUME_FIXED", "ROOT", "RUN_MARKER", "RunLock",
     "RunLockError", "TrainState", "WeightEMA", "add_common_args", "add_lr_scaling_arg", "append_log",
     "apply_lr_scaling", "apply_process_settings", "apply_settings", "atomic_write_bytes_via",
@@ -53,7 +53,7 @@ __all__ = [
     "layer_trial", "made_here", "matmul_gflops", "product_screen", "recorded_choice", "config_changes", "convert_batchnorm", "cpu_model",
     "cpu_speed_features",
     "cuda_auto_precision", "derive_seed", "describe_precision", "enable_tf32", "epoch_line",
-    "eval_split_for", "finish_common_args", "flags_of", "format_changes", "format_duration",
+    "default_workers", "eval_split_for", "finish_common_args", "flags_of", "format_changes", "format_duration",
     "gather_with_grad", "git_commit", "init_distributed", "is_run_dir", "is_suite_checkpoint",
     "keep_freed_memory", "leave_process_group", "load_checkpoint", "load_scaler_state", "lock_run", "log",
     "lr_factor", "make_scaler", "make_scheduler", "optimizer_settings", "pid_alive",

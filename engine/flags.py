@@ -10,6 +10,8 @@ import sys
 from pathlib import Path
 from typing import Callable
 
+import torch
+
 import recipes
 from engine.distributed import leave_process_group
 from engine.loop import NonFiniteLoss
@@ -30,7 +32,13 @@ def eval_split_for(split: str) -> str:
     return split
 
 
-DEFAULT_WORKERS = min(4, max(0, (os.cpu_count() or 1) - 1))
+def default_workers(cuda: bool) -> int:
+    """--workers' default: min(4, CPU cores - 1) with CUDA; 0 on the CPU, where the step
+    already uses every core and a sample loads in about 0.1 ms against 12-45 ms of training
+    step per sample (DSTE small, 2 cores): a worker only takes a core from the step
+    (docs/experiments.md, 2026-12-04: the demo's pretraining 1.3x faster without one)."""
+    return min(4, max(0, (os.cpu_count() or 1) - 1)) if cuda else 0
+
 
 def add_common_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """The flags shared by pretrain.py, action_recognition.py and action_retrieval.py."""
@@ -61,8 +69,10 @@ def add_common_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                         "the faster (cached per CPU model, torch version and model in "
                         "~/.cache/skelssl/precision.json), evaluations take their checkpoint's; a "
                         "resumed run keeps its precision")
-    g.add_argument("--workers", type=int, default=DEFAULT_WORKERS,
-                   help="DataLoader workers per process (here min(4, CPU cores - 1))")
+    g.add_argument("--workers", type=int, default=None,
+                   help="DataLoader workers per process; None: 0 on the CPU, where the step "
+                        "uses every core, and min(4, CPU cores - 1) with CUDA (here "
+                        f"{default_workers(True)})")
     g.add_argument("--threads", type=int, default=0,
                    help="torch CPU threads per process (0: torch's default, one per core). On a "
                         "CPU shared with other jobs, or for tiny/small presets, 1 can be several "
@@ -89,6 +99,8 @@ def finish_common_args(args: argparse.Namespace) -> argparse.Namespace:
     for flag in ("epochs", "batch_size", "clip_len"):
         if getattr(args, flag) < 1:
             raise ValueError(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
+    if args.workers is None:
+        args.workers = default_workers(torch.cuda.is_available())
     if args.workers < 0:
         raise ValueError(f"--workers must be >= 0, got {args.workers}")
     if args.threads < 0:

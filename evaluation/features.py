@@ -34,7 +34,7 @@ from torch.utils.data import DataLoader, Subset
 import engine
 from feeders.augment import CLIP_FRACTION
 from evaluation.checks import require_finite
-from feeders.dataset import EvalDataset
+from feeders.dataset import EvalDataset, loader_options
 from feeders.store import file_sha256, open_store
 from feeders.streams import FUSED, resolve_spatial_channels, to_stream
 from models.stgcn import STUDY_FLAGS, study_overrides, study_setting
@@ -289,8 +289,7 @@ def extract(encoder: nn.Module, store, split: str, *, stream: str, clip_len: int
                           spatial_channels=spatial_channels, num_clips=num_clips,
                           clip_fraction=clip_fraction)
     shard = Subset(dataset, range(info.rank, len(dataset), info.world_size))
-    loader = DataLoader(shard, batch_size=batch_size, num_workers=workers,
-                        pin_memory=info.device.type == "cuda")
+    loader = DataLoader(shard, batch_size=batch_size, **loader_options(workers, info.device))
     transform = stream_transform(stream, store.layout.parents, spatial_channels)
     encoder.to(info.device)
     feats, labels = extract_features(encoder, loader, transform, info.device, dtype)

@@ -181,7 +181,7 @@ def finetune_loader(args, store, cfg, info, train_pos):
                          f"{info.world_size} processes")
     loader = make_loader(dataset, args.batch_size // info.world_size, shuffle=True,
                          seed=args.seed, workers=args.workers, drop_last=True,
-                         distributed=info.distributed, pin_memory=info.device.type == "cuda")
+                         distributed=info.distributed, device=info.device)
     if len(loader) == 0:
         raise ValueError(f"{len(dataset)} training samples are fewer than one batch of "
                          f"{args.batch_size}: lower --batch-size")

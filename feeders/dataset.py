@@ -30,6 +30,7 @@ gigabytes; a plain read keeps a worker at one sequence of buffers (the data stil
 shared page cache).
 """
 
+import multiprocessing
 import os
 from pathlib import Path
 
@@ -277,15 +278,34 @@ def make_sampler(dataset, shuffle: bool, seed: int, epoch: int, drop_last: bool,
     return sampler
 
 
+def loader_options(workers: int, device: torch.device | str) -> dict:
+    """DataLoader keyword arguments for ``workers`` worker processes feeding ``device``:
+    pinned memory for CUDA, ``worker_init_fn``, and on the CPU workers started by a forkserver
+    rather than forked from the training process. A forked worker shares the trainer's heap
+    copy-on-write, so while it lives every heap page a training step writes is first copied
+    by the kernel: a CPU pretraining with one forked worker spent 39 of its 98 s in the
+    kernel, against 2.5 s with a forkserver's (`python benchmarks/loader_workers.py`,
+    docs/experiments.md). On CUDA the trainer's activations are not on its heap: fork is kept.
+    """
+    device = torch.device(device)
+    options = {"num_workers": workers, "pin_memory": device.type == "cuda"}
+    if workers > 0:
+        options["worker_init_fn"] = worker_init_fn
+        if device.type == "cpu" and "forkserver" in multiprocessing.get_all_start_methods():
+            options["multiprocessing_context"] = "forkserver"
+    return options
+
+
 def make_loader(dataset, batch_size: int, shuffle: bool, seed: int, epoch: int = 0,
                 workers: int = 0, drop_last: bool = False, distributed: bool = False,
-                pin_memory: bool = False) -> DataLoader:
+                device: torch.device | str = "cpu") -> DataLoader:
     """A DataLoader for one epoch whose items do not depend on the number of workers.
 
     ``batch_size`` is per process. ``distributed=True`` shards by the initialised
     ``torch.distributed`` rank and world size. The dataset's epoch is set too (workers are
-    not persistent, so each epoch's workers see it). The loader gets its own seeded
-    ``torch.Generator``, so building it consumes no global RNG state.
+    not persistent, so each epoch's workers see it). ``device`` is the one the batches feed
+    (``loader_options``). The loader gets its own seeded ``torch.Generator``, so building it
+    consumes no global RNG state.
     """
     if distributed:
         if not torch.distributed.is_initialized():
@@ -296,7 +316,6 @@ def make_loader(dataset, batch_size: int, shuffle: bool, seed: int, epoch: int =
     if hasattr(dataset, "set_epoch"):
         dataset.set_epoch(epoch)
     sampler = make_sampler(dataset, shuffle, seed, epoch, drop_last, replicas, rank)
-    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers,
-                      drop_last=drop_last, pin_memory=pin_memory,
-                      worker_init_fn=worker_init_fn if workers > 0 else None,
-                      generator=torch.Generator().manual_seed(seed))
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, drop_last=drop_last,
+                      generator=torch.Generator().manual_seed(seed),
+                      **loader_options(workers, device))

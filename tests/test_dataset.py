@@ -8,10 +8,12 @@ from feeders.augment import resize_whole, temporal_crop_resize
 from feeders.dataset import (
     EvalDataset,
     PretrainDataset,
+    loader_options,
     make_loader,
     make_sampler,
     normalize_first_frame,
     normalize_view,
+    worker_init_fn,
 )
 from feeders.layouts import get_layout
 from feeders.store import Record, StoreWriter, open_store
@@ -246,7 +248,9 @@ def batches(loader):
 def test_loader_same_items_for_any_worker_count(store):
     ds = PretrainDataset(store, None, CLIP, seed=4, num_views=2)
     serial = batches(make_loader(ds, 3, shuffle=True, seed=4, epoch=2, workers=0))
-    parallel = batches(make_loader(ds, 3, shuffle=True, seed=4, epoch=2, workers=2))
+    parallel_loader = make_loader(ds, 3, shuffle=True, seed=4, epoch=2, workers=2)
+    assert parallel_loader.multiprocessing_context.get_start_method() == "forkserver"
+    parallel = batches(parallel_loader)   # the dataset reaches the forkserver's workers pickled
     assert len(serial) == len(parallel) == 4
     for (va, ia), (vb, ib) in zip(serial, parallel):
         assert torch.equal(ia, ib) and torch.equal(va, vb)
@@ -255,6 +259,19 @@ def test_loader_same_items_for_any_worker_count(store):
     next_epoch = batches(make_loader(ds, 3, shuffle=True, seed=4, epoch=3, workers=0))
     assert torch.cat([i for _, i in next_epoch]).tolist() != order
     assert ds.epoch == 3
+
+
+def test_loader_options_start_cpu_workers_from_a_forkserver():
+    """On the CPU a worker forked from the trainer would share its heap copy-on-write (every
+    page a step writes copied by the kernel first): CPU workers come from a forkserver. With
+    CUDA the default fork is kept and batches are pinned; no workers, no worker settings."""
+    cpu = loader_options(2, torch.device("cpu"))
+    assert cpu == {"num_workers": 2, "pin_memory": False, "worker_init_fn": worker_init_fn,
+                   "multiprocessing_context": "forkserver"}
+    assert loader_options(2, "cuda:1") == {"num_workers": 2, "pin_memory": True,
+                                           "worker_init_fn": worker_init_fn}
+    assert loader_options(0, "cpu") == {"num_workers": 0, "pin_memory": False}
+    assert loader_options(0, "cuda") == {"num_workers": 0, "pin_memory": True}
 
 
 def test_sampler_shards_cover_the_epoch(store):

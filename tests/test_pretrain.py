@@ -217,6 +217,26 @@ def test_threads_flag_is_a_program_setting(data, tmp_path, capsys):
         engine.apply_process_settings(parser.parse_args(flags(data, tmp_path, "--threads", "-1")))
 
 
+def test_workers_default_to_none_on_the_cpu(monkeypatch, data, tmp_path):
+    """--workers' default: 0 on the CPU (the step uses every core; a forked or forkserver
+    worker only takes time from it), min(4, cores - 1) with CUDA; a given value is kept."""
+    parser = pretrain.build_parser()
+    given = flags(data, tmp_path)
+    at = given.index("--workers")
+    base = given[:at] + given[at + 2:]
+    assert parser.parse_args(base).workers is None
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert engine.finish_common_args(parser.parse_args(base)).workers == 0
+    assert engine.finish_common_args(parser.parse_args(base + ["--workers", "3"])).workers == 3
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr("os.cpu_count", lambda: 16)
+    assert engine.finish_common_args(parser.parse_args(base)).workers == 4
+    monkeypatch.setattr("os.cpu_count", lambda: 2)
+    assert engine.finish_common_args(parser.parse_args(base)).workers == 1
+    with pytest.raises(ValueError, match="--workers must be >= 0"):
+        engine.finish_common_args(parser.parse_args(base + ["--workers", "-1"]))
+
+
 def test_run_program_applies_settings_then_runs(tmp_path):
     """run_program: parse the process's command line, apply --threads, run; a bad value is one
     line `prog: error: ...` with exit status 2, as run_cli."""
