@@ -272,7 +272,7 @@ def pretrain_values(kind: str, facts: DataFacts) -> dict:
     if kind == "auto-small":
         return {**choose(facts)[1], **view_values(facts)}
     values = {**SMALL, "batch_size": small_batch(facts.num_train), **view_values(facts)}
-    if kind == "demo":  # the README's first command, 5-10 minutes on 2 CPU cores; its
+    if kind == "demo":  # the README's first command, 2-10 minutes on 2 CPU cores; its
         # numbers were measured without view normalisation or rotation: kept so. Threads 0
         # (one per core): on an AVX2-only EPYC 2 threads ran the demo in 10 min 4 s against
         # 22 min 38 s with 1; no loader worker (--workers' CPU default): 1.3x faster

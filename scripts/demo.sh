@@ -6,7 +6,7 @@
 #   4. linear probe (cached frozen features) and KNN-1 retrieval on the cross-subject split,
 #   5. prints a table beside the learning-free raw-coordinate 1-NN floor.
 # Usage: bash scripts/demo.sh [GPUS] [extra pretrain.py flags]      (GPUS default: cpu)
-# 3-12 minutes on 2 CPU cores, by CPU kind (README). Outputs in checkpoint/demo_xs_j_dste/ (TensorBoard in tb/).
+# 2-10 minutes on 2 CPU cores, by CPU kind (README). Outputs in checkpoint/demo_xs_j_dste/ (TensorBoard in tb/).
 # Re-running resumes the pretraining and reuses the cached features.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/_common.sh"
